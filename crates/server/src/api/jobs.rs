@@ -1,0 +1,440 @@
+//! The status monitor, results, outputs, logs, cancel/delete and the job history.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use batchgate_protocol::JobPage;
+use chrono::Utc;
+use serde::Deserialize;
+use tokio_util::io::ReaderStream;
+use uuid::Uuid;
+
+use super::{
+    header_value, job_status, no_store, retry_after_seconds, ApiError, AppState, ANONYMOUS,
+};
+use crate::app::Runtime;
+use crate::jobs::{Job, JobState};
+use crate::store::ListQuery;
+use crate::transforms::FieldFault;
+use crate::worker::attempt::JobKeys;
+
+/// Loads the caller's job; another caller's job is absent (404), a purged one gone (410).
+async fn load(runtime: &Runtime, id: &str) -> Result<Job, ApiError> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::job_not_found())?;
+    let job = runtime
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(ApiError::job_not_found)?;
+    if job.owner != ANONYMOUS {
+        return Err(ApiError::job_not_found());
+    }
+    if job.purged_at.is_some() {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "job-expired",
+            "this job's data was deleted (retention ended or it was deleted)",
+        ));
+    }
+    Ok(job)
+}
+
+/// Job status monitor
+///
+/// While the job is queued or running: `200` (or `202` when the server is configured
+/// for the Durable Functions convention) with `Retry-After`. Once it has ended:
+/// `303 See Other` to its result.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "Pending", body = batchgate_protocol::JobStatus, headers(("Retry-After" = u64))),
+        (status = 303, description = "Ended; `Location` is the result", body = batchgate_protocol::JobStatus),
+        (status = 404, description = "No such job", body = batchgate_protocol::Problem),
+        (status = 410, description = "Data deleted", body = batchgate_protocol::Problem),
+    ),
+    tag = "jobs"
+)]
+pub async fn status(
+    State(runtime): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = load(&runtime, &id).await?;
+    let body = Json(job_status(&job));
+    if job.state.is_terminal() {
+        let location = format!("/v1/jobs/{}/result", job.id);
+        return Ok((
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, header_value(&location)), no_store()],
+            body,
+        )
+            .into_response());
+    }
+    let status = StatusCode::from_u16(runtime.settings.pending_status).unwrap_or(StatusCode::OK);
+    let retry_after = retry_after_seconds(&runtime, &job).await;
+    let mut response = (
+        status,
+        [(header::RETRY_AFTER, retry_after.into()), no_store()],
+        body,
+    )
+        .into_response();
+    if status == StatusCode::ACCEPTED {
+        let location = format!("/v1/jobs/{}", job.id);
+        response
+            .headers_mut()
+            .insert(header::LOCATION, header_value(&location));
+    }
+    Ok(response)
+}
+
+/// Job result
+///
+/// Succeeded: `200` with the result outputs converted to JSON, keyed by output name (or
+/// one raw output when `Accept` names its media type). Failed: `500` with the job's
+/// error. Canceled: `409`. Not finished: `404`.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/result",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "The result, an object keyed by output name"),
+        (status = 404, description = "No such job, or not finished", body = batchgate_protocol::Problem),
+        (status = 409, description = "Canceled", body = batchgate_protocol::Problem),
+        (status = 410, description = "Data deleted", body = batchgate_protocol::Problem),
+        (status = 500, description = "The job failed", body = batchgate_protocol::Problem),
+    ),
+    tag = "jobs"
+)]
+pub async fn result(
+    State(runtime): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = load(&runtime, &id).await?;
+    match job.state {
+        JobState::Queued | JobState::Running => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "job-not-finished",
+            format!(
+                "the job is {}; poll /v1/jobs/{} until it ends",
+                job.state, job.id
+            ),
+        )),
+        JobState::Canceled => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job-canceled",
+            "the job was canceled",
+        )),
+        JobState::Failed => {
+            let error = job.error.clone();
+            let detail = error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| "the job failed".into());
+            let mut problem =
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "job-failed", detail);
+            problem.job_error = error;
+            problem.attempts = Some(job.attempt);
+            Err(problem)
+        }
+        JobState::Succeeded => {
+            // `Accept` naming exactly one output's own media type selects that output.
+            if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+                let wanted: Vec<&str> = accept
+                    .split(',')
+                    .map(|part| part.split(';').next().unwrap_or("").trim())
+                    .collect();
+                let wants_json = wanted
+                    .iter()
+                    .any(|w| *w == "application/json" || *w == "*/*" || w.ends_with("+json"));
+                if !wants_json {
+                    let matching: Vec<_> = job
+                        .outputs
+                        .iter()
+                        .filter(|o| wanted.contains(&o.media_type.as_str()))
+                        .collect();
+                    if let [output] = matching.as_slice() {
+                        return stream_blob(
+                            &runtime,
+                            &JobKeys::output(job.id, job.attempt, &output.name),
+                            &output.media_type,
+                            None,
+                        )
+                        .await;
+                    }
+                }
+            }
+            stream_blob(
+                &runtime,
+                &JobKeys::result(job.id, job.attempt),
+                "application/json",
+                None,
+            )
+            .await
+        }
+    }
+}
+
+/// One output file, raw
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/outputs/{name}",
+    params(("id" = Uuid, Path), ("name" = String, Path)),
+    responses((status = 200, description = "The file, with its media type"),
+              (status = 404, description = "No such job or output", body = batchgate_protocol::Problem)),
+    tag = "jobs"
+)]
+pub async fn output(
+    State(runtime): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let job = load(&runtime, &id).await?;
+    let Some(output) = job
+        .outputs
+        .iter()
+        .find(|o| o.name == name)
+        .filter(|_| job.state == JobState::Succeeded)
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "output-not-found",
+            format!("the job has no output `{name}`"),
+        ));
+    };
+    let extension = runtime
+        .tools
+        .get(&job.tool, job.tool_version)
+        .and_then(|tool| {
+            tool.outputs
+                .iter()
+                .find(|o| o.name == name)
+                .map(|o| o.format.extension())
+        })
+        .unwrap_or("bin");
+    let disposition = format!("attachment; filename=\"{name}.{extension}\"");
+    stream_blob(
+        &runtime,
+        &JobKeys::output(job.id, job.attempt, &output.name),
+        &output.media_type,
+        Some(disposition),
+    )
+    .await
+}
+
+async fn stream_blob(
+    runtime: &Runtime,
+    key: &str,
+    media_type: &str,
+    disposition: Option<String>,
+) -> Result<Response, ApiError> {
+    let blob = runtime.blobs.open(key).await?;
+    let mut response = Body::from_stream(ReaderStream::new(blob.reader)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header_value(media_type));
+    headers.insert(header::CONTENT_LENGTH, blob.size.into());
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("private, no-store"),
+    );
+    if let Some(disposition) = disposition {
+        headers.insert(header::CONTENT_DISPOSITION, header_value(&disposition));
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogQuery {
+    /// `stdout` or `stderr`; both when absent.
+    stream: Option<String>,
+}
+
+/// The program's stdout and stderr (capped)
+///
+/// Of the current or last attempt; while it runs, what it has written so far.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/logs",
+    params(("id" = Uuid, Path), ("stream" = Option<String>, Query, description = "`stdout` or `stderr`")),
+    responses((status = 200, description = "text/plain"), (status = 404, body = batchgate_protocol::Problem)),
+    tag = "jobs"
+)]
+pub async fn logs(
+    State(runtime): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let job = load(&runtime, &id).await?;
+    let streams: Vec<&str> = match query.stream.as_deref() {
+        None => vec!["stdout", "stderr"],
+        Some(stream @ ("stdout" | "stderr")) => vec![stream],
+        Some(_) => {
+            return Err(
+                ApiError::bad_request("invalid-query", "`stream` is `stdout` or `stderr`")
+                    .with_fields([FieldFault::new("/query/stream", "must be stdout or stderr")]),
+            )
+        }
+    };
+    let mut text = String::new();
+    for stream in &streams {
+        let bytes = if job.attempt == 0 {
+            Vec::new()
+        } else if job.state == JobState::Running {
+            let live = runtime
+                .work_root
+                .join(format!("{}-{}", job.id, job.attempt))
+                .join(".batchgate")
+                .join(stream);
+            tokio::fs::read(live).await.unwrap_or_default()
+        } else {
+            match runtime
+                .blobs
+                .read(&JobKeys::log(job.id, job.attempt, stream))
+                .await
+            {
+                Ok(bytes) => bytes,
+                Err(error) if error.is_not_found() => Vec::new(),
+                Err(error) => return Err(error.into()),
+            }
+        };
+        if streams.len() > 1 {
+            text.push_str(&format!("==> {stream} <==\n"));
+        }
+        text.push_str(&String::from_utf8_lossy(&bytes));
+        if streams.len() > 1 && !text.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            no_store(),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+/// Cancel a job, or delete a finished job's data
+///
+/// Queued: canceled at once (`200`). Running: the program is stopped (TERM to its
+/// process group, a grace period, KILL) and the job ends `canceled` (`202`). Finished:
+/// its inputs, outputs and logs are deleted (`204`); the job answers `410` afterwards.
+#[utoipa::path(
+    delete, path = "/v1/jobs/{id}",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, description = "Canceled", body = batchgate_protocol::JobStatus),
+              (status = 202, description = "Cancel under way", body = batchgate_protocol::JobStatus),
+              (status = 204, description = "Data deleted"),
+              (status = 404, body = batchgate_protocol::Problem)),
+    tag = "jobs"
+)]
+pub async fn delete(
+    State(runtime): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = load(&runtime, &id).await?;
+    let now = Utc::now();
+    if job.state.is_terminal() {
+        // The row is marked first, so no reader is ever sent to a blob that is gone.
+        runtime.store.mark_purged(job.id, now).await?;
+        runtime.blobs.delete_prefix(&JobKeys::job(job.id)).await?;
+        tracing::info!(job_id = %job.id, "job data deleted");
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let updated = runtime
+        .store
+        .request_cancel(job.id, now)
+        .await?
+        .ok_or_else(ApiError::job_not_found)?;
+    if updated.state == JobState::Running {
+        runtime.running.cancel(job.id);
+        tracing::info!(job_id = %job.id, "cancel requested");
+        return Ok((
+            StatusCode::ACCEPTED,
+            [no_store()],
+            Json(job_status(&updated)),
+        )
+            .into_response());
+    }
+    Ok((StatusCode::OK, [no_store()], Json(job_status(&updated))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    status: Option<String>,
+    tool: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The caller's job history, newest first
+#[utoipa::path(
+    get, path = "/v1/jobs",
+    params(("status" = Option<String>, Query), ("tool" = Option<String>, Query),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+           ("limit" = Option<u32>, Query, description = "1 to 100, default 20")),
+    responses((status = 200, body = JobPage), (status = 400, body = batchgate_protocol::Problem)),
+    tag = "jobs"
+)]
+pub async fn list(
+    State(runtime): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let state = match params.status.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(JobState::parse(text).ok_or_else(|| {
+            ApiError::bad_request("invalid-query", format!("unknown status `{text}`")).with_fields(
+                [FieldFault::new(
+                    "/query/status",
+                    "one of queued, running, succeeded, failed, canceled",
+                )],
+            )
+        })?),
+    };
+    let before = match params.cursor.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(Uuid::parse_str(text).map_err(|_| {
+            ApiError::bad_request("invalid-query", "bad cursor").with_fields([FieldFault::new(
+                "/query/cursor",
+                "not a cursor from this API",
+            )])
+        })?),
+    };
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("invalid-query", "limit is 1 to 100")
+            .with_fields([FieldFault::new("/query/limit", "must be between 1 and 100")]));
+    }
+    let tool = params.tool.filter(|t| !t.is_empty());
+    let query = ListQuery {
+        owner: ANONYMOUS.to_owned(),
+        state,
+        tool: tool.clone(),
+        before,
+        limit: limit + 1,
+    };
+    let mut jobs = runtime.store.list(&query).await?;
+    let more = jobs.len() > limit as usize;
+    jobs.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| jobs.last().map(|job| job.id.to_string()))
+        .flatten();
+    let next = next_cursor.as_ref().map(|cursor| {
+        let mut url = format!("/v1/jobs?limit={limit}&cursor={cursor}");
+        if let Some(state) = state {
+            url.push_str(&format!("&status={state}"));
+        }
+        if let Some(tool) = &tool {
+            url.push_str(&format!("&tool={tool}"));
+        }
+        url
+    });
+    let page = JobPage {
+        jobs: jobs.iter().map(job_status).collect(),
+        next_cursor,
+        next,
+    };
+    Ok(([no_store()], Json(page)).into_response())
+}

@@ -1,0 +1,111 @@
+//! Health, readiness, the OpenAPI document, the API reference page and the index.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use batchgate_protocol::{Health, HealthCheck};
+use utoipa::OpenApi;
+
+use super::{ApiError, AppState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "batchgate", description = "Legacy command-line batch programs behind an asynchronous HTTP API (Asynchronous Request-Reply)."),
+    paths(
+        super::tools::list, super::tools::describe, super::submit::submit,
+        super::jobs::status, super::jobs::result, super::jobs::output, super::jobs::logs,
+        super::jobs::delete, super::jobs::list, healthz, readyz
+    ),
+    tags((name = "jobs", description = "Submit jobs, poll them, fetch results"), (name = "tools", description = "The tool catalogue"))
+)]
+pub struct ApiDoc;
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)), tag = "meta")]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        checks: Vec::new(),
+    })
+}
+
+/// Readiness: the job store and the blob store are reachable.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, body = Health), (status = 503, body = Health)), tag = "meta")]
+pub async fn readyz(State(runtime): State<AppState>) -> Response {
+    let store = runtime.store.ping().await;
+    let blobs = runtime.blobs.ping().await;
+    let checks = vec![
+        HealthCheck {
+            name: "store".into(),
+            ok: store.is_ok(),
+            detail: store.err().map(|e| e.to_string()),
+        },
+        HealthCheck {
+            name: "blobs".into(),
+            ok: blobs.is_ok(),
+            detail: blobs.err().map(|e| e.to_string()),
+        },
+    ];
+    let ready = checks.iter().all(|check| check.ok);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Health {
+        status: if ready { "ready" } else { "unavailable" }.into(),
+        checks,
+    };
+    (status, Json(body)).into_response()
+}
+
+pub async fn openapi() -> Response {
+    let document = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
+}
+
+/// A self-contained API reference page (no CDN): it renders /openapi.json in the browser.
+pub async fn docs() -> Html<&'static str> {
+    Html(include_str!("docs.html"))
+}
+
+pub async fn index(State(runtime): State<AppState>) -> Html<String> {
+    let tools: String = runtime
+        .tools
+        .latest()
+        .map(|tool| {
+            format!(
+                "<li><a href=\"/v1/tools/{name}\"><code>{name}</code></a> (v{version}): {title}</li>",
+                name = html_escape(&tool.name),
+                version = tool.version,
+                title = html_escape(&tool.title)
+            )
+        })
+        .collect();
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>batchgate</title></head>\
+         <body style=\"font-family: system-ui, sans-serif; max-width: 48rem; margin: 2rem auto\">\
+         <h1>batchgate</h1><p>Legacy batch programs behind an asynchronous HTTP API.</p>\
+         <h2>Tools</h2><ul>{tools}</ul>\
+         <p><a href=\"/docs\">API reference</a> · <a href=\"/openapi.json\">OpenAPI</a> · \
+         <a href=\"/v1/jobs\">job history</a></p></body></html>"
+    ))
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!("no resource at {}", uri.path()),
+    )
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

@@ -1,0 +1,133 @@
+//! The HTTP API (v1): the only module that knows HTTP.
+
+mod jobs;
+mod meta;
+mod problem;
+mod submit;
+mod tools;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
+use axum::routing::get;
+use axum::Router;
+use batchgate_protocol::{JobLinks, JobStatus, OutputInfo};
+use chrono::Utc;
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::app::Runtime;
+use crate::jobs::{Job, JobState};
+pub use problem::ApiError;
+
+type AppState = Arc<Runtime>;
+
+/// The caller's identity. Authentication arrives with API keys; until then every
+/// request belongs to the anonymous owner.
+const ANONYMOUS: &str = "";
+
+pub fn router(runtime: Arc<Runtime>) -> Router {
+    Router::new()
+        .route("/v1/tools", get(tools::list))
+        .route("/v1/tools/{tool}", get(tools::describe))
+        .route("/v1/tools/{tool}/jobs", axum::routing::post(submit::submit))
+        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::status).delete(jobs::delete))
+        .route("/v1/jobs/{id}/result", get(jobs::result))
+        .route("/v1/jobs/{id}/outputs/{name}", get(jobs::output))
+        .route("/v1/jobs/{id}/logs", get(jobs::logs))
+        .route("/healthz", get(meta::healthz))
+        .route("/readyz", get(meta::readyz))
+        .route("/openapi.json", get(meta::openapi))
+        .route("/docs", get(meta::docs))
+        .route("/", get(meta::index))
+        .fallback(meta::not_found)
+        // Bodies are streamed and capped by the submit handler itself (per tool, and
+        // after decompression), so axum's buffered-body default does not apply.
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestDecompressionLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(runtime)
+}
+
+/// The status body of a job, with links.
+fn job_status(job: &Job) -> JobStatus {
+    let base = format!("/v1/jobs/{}", job.id);
+    JobStatus {
+        id: job.id,
+        tool: job.tool.clone(),
+        tool_version: job.tool_version,
+        status: job.state,
+        created_at: job.created_at,
+        started_at: job.started_at,
+        finished_at: job.finished_at,
+        expires_at: job.expires_at,
+        attempt: job.attempt,
+        progress: job.progress.clone(),
+        error: job
+            .error
+            .clone()
+            .filter(|_| job.state != JobState::Succeeded),
+        cancel_requested: job.cancel_requested && !job.state.is_terminal(),
+        links: JobLinks {
+            result: format!("{base}/result"),
+            outputs: job
+                .outputs
+                .iter()
+                .map(|output| OutputInfo {
+                    name: output.name.clone(),
+                    media_type: output.media_type.clone(),
+                    size: output.size,
+                    href: format!("{base}/outputs/{}", output.name),
+                })
+                .collect(),
+            logs: format!("{base}/logs"),
+            cancel: base.clone(),
+            self_: base,
+        },
+    }
+}
+
+/// Seconds until the job is worth polling again (see `jobs::retry_after`).
+async fn retry_after_seconds(runtime: &Runtime, job: &Job) -> u64 {
+    let typical = match runtime
+        .store
+        .recent_run_time(&job.tool, job.tool_version)
+        .await
+    {
+        Ok(Some(measured)) => measured,
+        _ => runtime
+            .tools
+            .get(&job.tool, job.tool_version)
+            .map(|tool| tool.expected_run)
+            .unwrap_or(Duration::from_secs(1)),
+    };
+    let queued_ahead = if job.state == JobState::Queued {
+        runtime.store.queued_ahead(job).await.unwrap_or(0)
+    } else {
+        0
+    };
+    let running_for = job
+        .started_at
+        .map(|started| (Utc::now() - started).to_std().unwrap_or_default())
+        .unwrap_or_default();
+    crate::jobs::retry_after(
+        job.state,
+        typical,
+        queued_ahead,
+        runtime.settings.worker_count(),
+        running_for,
+        Duration::from_secs(runtime.settings.retry_after_max_seconds),
+    )
+    .as_secs()
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn no_store() -> (header::HeaderName, HeaderValue) {
+    (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))
+}

@@ -1,0 +1,141 @@
+//! `ApiError`: every error answer is an RFC 9457 problem document with a stable `code`.
+//! 5xx answers are opaque; their cause is logged once, here.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use batchgate_protocol::{FieldError, JobError, Problem};
+
+use crate::blobs::BlobError;
+use crate::store::StoreError;
+use crate::transforms::FieldFault;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: Option<String>,
+    pub errors: Vec<FieldError>,
+    pub job_error: Option<JobError>,
+    pub attempts: Option<u32>,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            detail: Some(detail.into()),
+            errors: Vec::new(),
+            job_error: None,
+            attempts: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_fields(mut self, faults: impl IntoIterator<Item = FieldFault>) -> ApiError {
+        self.errors
+            .extend(faults.into_iter().map(|fault| FieldError {
+                path: fault.path,
+                message: fault.message,
+            }));
+        self
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn unprocessable(fault: FieldFault) -> ApiError {
+        let detail = format!("{}: {}", display_path(&fault.path), fault.message);
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation-failed",
+            detail,
+        )
+        .with_fields([fault])
+    }
+
+    pub fn job_not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "job-not-found", "no such job")
+    }
+
+    pub fn too_large(limit: u64, what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("{what} is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+        tracing::error!(cause = %cause, "request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred",
+        )
+    }
+
+    fn title(&self) -> &'static str {
+        self.status.canonical_reason().unwrap_or("Error")
+    }
+}
+
+fn display_path(path: &str) -> &str {
+    if path.is_empty() {
+        "body"
+    } else {
+        path
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        if error.is_retryable() {
+            tracing::error!(%error, "job store unavailable");
+            let mut problem = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                "the job store is unavailable; try again shortly",
+            );
+            problem.retry_after = Some(5);
+            problem
+        } else {
+            ApiError::internal(error)
+        }
+    }
+}
+
+impl From<BlobError> for ApiError {
+    fn from(error: BlobError) -> ApiError {
+        ApiError::internal(error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = Problem {
+            type_: format!("https://batchgate.dev/problems/{}", self.code),
+            title: self.title().to_owned(),
+            status: self.status.as_u16(),
+            code: self.code.to_owned(),
+            detail: self.detail,
+            errors: self.errors,
+            job_error: self.job_error,
+            attempts: self.attempts,
+        };
+        let body = serde_json::to_vec(&problem).expect("a problem serializes");
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

@@ -1,0 +1,690 @@
+//! `POST /v1/tools/{tool}/jobs`: receive a request (JSON, multipart or a raw body),
+//! stream it to disk, convert and validate it, commit the job, answer 202.
+//!
+//! Nothing is queued unless everything validated; the job row and its inputs are
+//! durable before the 202 is sent.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path as UrlPath, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use super::{header_value, job_status, retry_after_seconds, ApiError, AppState, ANONYMOUS};
+use crate::app::Runtime;
+use crate::jobs::{Job, JobState, StoredInput};
+use crate::store::Inserted;
+use crate::tools::Tool;
+use crate::transforms::records::{normalize_tabular_file, Layout};
+use crate::transforms::request::{parse_json_request, InputSinks, RequestError};
+use crate::transforms::{pointer_token, FieldFault, Format};
+use crate::worker::attempt::JobKeys;
+
+/// Submit a job
+///
+/// The body is `application/json` (`{"inputs": …, "parameters": …}`), `multipart/form-data`
+/// (one part per input plus a `parameters` part), or any other media type accepted by the
+/// tool's single input (parameters from the query string).
+#[utoipa::path(
+    post,
+    path = "/v1/tools/{tool}/jobs",
+    params(("tool" = String, Path, description = "`name` (newest version) or `name@version`"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Same key and body → the same job")),
+    request_body(content = batchgate_protocol::SubmitRequest, description = "Inputs and parameters"),
+    responses(
+        (status = 202, description = "Accepted; poll `Location`", body = batchgate_protocol::JobStatus,
+         headers(("Location" = String), ("Retry-After" = u64))),
+        (status = 400, description = "Malformed body", body = batchgate_protocol::Problem),
+        (status = 404, description = "Unknown tool", body = batchgate_protocol::Problem),
+        (status = 413, description = "Too large", body = batchgate_protocol::Problem),
+        (status = 415, description = "Unsupported media type", body = batchgate_protocol::Problem),
+        (status = 422, description = "Invalid inputs or parameters", body = batchgate_protocol::Problem),
+    ),
+    tag = "jobs"
+)]
+pub async fn submit(
+    State(runtime): State<AppState>,
+    UrlPath(tool_ref): UrlPath<String>,
+    Query(query): Query<Vec<(String, String)>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let tool = runtime.tools.resolve(&tool_ref).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "tool-not-found",
+            format!("no tool `{tool_ref}`; see /v1/tools"),
+        )
+    })?;
+    let headers = request.headers().clone();
+    let limit = tool.limits.max_request_bytes;
+    if let Some(length) = content_length(&headers) {
+        if length > limit {
+            return Err(ApiError::too_large(limit, "the request body"));
+        }
+    }
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .filter(|key| !key.is_empty() && key.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid-idempotency-key",
+                        "Idempotency-Key must be 1 to 255 visible characters",
+                    )
+                })?;
+            Some(key.to_owned())
+        }
+        None => None,
+    };
+    let media_type = media_type(&headers);
+
+    let id = Uuid::now_v7();
+    let staging = Staging::create(runtime.staging_root.join(id.to_string())).await?;
+    let deadline = Duration::from_secs(runtime.settings.body_timeout_seconds);
+    let received = tokio::time::timeout(
+        deadline,
+        receive(
+            &tool,
+            request,
+            media_type.as_deref(),
+            &query,
+            &staging,
+            limit,
+        ),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                deadline.as_secs()
+            ),
+        )
+    })??;
+
+    for input in &tool.inputs {
+        let given = received
+            .inputs
+            .iter()
+            .find(|stored| stored.name == input.name);
+        match given {
+            None if input.required => {
+                return Err(ApiError::unprocessable(FieldFault::new(
+                    format!("/inputs/{}", pointer_token(&input.name)),
+                    "this input is required",
+                )))
+            }
+            Some(stored) if stored.size > input.max_bytes => {
+                return Err(ApiError::too_large(
+                    input.max_bytes,
+                    &format!("input `{}`", input.name),
+                ))
+            }
+            _ => {}
+        }
+    }
+    let parameters = tool
+        .validate_parameters(received.parameters)
+        .map_err(|faults| {
+            let detail = faults
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation-failed",
+                detail,
+            )
+            .with_fields(faults)
+        })?;
+    let control = match &tool.control {
+        Some(template) => Some(
+            template
+                .render(&parameters)
+                .map_err(ApiError::unprocessable)?,
+        ),
+        None => None,
+    };
+
+    let request_hash = received.hash;
+    if let Some(key) = &idempotency_key {
+        if let Some(existing) = runtime
+            .store
+            .find_by_idempotency_key(ANONYMOUS, key)
+            .await?
+        {
+            return replay(&runtime, existing, &request_hash, &tool).await;
+        }
+    }
+
+    // Commit: inputs and control file first (fsynced), then the row. A crash between
+    // the two leaves unreferenced blobs, never a job without its inputs.
+    for input in &received.inputs {
+        runtime
+            .blobs
+            .put_file(
+                &JobKeys::input(id, &input.name),
+                &staging.path.join(&input.name),
+            )
+            .await?;
+    }
+    if let Some(control) = &control {
+        runtime
+            .blobs
+            .put_bytes(&JobKeys::control(id), control.as_bytes())
+            .await?;
+    }
+    let now = Utc::now();
+    let job = Job {
+        id,
+        owner: ANONYMOUS.to_owned(),
+        tool: tool.name.clone(),
+        tool_version: tool.version,
+        state: JobState::Queued,
+        params: parameters,
+        inputs: received.inputs,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        expires_at: None,
+        attempt: 0,
+        max_attempts: tool.retry.max_attempts,
+        lease_until: None,
+        run_after: now,
+        progress: None,
+        error: None,
+        outputs: Vec::new(),
+        cancel_requested: false,
+        idempotency_key,
+        request_hash: Some(request_hash.clone()),
+        purged_at: None,
+    };
+    let inserted = match runtime.store.insert(&job).await {
+        Ok(inserted) => inserted,
+        Err(error) => {
+            let _ = runtime.blobs.delete_prefix(&JobKeys::job(id)).await;
+            return Err(error.into());
+        }
+    };
+    if let Inserted::Existing(existing) = inserted {
+        // Another request with the same key won the race.
+        let _ = runtime.blobs.delete_prefix(&JobKeys::job(id)).await;
+        return replay(&runtime, *existing, &request_hash, &tool).await;
+    }
+    runtime.wakeup.job_queued();
+    tracing::info!(job_id = %id, tool = %tool.id(), "job accepted");
+    accepted(&runtime, &job).await
+}
+
+/// The answer to a repeated idempotent request: the original job, or 422 when the body
+/// differs.
+async fn replay(
+    runtime: &Runtime,
+    existing: Job,
+    request_hash: &str,
+    tool: &Tool,
+) -> Result<Response, ApiError> {
+    let same_tool = existing.tool == tool.name && existing.tool_version == tool.version;
+    if !same_tool || existing.request_hash.as_deref() != Some(request_hash) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "this Idempotency-Key was already used with a different request",
+        ));
+    }
+    accepted(runtime, &existing).await
+}
+
+async fn accepted(runtime: &Runtime, job: &Job) -> Result<Response, ApiError> {
+    let location = format!("/v1/jobs/{}", job.id);
+    let retry_after = retry_after_seconds(runtime, job).await;
+    Ok((
+        StatusCode::ACCEPTED,
+        [
+            (header::LOCATION, header_value(&location)),
+            (header::RETRY_AFTER, retry_after.into()),
+            super::no_store(),
+        ],
+        Json(job_status(job)),
+    )
+        .into_response())
+}
+
+/// What a request body turned into.
+struct Received {
+    inputs: Vec<StoredInput>,
+    parameters: Map<String, Value>,
+    /// SHA-256 of the media type and the (decompressed) body, for idempotency.
+    hash: String,
+}
+
+async fn receive(
+    tool: &Arc<Tool>,
+    request: Request,
+    media_type: Option<&str>,
+    query: &[(String, String)],
+    staging: &Staging,
+    limit: u64,
+) -> Result<Received, ApiError> {
+    let Some(media_type) = media_type else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "a Content-Type header is required (application/json, multipart/form-data, or the input's own type)",
+        ));
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(media_type.as_bytes());
+    hasher.update([0]);
+
+    if media_type == "application/json" || media_type.ends_with("+json") {
+        if !query.is_empty() {
+            return Err(ApiError::bad_request(
+                "unexpected-query",
+                "with a JSON body, parameters go in the body's `parameters`, not the query string",
+            ));
+        }
+        let body_path = staging.path.join(".body.json");
+        let mut counter = Budget::new(limit);
+        stream_body(request.into_body(), &body_path, &mut counter, &mut hasher).await?;
+        let tool = tool.clone();
+        let dir = staging.path.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            let file = std::io::BufReader::new(std::fs::File::open(&body_path)?);
+            let mut sinks = FileSinks {
+                tool: &tool,
+                dir: &dir,
+                sizes: Vec::new(),
+            };
+            let result = parse_json_request(file, &mut sinks);
+            let _ = std::fs::remove_file(&body_path);
+            result.map(|(parameters, _)| (parameters, sinks.sizes))
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        let (parameters, inputs) = match parsed {
+            Ok(parsed) => parsed,
+            Err(RequestError::Malformed(detail)) => {
+                return Err(ApiError::bad_request(
+                    "malformed-json",
+                    format!("the body is not valid JSON: {detail}"),
+                ))
+            }
+            Err(RequestError::Invalid(fault)) => return Err(ApiError::unprocessable(fault)),
+            Err(RequestError::Io(error)) => return Err(ApiError::internal(error)),
+        };
+        return Ok(Received {
+            inputs,
+            parameters,
+            hash: hex::encode(hasher.finalize()),
+        });
+    }
+
+    if media_type == "multipart/form-data" {
+        let multipart = Multipart::from_request(request, &())
+            .await
+            .map_err(|rejection| {
+                ApiError::bad_request("malformed-multipart", rejection.body_text())
+            })?;
+        return receive_multipart(tool, multipart, staging, limit, hasher).await;
+    }
+
+    // Any other media type: the body is the tool's single input.
+    let [input] = tool.inputs.as_slice() else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!(
+                "`{media_type}`: this tool takes {} inputs; send application/json or multipart/form-data",
+                tool.inputs.len()
+            ),
+        ));
+    };
+    if !accepts(&input.media_types, media_type) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!(
+                "`{media_type}` is not accepted; send application/json, multipart/form-data or one of: {}",
+                input.media_types.join(", ")
+            ),
+        ));
+    }
+    let path = staging.path.join(&input.name);
+    let mut counter = Budget::new(limit);
+    let size = stream_body(request.into_body(), &path, &mut counter, &mut hasher).await?;
+    normalize(&input.layout, &path, &input.name).await?;
+    for (key, value) in query {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+        hasher.update([0]);
+    }
+    Ok(Received {
+        inputs: vec![StoredInput {
+            name: input.name.clone(),
+            size,
+        }],
+        parameters: tool.parameters_from_query(query),
+        hash: hex::encode(hasher.finalize()),
+    })
+}
+
+async fn receive_multipart(
+    tool: &Arc<Tool>,
+    mut multipart: Multipart,
+    staging: &Staging,
+    limit: u64,
+    mut hasher: Sha256,
+) -> Result<Received, ApiError> {
+    let mut budget = Budget::new(limit);
+    let mut parameters = None;
+    let mut inputs: Vec<StoredInput> = Vec::new();
+    let malformed = |error: axum::extract::multipart::MultipartError| {
+        ApiError::bad_request("malformed-multipart", error.body_text())
+    };
+    while let Some(mut field) = multipart.next_field().await.map_err(malformed)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        let part_type = field.content_type().map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        if name == "parameters" {
+            let mut text = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(malformed)? {
+                budget.take(chunk.len())?;
+                hasher.update(&chunk);
+                text.extend_from_slice(&chunk);
+            }
+            let value: Value = serde_json::from_slice(&text).map_err(|error| {
+                ApiError::bad_request(
+                    "malformed-json",
+                    format!("part `parameters` is not valid JSON: {error}"),
+                )
+            })?;
+            match value {
+                Value::Object(map) => parameters = Some(map),
+                _ => {
+                    return Err(ApiError::unprocessable(FieldFault::new(
+                        "/parameters",
+                        "must be an object",
+                    )))
+                }
+            }
+            continue;
+        }
+        let path_of = |n: &str| format!("/inputs/{}", pointer_token(n));
+        let Some(input) = tool.input(&name) else {
+            return Err(ApiError::unprocessable(FieldFault::new(
+                path_of(&name),
+                "this tool has no such input (multipart parts are named after inputs, plus `parameters`)",
+            )));
+        };
+        if inputs.iter().any(|stored| stored.name == name) {
+            return Err(ApiError::unprocessable(FieldFault::new(
+                path_of(&name),
+                "input given twice",
+            )));
+        }
+        let target = staging.path.join(&input.name);
+        let as_json =
+            part_type.as_deref() == Some("application/json") && input.layout.format != Format::Json;
+        let raw_path = if as_json {
+            staging.path.join(format!(".{}.json", input.name))
+        } else {
+            target.clone()
+        };
+        let mut file = tokio::fs::File::create(&raw_path)
+            .await
+            .map_err(ApiError::internal)?;
+        while let Some(chunk) = field.chunk().await.map_err(malformed)? {
+            budget.take(chunk.len())?;
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(ApiError::internal)?;
+        }
+        file.flush().await.map_err(ApiError::internal)?;
+        drop(file);
+        if as_json {
+            convert_json_part(input.layout.clone(), &input.name, &raw_path, &target).await?;
+        } else {
+            normalize(&input.layout, &target, &input.name).await?;
+        }
+        let size = tokio::fs::metadata(&target)
+            .await
+            .map_err(ApiError::internal)?
+            .len();
+        inputs.push(StoredInput {
+            name: input.name.clone(),
+            size,
+        });
+    }
+    Ok(Received {
+        inputs,
+        parameters: parameters.unwrap_or_default(),
+        hash: hex::encode(hasher.finalize()),
+    })
+}
+
+/// A JSON part for a non-JSON input: records (or text) converted like in a JSON body.
+async fn convert_json_part(
+    layout: Layout,
+    name: &str,
+    source: &Path,
+    target: &Path,
+) -> Result<(), ApiError> {
+    let (source, target, name) = (source.to_owned(), target.to_owned(), name.to_owned());
+    let wrapped = tokio::task::spawn_blocking(move || -> Result<(), RequestError> {
+        // Parse `{"inputs": {name: <part>}}` without building it: chain the part between
+        // a prefix and a suffix.
+        let prefix = format!(
+            "{{\"inputs\":{{{}:",
+            serde_json::to_string(&name).expect("a string serializes")
+        );
+        let reader = std::io::Read::chain(
+            std::io::Read::chain(
+                prefix.as_bytes(),
+                std::io::BufReader::new(std::fs::File::open(&source)?),
+            ),
+            &b"}}"[..],
+        );
+        struct OneSink<'a> {
+            layout: Layout,
+            name: String,
+            target: &'a Path,
+        }
+        impl InputSinks for OneSink<'_> {
+            type Sink = std::io::BufWriter<std::fs::File>;
+            fn layout(&self, name: &str) -> Option<Layout> {
+                (name == self.name).then(|| self.layout.clone())
+            }
+            fn open(&mut self, _name: &str) -> std::io::Result<Self::Sink> {
+                Ok(std::io::BufWriter::new(std::fs::File::create(self.target)?))
+            }
+            fn close(&mut self, _name: &str, mut sink: Self::Sink) -> std::io::Result<()> {
+                sink.flush()
+            }
+        }
+        let mut sink = OneSink {
+            layout,
+            name,
+            target: &target,
+        };
+        parse_json_request(reader, &mut sink)?;
+        let _ = std::fs::remove_file(&source);
+        Ok(())
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    match wrapped {
+        Ok(()) => Ok(()),
+        Err(RequestError::Malformed(detail)) => {
+            Err(ApiError::bad_request("malformed-json", detail))
+        }
+        Err(RequestError::Invalid(fault)) => Err(ApiError::unprocessable(fault)),
+        Err(RequestError::Io(error)) => Err(ApiError::internal(error)),
+    }
+}
+
+/// A csv/tsv input given as a file: its header must name the declared columns (in any
+/// order; the file is rewritten in the declared order).
+async fn normalize(layout: &Layout, path: &Path, name: &str) -> Result<(), ApiError> {
+    if !(layout.format.is_tabular() && layout.header && !layout.columns.is_empty()) {
+        return Ok(());
+    }
+    let (layout, path, pointer) = (
+        layout.clone(),
+        path.to_owned(),
+        format!("/inputs/{}", pointer_token(name)),
+    );
+    tokio::task::spawn_blocking(move || normalize_tabular_file(&layout, &path, &pointer))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::unprocessable)
+}
+
+/// Input files written into the staging directory, one per input, named by the server.
+struct FileSinks<'a> {
+    tool: &'a Tool,
+    dir: &'a Path,
+    sizes: Vec<StoredInput>,
+}
+
+impl InputSinks for FileSinks<'_> {
+    type Sink = std::io::BufWriter<std::fs::File>;
+    fn layout(&self, name: &str) -> Option<Layout> {
+        self.tool.input(name).map(|input| input.layout.clone())
+    }
+    fn open(&mut self, name: &str) -> std::io::Result<Self::Sink> {
+        Ok(std::io::BufWriter::new(std::fs::File::create(
+            self.dir.join(name),
+        )?))
+    }
+    fn close(&mut self, name: &str, sink: Self::Sink) -> std::io::Result<()> {
+        let file = sink.into_inner().map_err(|error| error.into_error())?;
+        let size = file.metadata()?.len();
+        self.sizes.push(StoredInput {
+            name: name.to_owned(),
+            size,
+        });
+        Ok(())
+    }
+}
+
+/// Counts received bytes against the cap.
+struct Budget {
+    limit: u64,
+    used: u64,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Budget {
+        Budget { limit, used: 0 }
+    }
+    fn take(&mut self, bytes: usize) -> Result<(), ApiError> {
+        self.used += bytes as u64;
+        if self.used > self.limit {
+            return Err(ApiError::too_large(
+                self.limit,
+                "the request body (after decompression)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Streams a body into `path`, hashing and counting; never holds more than one chunk.
+async fn stream_body(
+    body: Body,
+    path: &Path,
+    budget: &mut Budget,
+    hasher: &mut Sha256,
+) -> Result<u64, ApiError> {
+    let mut file = tokio::io::BufWriter::new(
+        tokio::fs::File::create(path)
+            .await
+            .map_err(ApiError::internal)?,
+    );
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            // A body over a decompression cap or a broken connection ends up here.
+            ApiError::bad_request(
+                "body-read-failed",
+                format!("the request body could not be read: {error}"),
+            )
+        })?;
+        budget.take(chunk.len())?;
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+    }
+    file.flush().await.map_err(ApiError::internal)?;
+    Ok(budget.used)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The media type of the body, lowercased, without parameters.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next()?.trim().to_ascii_lowercase();
+    (!essence.is_empty()).then_some(essence)
+}
+
+fn accepts(accepted: &[String], media_type: &str) -> bool {
+    accepted.iter().any(|candidate| {
+        candidate == media_type
+            || candidate == "*/*"
+            || candidate
+                .strip_suffix("/*")
+                .is_some_and(|family| media_type.split('/').next() == Some(family))
+    })
+}
+
+/// A request's staging directory, removed when the request ends (accepted inputs were
+/// moved out of it by then).
+struct Staging {
+    path: PathBuf,
+}
+
+impl Staging {
+    async fn create(path: PathBuf) -> Result<Staging, ApiError> {
+        tokio::fs::create_dir_all(&path)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(Staging { path })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

@@ -1,0 +1,47 @@
+//! The tool catalogue.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use batchgate_protocol::{ToolCatalogue, ToolDescription, ToolSummary};
+
+use super::{ApiError, AppState};
+
+/// The tools this server offers (newest version of each)
+#[utoipa::path(get, path = "/v1/tools", responses((status = 200, body = ToolCatalogue)), tag = "tools")]
+pub async fn list(State(runtime): State<AppState>) -> Json<ToolCatalogue> {
+    let tools = runtime
+        .tools
+        .latest()
+        .map(|tool| ToolSummary {
+            name: tool.name.clone(),
+            version: tool.version,
+            versions: runtime.tools.versions(&tool.name),
+            title: tool.title.clone(),
+            description: tool.description.clone(),
+            href: format!("/v1/tools/{}", tool.name),
+        })
+        .collect();
+    Json(ToolCatalogue { tools })
+}
+
+/// One tool: inputs, parameter schema, outputs, limits and a complete example request
+#[utoipa::path(
+    get, path = "/v1/tools/{tool}",
+    params(("tool" = String, Path, description = "`name` or `name@version`")),
+    responses((status = 200, body = ToolDescription), (status = 404, body = batchgate_protocol::Problem)),
+    tag = "tools"
+)]
+pub async fn describe(
+    State(runtime): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<Json<ToolDescription>, ApiError> {
+    let tool = runtime.tools.resolve(&reference).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "tool-not-found",
+            format!("no tool `{reference}`; see /v1/tools"),
+        )
+    })?;
+    Ok(Json(tool.describe(runtime.tools.versions(&tool.name))))
+}

@@ -1,0 +1,204 @@
+//! Job inputs, outputs and logs, by key (`jobs/<id>/inputs/<name>`,
+//! `jobs/<id>/attempts/<n>/outputs/<name>`, …).
+//!
+//! `LocalBlobStore` keeps them in a directory and fsyncs file and directory before a put
+//! returns: an accepted job's inputs survive a crash (guarantee 1). object_store's own
+//! local backend does not fsync, which is why the default backend is written here; the
+//! trait is the seam where object-store backends plug in.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::fs;
+use tokio::io::AsyncRead;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob `{0}` does not exist")]
+    NotFound(String),
+    #[error("blob storage failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BlobError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BlobError::NotFound(_))
+    }
+}
+
+/// A readable blob and its size.
+pub struct BlobReader {
+    pub size: u64,
+    pub reader: Box<dyn AsyncRead + Send + Unpin>,
+}
+
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Stores the local file `source` under `key`, durably. The source may be moved.
+    async fn put_file(&self, key: &str, source: &Path) -> Result<u64, BlobError>;
+    async fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError>;
+    /// Copies the blob into the local file `target` (for a work directory).
+    async fn copy_to_file(&self, key: &str, target: &Path) -> Result<u64, BlobError>;
+    async fn open(&self, key: &str) -> Result<BlobReader, BlobError>;
+    async fn read(&self, key: &str) -> Result<Vec<u8>, BlobError>;
+    /// Deletes every blob whose key starts with `prefix/`.
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError>;
+    async fn ping(&self) -> Result<(), BlobError>;
+}
+
+pub struct LocalBlobStore {
+    root: PathBuf,
+}
+
+impl LocalBlobStore {
+    pub async fn open(root: &Path) -> Result<LocalBlobStore, BlobError> {
+        fs::create_dir_all(root).await?;
+        Ok(LocalBlobStore {
+            root: root.to_owned(),
+        })
+    }
+
+    /// Keys are built by the server from ids and declared names; this check keeps a bug
+    /// from ever escaping the root.
+    fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
+        let clean = !key.is_empty()
+            && key
+                .split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..");
+        if !clean {
+            return Err(BlobError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bad blob key `{key}`"),
+            )));
+        }
+        Ok(self.root.join(key))
+    }
+
+    async fn prepare_parent(path: &Path) -> Result<(), BlobError> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).await?;
+        }
+        Ok(())
+    }
+}
+
+fn not_found(key: &str) -> impl Fn(std::io::Error) -> BlobError + '_ {
+    move |error| match error.kind() {
+        std::io::ErrorKind::NotFound => BlobError::NotFound(key.to_owned()),
+        _ => BlobError::Io(error),
+    }
+}
+
+/// fsyncs a file and the directory that holds its name.
+async fn sync_path(path: &Path) -> std::io::Result<()> {
+    fs::File::open(path).await?.sync_all().await?;
+    if let Some(parent) = path.parent() {
+        fs::File::open(parent).await?.sync_all().await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl BlobStore for LocalBlobStore {
+    async fn put_file(&self, key: &str, source: &Path) -> Result<u64, BlobError> {
+        let target = self.path(key)?;
+        Self::prepare_parent(&target).await?;
+        if fs::rename(source, &target).await.is_err() {
+            fs::copy(source, &target).await?;
+        }
+        sync_path(&target).await?;
+        Ok(fs::metadata(&target).await?.len())
+    }
+
+    async fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError> {
+        let target = self.path(key)?;
+        Self::prepare_parent(&target).await?;
+        let temporary = target.with_extension(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
+        fs::write(&temporary, bytes).await?;
+        fs::rename(&temporary, &target).await?;
+        sync_path(&target).await?;
+        Ok(())
+    }
+
+    async fn copy_to_file(&self, key: &str, target: &Path) -> Result<u64, BlobError> {
+        let source = self.path(key)?;
+        Ok(fs::copy(&source, target).await.map_err(not_found(key))?)
+    }
+
+    async fn open(&self, key: &str) -> Result<BlobReader, BlobError> {
+        let file = fs::File::open(self.path(key)?)
+            .await
+            .map_err(not_found(key))?;
+        let size = file.metadata().await?.len();
+        Ok(BlobReader {
+            size,
+            reader: Box::new(file),
+        })
+    }
+
+    async fn read(&self, key: &str) -> Result<Vec<u8>, BlobError> {
+        fs::read(self.path(key)?).await.map_err(not_found(key))
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError> {
+        match fs::remove_dir_all(self.path(prefix)?).await {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), BlobError> {
+        let probe = format!("health/{}", uuid::Uuid::now_v7().simple());
+        self.put_bytes(&probe, b"ok").await?;
+        self.delete_prefix("health").await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn put_read_copy_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = LocalBlobStore::open(&dir.path().join("blobs"))
+            .await
+            .unwrap();
+        blobs.put_bytes("jobs/a/result.json", b"[1]").await.unwrap();
+        assert_eq!(blobs.read("jobs/a/result.json").await.unwrap(), b"[1]");
+        let source = dir.path().join("upload");
+        std::fs::write(&source, b"hello").unwrap();
+        assert_eq!(
+            blobs.put_file("jobs/a/inputs/data", &source).await.unwrap(),
+            5
+        );
+        let mut opened = blobs.open("jobs/a/inputs/data").await.unwrap();
+        let mut text = String::new();
+        opened.reader.read_to_string(&mut text).await.unwrap();
+        assert_eq!((opened.size, text.as_str()), (5, "hello"));
+        let copy = dir.path().join("copy");
+        blobs
+            .copy_to_file("jobs/a/inputs/data", &copy)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&copy).unwrap(), b"hello");
+        blobs.delete_prefix("jobs/a").await.unwrap();
+        assert!(blobs
+            .read("jobs/a/result.json")
+            .await
+            .unwrap_err()
+            .is_not_found());
+        blobs.delete_prefix("jobs/a").await.unwrap();
+        blobs.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn keys_cannot_escape_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = LocalBlobStore::open(dir.path()).await.unwrap();
+        for key in ["../x", "a/../../x", "/etc/passwd", "", "a//b"] {
+            assert!(blobs.put_bytes(key, b"x").await.is_err(), "key {key}");
+        }
+    }
+}

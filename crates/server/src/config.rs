@@ -1,0 +1,301 @@
+//! Settings and tool declarations: from a TOML file (or the embedded demo), then
+//! `BATCHGATE__…` environment variables, then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::tools::decl::ToolDecl;
+use crate::tools::{Tool, ToolDefaults, ToolError, ToolRegistry};
+
+/// Server settings. Every field can be set in the file's top level or as
+/// `BATCHGATE__FIELD` in the environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Jobs run at once by the embedded worker; 0 means the number of cores.
+    pub workers: usize,
+    /// A running attempt's lease; a worker renews it every third of this.
+    pub lease_seconds: f64,
+    /// Status code of the status monitor while a job is pending: 200 (default) or 202
+    /// (the Durable Functions convention).
+    pub pending_status: u16,
+    /// Default request size cap for tools that set none.
+    pub max_request_bytes: u64,
+    /// A request body must arrive within this time.
+    pub body_timeout_seconds: u64,
+    pub default_timeout_seconds: u64,
+    pub retention_seconds: u64,
+    /// Upper bound of the `Retry-After` estimate.
+    pub retry_after_max_seconds: u64,
+    /// Ignored here: tools are read separately so their errors can name the tool.
+    #[serde(default, skip_serializing)]
+    pub tools: Option<serde::de::IgnoredAny>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./batchgate-data"),
+            workers: 0,
+            lease_seconds: 30.0,
+            pending_status: 200,
+            max_request_bytes: 10 * 1024 * 1024,
+            body_timeout_seconds: 60,
+            default_timeout_seconds: 300,
+            retention_seconds: 7 * 24 * 3600,
+            retry_after_max_seconds: 60,
+            tools: None,
+        }
+    }
+}
+
+impl Settings {
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            self.workers
+        }
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs_f64(self.lease_seconds.max(0.3))
+    }
+
+    fn tool_defaults(&self) -> ToolDefaults {
+        ToolDefaults {
+            max_request_bytes: self.max_request_bytes,
+            timeout: Duration::from_secs(self.default_timeout_seconds),
+            retention: Duration::from_secs(self.retention_seconds),
+        }
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A TOML file given by the user.
+    File(PathBuf),
+    /// The demo configuration compiled into the binary.
+    Demo,
+    /// TOML text (tests), named for error messages.
+    Text { name: String, text: String },
+}
+
+/// A configuration mistake, naming the file, and the tool and field when it is in a tool.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub message: String,
+}
+
+/// Settings overridden on the command line (highest precedence).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+}
+
+pub struct Config {
+    pub settings: Settings,
+    pub tools: ToolRegistry,
+}
+
+impl Config {
+    pub fn load(source: &ConfigSource, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_with_env(source, overrides, true)
+    }
+
+    /// Like `load`, without reading the environment (tests run in parallel and share it).
+    pub fn load_with_env(
+        source: &ConfigSource,
+        overrides: &Overrides,
+        read_env: bool,
+    ) -> Result<Config, ConfigError> {
+        let (source_name, text) = match source {
+            ConfigSource::File(path) => (
+                path.display().to_string(),
+                std::fs::read_to_string(path).map_err(|error| ConfigError {
+                    source_name: path.display().to_string(),
+                    message: format!("cannot read: {error}"),
+                })?,
+            ),
+            ConfigSource::Demo => (
+                "built-in demo configuration".to_owned(),
+                crate::demo::CONFIG.to_owned(),
+            ),
+            ConfigSource::Text { name, text } => (name.clone(), text.clone()),
+        };
+        let fail = |message: String| ConfigError {
+            source_name: source_name.clone(),
+            message,
+        };
+
+        let mut figment =
+            Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(&text));
+        if read_env {
+            figment = figment.merge(Env::prefixed("BATCHGATE__").split("__"));
+        }
+        let settings: Settings = figment
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|error| fail(error.to_string()))?;
+        if settings.pending_status != 200 && settings.pending_status != 202 {
+            return Err(fail("field `pending_status`: must be 200 or 202".into()));
+        }
+
+        let document: toml::Table =
+            toml::from_str(&text).map_err(|error| fail(error.to_string()))?;
+        let declarations = match document.get("tools") {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items.clone(),
+            Some(_) => {
+                return Err(fail(
+                    "`tools` must be an array of tables ([[tools]])".into(),
+                ))
+            }
+        };
+        if declarations.is_empty() {
+            return Err(fail("no tools are declared (add a [[tools]] table)".into()));
+        }
+        let demo_bin = match source {
+            ConfigSource::Demo => Some(crate::demo::install_analyzer(&settings.data_dir).map_err(
+                |error| {
+                    fail(format!(
+                        "cannot install the demo analyzer under {}: {error}",
+                        settings.data_dir.display()
+                    ))
+                },
+            )?),
+            _ => None,
+        };
+        let defaults = settings.tool_defaults();
+        let mut tools = Vec::new();
+        for (index, mut value) in declarations.into_iter().enumerate() {
+            if let Some(bin) = &demo_bin {
+                substitute_demo_bin(&mut value, bin);
+            }
+            let label = tool_label(&value, index);
+            let decl: ToolDecl = serde_path_to_error::deserialize(value).map_err(|error| {
+                let path = error.path().to_string();
+                fail(format!(
+                    "tool `{label}` (tools[{index}]): field `{path}`: {}",
+                    error.inner()
+                ))
+            })?;
+            let tool = Tool::from_decl(decl, &defaults).map_err(|error: ToolError| {
+                fail(format!(
+                    "tool `{}` (tools[{index}]): field `{}`: {}",
+                    error.tool, error.field, error.message
+                ))
+            })?;
+            tools.push(tool);
+        }
+        let tools = ToolRegistry::new(tools).map_err(|error| fail(error.to_string()))?;
+        Ok(Config { settings, tools })
+    }
+}
+
+fn tool_label(value: &toml::Value, index: usize) -> String {
+    let name = value.get("name").and_then(toml::Value::as_str);
+    let version = value
+        .get("version")
+        .and_then(toml::Value::as_integer)
+        .unwrap_or(1);
+    match name {
+        Some(name) => format!("{name}@{version}"),
+        None => format!("#{index}"),
+    }
+}
+
+/// The demo configuration names its program `@DEMO_BIN@/analyzer`; the binary carries
+/// the compiled program and installs it under the data directory.
+fn substitute_demo_bin(value: &mut toml::Value, bin: &Path) {
+    if let Some(toml::Value::Array(command)) = value.get_mut("command") {
+        for argument in command {
+            if let toml::Value::String(text) = argument {
+                *text = text.replace("@DEMO_BIN@", &bin.to_string_lossy());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, String> {
+        let source = ConfigSource::Text {
+            name: "tools.toml".into(),
+            text: text.into(),
+        };
+        Config::load_with_env(&source, &Overrides::default(), false)
+            .map_err(|error| error.to_string())
+    }
+
+    const TOOL: &str = r#"
+        [[tools]]
+        name = "echo"
+        command = ["/bin/echo", "hi"]
+        [[tools.outputs]]
+        name = "out"
+        from = "stdout"
+        format = "lines"
+        [tools.example]
+    "#;
+
+    #[test]
+    fn settings_and_tools_load() {
+        let config = check(&format!("workers = 3\npending_status = 202\n{TOOL}")).unwrap();
+        assert_eq!(config.settings.workers, 3);
+        assert_eq!(config.settings.pending_status, 202);
+        assert!(config.tools.resolve("echo").is_some());
+    }
+
+    #[test]
+    fn errors_name_file_tool_and_field() {
+        let error = check(&TOOL.replace("format = \"lines\"", "format = \"xml\"")).unwrap_err();
+        assert!(
+            error.starts_with("tools.toml: tool `echo@1` (tools[0]): field `outputs[0].format`"),
+            "{error}"
+        );
+        let error = check(&TOOL.replace("\"hi\"", "\"{inputs.x}\"")).unwrap_err();
+        assert!(
+            error.starts_with("tools.toml: tool `echo@1` (tools[0]): field `command[1]`"),
+            "{error}"
+        );
+        let error = check(&format!("listne = \"x\"\n{TOOL}")).unwrap_err();
+        assert!(error.contains("listne"), "{error}");
+        let error = check("workers = 1").unwrap_err();
+        assert!(error.contains("no tools"), "{error}");
+        let error = check(&format!("pending_status = 201\n{TOOL}")).unwrap_err();
+        assert!(error.contains("pending_status"), "{error}");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let overrides = Overrides {
+            workers: Some(7),
+            ..Overrides::default()
+        };
+        let source = ConfigSource::Text {
+            name: "t".into(),
+            text: format!("workers = 3\n{TOOL}"),
+        };
+        let config = Config::load_with_env(&source, &overrides, false).unwrap();
+        assert_eq!(config.settings.workers, 7);
+    }
+}

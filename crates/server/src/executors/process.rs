@@ -1,0 +1,308 @@
+//! The one place that spawns programs: argv only, a cleared environment, its own process
+//! group, rlimits, capped capture of stdout/stderr, progress parsing, timeout and cancel
+//! that kill the whole group.
+
+use std::collections::VecDeque;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Resource, Rlimit, Signal};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{ExecutorError, ResourceLimits, RunOutcome, RunSpec, Termination};
+use crate::jobs::Progress;
+use crate::tools::decl::ProgressStream;
+use crate::tools::ProgressSpec;
+
+/// Bytes of stderr kept for the error message of a failed job.
+const STDERR_TAIL_BYTES: usize = 4096;
+/// A progress line longer than this is not parsed.
+const MAX_LINE: usize = 4096;
+
+pub async fn run(
+    spec: RunSpec,
+    progress: watch::Sender<Option<Progress>>,
+    cancel: CancellationToken,
+) -> Result<RunOutcome, ExecutorError> {
+    let started = Instant::now();
+    let mut child = match spawn(&spec).await {
+        Ok(child) => child,
+        Err(error) => {
+            return Ok(RunOutcome {
+                termination: Termination::SpawnFailed {
+                    not_found: error.kind() == std::io::ErrorKind::NotFound,
+                    message: format!("cannot start `{}`: {error}", spec.argv[0]),
+                },
+                stderr_tail: String::new(),
+                stdout_truncated: false,
+                wall_time: started.elapsed(),
+            })
+        }
+    };
+    let group = child.id().and_then(|id| Pid::from_raw(id as i32));
+    if let Some(pid) = group {
+        apply_rlimits(pid, &spec.rlimits);
+    }
+
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let progress_on = |stream: ProgressStream| {
+        spec.progress
+            .clone()
+            .filter(|p| p.stream == ProgressStream::Both || p.stream == stream)
+    };
+    let stdout_task = tokio::spawn(capture(
+        stdout,
+        tokio::fs::File::create(&spec.stdout_path).await?,
+        spec.stdout_cap,
+        progress_on(ProgressStream::Stdout),
+        progress.clone(),
+        false,
+    ));
+    let stderr_task = tokio::spawn(capture(
+        stderr,
+        tokio::fs::File::create(&spec.stderr_path).await?,
+        spec.stderr_cap,
+        progress_on(ProgressStream::Stderr),
+        progress,
+        true,
+    ));
+
+    let termination = tokio::select! {
+        status = child.wait() => {
+            let status = status?;
+            match (status.code(), status.signal()) {
+                (Some(code), _) => Termination::Exited(code),
+                (None, Some(signal)) => Termination::Signaled(signal),
+                (None, None) => Termination::Exited(-1),
+            }
+        }
+        () = tokio::time::sleep(spec.timeout) => {
+            stop_group(&mut child, group, spec.kill_grace).await;
+            Termination::TimedOut
+        }
+        () = cancel.cancelled() => {
+            stop_group(&mut child, group, spec.kill_grace).await;
+            Termination::Canceled
+        }
+    };
+    // The leader is gone; whatever it left behind in its group goes too, so no process
+    // of the attempt outlives it (and the capture pipes close).
+    if let Some(pid) = group {
+        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    }
+    let (stdout_truncated, _) = join_capture(stdout_task).await;
+    let (_, stderr_tail) = join_capture(stderr_task).await;
+    Ok(RunOutcome {
+        termination,
+        stderr_tail,
+        stdout_truncated,
+        wall_time: started.elapsed(),
+    })
+}
+
+async fn spawn(spec: &RunSpec) -> std::io::Result<Child> {
+    let mut command = Command::new(&spec.argv[0]);
+    command
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.workdir)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // A program file that another thread of this process has just written can be
+    // briefly busy for exec (ETXTBSY, a fork inherited the writable descriptor).
+    let mut delay = Duration::from_millis(5);
+    for _ in 0..5 {
+        match command.spawn() {
+            Err(error)
+                if error.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error()) =>
+            {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    command.spawn()
+}
+
+/// Limits the program's resources right after it starts (prlimit(2) on its pid: no
+/// `pre_exec` hook, hence no unsafe code; the program may run for microseconds before).
+fn apply_rlimits(pid: Pid, limits: &ResourceLimits) {
+    let set = |resource: Resource, value: u64| {
+        let limit = Rlimit {
+            current: Some(value),
+            maximum: Some(value),
+        };
+        if let Err(error) = rustix::process::prlimit(Some(pid), resource, limit) {
+            tracing::warn!(?resource, %error, "cannot set a resource limit");
+        }
+    };
+    set(Resource::Core, 0);
+    if let Some(seconds) = limits.cpu_seconds {
+        set(Resource::Cpu, seconds);
+    }
+    if let Some(bytes) = limits.memory_bytes {
+        set(Resource::As, bytes);
+    }
+    if let Some(bytes) = limits.file_size_bytes {
+        set(Resource::Fsize, bytes);
+    }
+    if let Some(count) = limits.open_files {
+        set(Resource::Nofile, count);
+    }
+}
+
+/// TERM to the whole group, a grace period for the leader to exit, then KILL.
+async fn stop_group(child: &mut Child, group: Option<Pid>, grace: Duration) {
+    if let Some(pid) = group {
+        let _ = rustix::process::kill_process_group(pid, Signal::TERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        if let Some(pid) = group {
+            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        }
+        let _ = child.kill().await;
+    }
+}
+
+async fn join_capture(task: tokio::task::JoinHandle<(bool, String)>) -> (bool, String) {
+    match tokio::time::timeout(Duration::from_secs(5), task).await {
+        Ok(Ok(result)) => result,
+        _ => (false, String::new()),
+    }
+}
+
+/// Copies a stream to `file` up to `cap` bytes (then drains and drops the rest), parses
+/// progress lines, and keeps the stream's tail. Returns (truncated, tail).
+async fn capture(
+    mut stream: impl AsyncRead + Unpin,
+    file: tokio::fs::File,
+    cap: u64,
+    progress: Option<ProgressSpec>,
+    sender: watch::Sender<Option<Progress>>,
+    keep_tail: bool,
+) -> (bool, String) {
+    let mut file = tokio::io::BufWriter::new(file);
+    let mut written: u64 = 0;
+    let mut truncated = false;
+    let mut line = Vec::new();
+    let mut tail: VecDeque<u8> = VecDeque::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        let chunk = &buffer[..read];
+        let room = cap.saturating_sub(written) as usize;
+        if room < chunk.len() {
+            truncated = true;
+        }
+        let kept = &chunk[..room.min(chunk.len())];
+        if !kept.is_empty() && file.write_all(kept).await.is_ok() {
+            written += kept.len() as u64;
+        }
+        if keep_tail {
+            tail.extend(chunk);
+            let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
+            tail.drain(..excess);
+        }
+        if let Some(spec) = &progress {
+            for &byte in chunk {
+                if byte == b'\n' {
+                    if let Some(parsed) = parse_progress(spec, &String::from_utf8_lossy(&line)) {
+                        sender.send_replace(Some(parsed));
+                    }
+                    line.clear();
+                } else if line.len() < MAX_LINE {
+                    line.push(byte);
+                }
+            }
+        }
+    }
+    let _ = file.flush().await;
+    let tail = String::from_utf8_lossy(tail.make_contiguous()).into_owned();
+    (truncated, last_lines(&tail, 20))
+}
+
+/// Reads percent and message from a line matching the tool's pattern: named groups
+/// `percent` and `message`, else groups 1 and 2.
+pub fn parse_progress(spec: &ProgressSpec, line: &str) -> Option<Progress> {
+    let captures = spec.pattern.captures(line.trim_end_matches('\r'))?;
+    let percent_text = captures.name("percent").or_else(|| {
+        let has_names = spec.pattern.capture_names().flatten().next().is_some();
+        (!has_names).then(|| captures.get(1)).flatten()
+    });
+    let message = captures.name("message").or_else(|| {
+        let has_names = spec.pattern.capture_names().flatten().next().is_some();
+        (!has_names).then(|| captures.get(2)).flatten()
+    });
+    let percent = percent_text
+        .and_then(|m| m.as_str().parse::<f64>().ok())
+        .map(|p| p.clamp(0.0, 100.0));
+    let message = message
+        .map(|m| m.as_str().trim().to_owned())
+        .filter(|m| !m.is_empty());
+    if percent.is_none() && message.is_none() {
+        return None;
+    }
+    Some(Progress { percent, message })
+}
+
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let start = lines.len().saturating_sub(count);
+    lines[start..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regex::Regex;
+
+    fn spec(pattern: &str) -> ProgressSpec {
+        ProgressSpec {
+            pattern: Regex::new(pattern).unwrap(),
+            stream: ProgressStream::Both,
+        }
+    }
+
+    #[test]
+    fn progress_lines() {
+        let named = spec(r"^PROGRESS (?P<percent>\d+)\s*(?P<message>.*)$");
+        let cases = [
+            ("PROGRESS 40 halfway", Some((Some(40.0), Some("halfway")))),
+            ("PROGRESS 100", Some((Some(100.0), None))),
+            ("PROGRESS 400 x", Some((Some(100.0), Some("x")))),
+            ("progress 4", None),
+            ("other", None),
+        ];
+        for (line, expected) in cases {
+            let parsed = parse_progress(&named, line);
+            let got = parsed.as_ref().map(|p| (p.percent, p.message.as_deref()));
+            assert_eq!(got, expected, "line {line}");
+        }
+        let positional = spec(r"^(\d+)% (.*)$");
+        let parsed = parse_progress(&positional, "12% step two\r").unwrap();
+        assert_eq!(
+            (parsed.percent, parsed.message.as_deref()),
+            (Some(12.0), Some("step two"))
+        );
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let text: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        let tail = last_lines(&text, 3);
+        assert_eq!(tail, "line 28\nline 29\nline 30");
+    }
+}

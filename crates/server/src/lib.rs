@@ -1,0 +1,27 @@
+//! batchgate: legacy command-line batch programs behind an asynchronous HTTP API.
+//!
+//! Layout (see ARCHITECTURE.md for the map and the invariants):
+//! - `api/`: the only module that knows HTTP (axum handlers, problem documents, OpenAPI).
+//! - `jobs/`: the job domain and state machine; pure logic.
+//! - `store/`: durable job state (`JobStore`, SQLite) and its conformance suite.
+//! - `blobs`: job inputs, outputs and logs (`BlobStore`, a local directory).
+//! - `executors/`: how an attempt's program runs; `process.rs` alone spawns programs.
+//! - `transforms/`: JSON ↔ the program's file formats.
+//! - `tools/`: tool declarations, argv templates and control files.
+//! - `worker/`: the embedded worker pool and the pipeline of one attempt.
+//! - `config`, `demo`, `app`: settings, the built-in demo, and the wiring.
+
+pub mod api;
+pub mod app;
+pub mod blobs;
+pub mod config;
+pub mod demo;
+pub mod executors;
+pub mod jobs;
+pub mod store;
+pub mod tools;
+pub mod transforms;
+pub mod worker;
+
+pub use app::{Application, Runtime};
+pub use config::{Config, ConfigSource, Overrides, Settings};

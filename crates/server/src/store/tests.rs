@@ -1,0 +1,309 @@
+//! The conformance suite every `JobStore` must pass. Each backend's test module calls
+//! `conformance!` with a constructor returning a fresh, empty store.
+
+use chrono::Utc;
+use serde_json::Map;
+use uuid::Uuid;
+
+use super::*;
+use crate::jobs::{StoredInput, StoredOutput};
+
+pub fn new_job(tool: &str, key: Option<&str>) -> Job {
+    let now = Utc::now();
+    Job {
+        id: Uuid::now_v7(),
+        owner: "alice".into(),
+        tool: tool.into(),
+        tool_version: 1,
+        state: JobState::Queued,
+        params: Map::new(),
+        inputs: vec![StoredInput {
+            name: "data".into(),
+            size: 3,
+        }],
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        expires_at: None,
+        attempt: 0,
+        max_attempts: 2,
+        lease_until: None,
+        run_after: now,
+        progress: None,
+        error: None,
+        outputs: vec![],
+        cancel_requested: false,
+        idempotency_key: key.map(str::to_owned),
+        request_hash: key.map(|_| "hash".to_owned()),
+        purged_at: None,
+    }
+}
+
+fn completion(state: JobState) -> Completion {
+    Completion {
+        state,
+        error: None,
+        outputs: vec![StoredOutput {
+            name: "out".into(),
+            media_type: "text/plain".into(),
+            size: 1,
+        }],
+        finished_at: Utc::now(),
+        expires_at: None,
+    }
+}
+
+macro_rules! conformance {
+    ($make:expr) => {
+        #[tokio::test]
+        async fn insert_get_and_idempotency() {
+            let store = $make;
+            let job = crate::store::tests::new_job("t", Some("k1"));
+            assert!(matches!(
+                store.insert(&job).await.unwrap(),
+                Inserted::Created
+            ));
+            assert_eq!(store.get(job.id).await.unwrap().unwrap(), job);
+            let again = crate::store::tests::new_job("t", Some("k1"));
+            match store.insert(&again).await.unwrap() {
+                Inserted::Existing(existing) => assert_eq!(existing.id, job.id),
+                Inserted::Created => panic!("the key was used twice"),
+            }
+            assert!(store.get(again.id).await.unwrap().is_none());
+            assert!(store.get(uuid::Uuid::now_v7()).await.unwrap().is_none());
+        }
+
+        #[tokio::test]
+        async fn claim_is_fifo_exclusive_and_fenced() {
+            let store = $make;
+            let first = crate::store::tests::new_job("t", None);
+            let second = crate::store::tests::new_job("t", None);
+            store.insert(&first).await.unwrap();
+            store.insert(&second).await.unwrap();
+            let now = chrono::Utc::now();
+            let lease = now + chrono::Duration::seconds(30);
+            let claimed = store.claim(now, lease, &[]).await.unwrap().unwrap();
+            assert_eq!(
+                (claimed.id, claimed.attempt, claimed.state),
+                (first.id, 1, JobState::Running)
+            );
+            let next = store.claim(now, lease, &[]).await.unwrap().unwrap();
+            assert_eq!(next.id, second.id);
+            assert!(store.claim(now, lease, &[]).await.unwrap().is_none());
+
+            // A stale attempt number changes nothing.
+            let done = crate::store::tests::completion(JobState::Succeeded);
+            assert!(!store.complete(first.id, 2, &done).await.unwrap());
+            assert!(store.complete(first.id, 1, &done).await.unwrap());
+            assert!(
+                !store.complete(first.id, 1, &done).await.unwrap(),
+                "finishes exactly once"
+            );
+            let finished = store.get(first.id).await.unwrap().unwrap();
+            assert_eq!(finished.state, JobState::Succeeded);
+            assert_eq!(finished.outputs.len(), 1);
+            assert_eq!(
+                store.heartbeat(first.id, 1, lease, None).await.unwrap(),
+                Heartbeat::Lost
+            );
+        }
+
+        #[tokio::test]
+        async fn claim_skips_excluded_tools_and_future_jobs() {
+            let store = $make;
+            let busy = crate::store::tests::new_job("busy", None);
+            let mut later = crate::store::tests::new_job("t", None);
+            later.run_after = chrono::Utc::now() + chrono::Duration::seconds(60);
+            store.insert(&busy).await.unwrap();
+            store.insert(&later).await.unwrap();
+            let now = chrono::Utc::now();
+            let lease = now + chrono::Duration::seconds(30);
+            assert!(store
+                .claim(now, lease, &["busy@1".to_string()])
+                .await
+                .unwrap()
+                .is_none());
+            assert_eq!(
+                store.claim(now, lease, &[]).await.unwrap().unwrap().id,
+                busy.id
+            );
+        }
+
+        #[tokio::test]
+        async fn expired_leases_are_retried_then_failed() {
+            let store = $make;
+            let job = crate::store::tests::new_job("t", None);
+            store.insert(&job).await.unwrap();
+            let now = chrono::Utc::now();
+            let short = now + chrono::Duration::milliseconds(1);
+            let later = now + chrono::Duration::seconds(1);
+            store.claim(now, short, &[]).await.unwrap().unwrap();
+            assert_eq!(store.recover_expired_leases(now).await.unwrap(), 0);
+            assert_eq!(store.recover_expired_leases(later).await.unwrap(), 1);
+            let requeued = store.get(job.id).await.unwrap().unwrap();
+            assert_eq!(requeued.state, JobState::Queued);
+            assert_eq!(requeued.error.unwrap().code, "worker-lost");
+            // The stale first attempt can no longer complete.
+            let done = crate::store::tests::completion(JobState::Succeeded);
+            assert!(!store.complete(job.id, 1, &done).await.unwrap());
+
+            let second = store
+                .claim(later, later + chrono::Duration::milliseconds(1), &[])
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(second.attempt, 2);
+            let much_later = later + chrono::Duration::seconds(1);
+            assert_eq!(store.recover_expired_leases(much_later).await.unwrap(), 1);
+            let failed = store.get(job.id).await.unwrap().unwrap();
+            assert_eq!(failed.state, JobState::Failed, "max_attempts is 2");
+            assert!(failed.finished_at.is_some());
+        }
+
+        #[tokio::test]
+        async fn heartbeat_renews_and_reports_cancel() {
+            let store = $make;
+            let job = crate::store::tests::new_job("t", None);
+            store.insert(&job).await.unwrap();
+            let now = chrono::Utc::now();
+            store
+                .claim(now, now + chrono::Duration::seconds(1), &[])
+                .await
+                .unwrap()
+                .unwrap();
+            let progress = Progress {
+                percent: Some(40.0),
+                message: Some("half".into()),
+            };
+            let renewed = now + chrono::Duration::seconds(60);
+            assert_eq!(
+                store
+                    .heartbeat(job.id, 1, renewed, Some(&progress))
+                    .await
+                    .unwrap(),
+                Heartbeat::Held {
+                    cancel_requested: false
+                }
+            );
+            assert_eq!(
+                store
+                    .recover_expired_leases(now + chrono::Duration::seconds(5))
+                    .await
+                    .unwrap(),
+                0
+            );
+            assert_eq!(
+                store.get(job.id).await.unwrap().unwrap().progress,
+                Some(progress)
+            );
+            let flagged = store.request_cancel(job.id, now).await.unwrap().unwrap();
+            assert_eq!(
+                (flagged.state, flagged.cancel_requested),
+                (JobState::Running, true)
+            );
+            assert_eq!(
+                store.heartbeat(job.id, 1, renewed, None).await.unwrap(),
+                Heartbeat::Held {
+                    cancel_requested: true
+                }
+            );
+        }
+
+        #[tokio::test]
+        async fn cancel_of_queued_is_immediate_and_purge_needs_terminal() {
+            let store = $make;
+            let job = crate::store::tests::new_job("t", None);
+            store.insert(&job).await.unwrap();
+            let now = chrono::Utc::now();
+            assert!(
+                !store.mark_purged(job.id, now).await.unwrap(),
+                "never purge an unfinished job"
+            );
+            let canceled = store.request_cancel(job.id, now).await.unwrap().unwrap();
+            assert_eq!(canceled.state, JobState::Canceled);
+            assert!(store.claim(now, now, &[]).await.unwrap().is_none());
+            assert!(store.mark_purged(job.id, now).await.unwrap());
+            assert!(store
+                .get(job.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .purged_at
+                .is_some());
+            assert!(store
+                .request_cancel(uuid::Uuid::now_v7(), now)
+                .await
+                .unwrap()
+                .is_none());
+        }
+
+        #[tokio::test]
+        async fn history_pages_newest_first_with_filters() {
+            let store = $make;
+            let mut ids = Vec::new();
+            for i in 0..5 {
+                let mut job =
+                    crate::store::tests::new_job(if i % 2 == 0 { "even" } else { "odd" }, None);
+                if i == 4 {
+                    job.owner = "bob".into();
+                }
+                store.insert(&job).await.unwrap();
+                ids.push(job.id);
+            }
+            let mut query = ListQuery {
+                owner: "alice".into(),
+                limit: 2,
+                ..ListQuery::default()
+            };
+            let page = store.list(&query).await.unwrap();
+            assert_eq!(
+                page.iter().map(|j| j.id).collect::<Vec<_>>(),
+                vec![ids[3], ids[2]]
+            );
+            query.before = Some(ids[2]);
+            let page = store.list(&query).await.unwrap();
+            assert_eq!(
+                page.iter().map(|j| j.id).collect::<Vec<_>>(),
+                vec![ids[1], ids[0]]
+            );
+            let evens = ListQuery {
+                owner: "alice".into(),
+                tool: Some("even".into()),
+                limit: 10,
+                ..ListQuery::default()
+            };
+            assert_eq!(store.list(&evens).await.unwrap().len(), 2);
+            let queued = ListQuery {
+                owner: "alice".into(),
+                state: Some(JobState::Running),
+                limit: 10,
+                ..ListQuery::default()
+            };
+            assert!(store.list(&queued).await.unwrap().is_empty());
+            let first = store.get(ids[0]).await.unwrap().unwrap();
+            assert_eq!(store.queued_ahead(&first).await.unwrap(), 0);
+            let last = store.get(ids[4]).await.unwrap().unwrap();
+            assert_eq!(store.queued_ahead(&last).await.unwrap(), 4);
+        }
+    };
+}
+
+mod sqlite {
+    use super::super::sqlite::SqliteJobStore;
+    use super::super::*;
+
+    async fn fresh() -> (SqliteJobStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteJobStore::open(&dir.path().join("jobs.db"))
+            .await
+            .unwrap();
+        (store, dir)
+    }
+
+    conformance!({
+        let (store, dir) = fresh().await;
+        // Keep the directory alive for the test's duration.
+        Box::leak(Box::new(dir));
+        store
+    });
+}

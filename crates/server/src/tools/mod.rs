@@ -1,0 +1,853 @@
+//! Tools: declarations checked once at start, then served read-only.
+//!
+//! A `Tool` is a validated declaration: its argv is parsed, its parameter schema compiled,
+//! its control template compiled and its example request checked, so that nothing a tool
+//! author can get wrong is discovered by the first user.
+
+pub mod argv;
+pub mod control;
+pub mod decl;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchgate_protocol as protocol;
+use regex::Regex;
+use serde_json::{Map, Value};
+
+use crate::transforms::records::Layout;
+use crate::transforms::{FieldFault, Format};
+use argv::{ArgTemplate, Placeholder};
+use control::ControlTemplate;
+use decl::{OutputSource, ProgressStream, ToolDecl};
+
+/// A mistake in a tool declaration, naming the tool and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tool `{tool}`: field `{field}`: {message}")]
+pub struct ToolError {
+    pub tool: String,
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub name: String,
+    pub layout: Layout,
+    pub media_types: Vec<String>,
+    pub required: bool,
+    pub max_bytes: u64,
+    /// The file name in the work directory, chosen by the server.
+    pub file_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub name: String,
+    pub source: OutputSource,
+    /// Relative path in the work directory (for file outputs).
+    pub path: Option<String>,
+    pub format: Format,
+    pub columns: Vec<String>,
+    pub header: bool,
+    pub media_type: String,
+    pub result: bool,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub cpu_seconds: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub file_size_bytes: Option<u64>,
+    pub open_files: u64,
+    pub max_request_bytes: u64,
+    pub max_output_bytes: u64,
+    pub max_log_bytes: u64,
+    pub concurrency: Option<u32>,
+    pub kill_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub on_exit_codes: Vec<i32>,
+    pub on_timeout: bool,
+    pub backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProgressSpec {
+    pub pattern: Regex,
+    pub stream: ProgressStream,
+}
+
+/// Defaults that come from the server settings rather than the tool.
+#[derive(Debug, Clone)]
+pub struct ToolDefaults {
+    pub max_request_bytes: u64,
+    pub timeout: Duration,
+    pub retention: Duration,
+}
+
+impl Default for ToolDefaults {
+    fn default() -> Self {
+        ToolDefaults {
+            max_request_bytes: 10 * 1024 * 1024,
+            timeout: Duration::from_secs(300),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Tool {
+    pub name: String,
+    pub version: u32,
+    pub title: String,
+    pub description: String,
+    pub command: Vec<ArgTemplate>,
+    pub inputs: Vec<InputSpec>,
+    pub parameters_schema: Value,
+    validator: jsonschema::Validator,
+    pub control: Option<ControlTemplate>,
+    pub outputs: Vec<OutputSpec>,
+    pub env_vars: BTreeMap<String, String>,
+    pub env_allow: Vec<String>,
+    pub limits: Limits,
+    pub success_exit_codes: Vec<i32>,
+    pub retry: RetryPolicy,
+    pub progress: Option<ProgressSpec>,
+    pub retention: Duration,
+    pub example: protocol::SubmitRequest,
+    pub expected_run: Duration,
+}
+
+impl Tool {
+    /// `name@version`, the key of a tool version everywhere.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+
+    pub fn input(&self, name: &str) -> Option<&InputSpec> {
+        self.inputs.iter().find(|input| input.name == name)
+    }
+
+    /// Checks `parameters` against the schema after filling in defaults; returns the
+    /// validated parameters or every failing path.
+    pub fn validate_parameters(
+        &self,
+        parameters: Map<String, Value>,
+    ) -> Result<Map<String, Value>, Vec<FieldFault>> {
+        let mut instance = Value::Object(parameters);
+        apply_defaults(&self.parameters_schema, &mut instance);
+        let faults: Vec<FieldFault> = self
+            .validator
+            .iter_errors(&instance)
+            .map(|error| {
+                FieldFault::new(
+                    format!("/parameters{}", error.instance_path),
+                    error.to_string(),
+                )
+            })
+            .collect();
+        if !faults.is_empty() {
+            return Err(faults);
+        }
+        match instance {
+            Value::Object(parameters) => Ok(parameters),
+            _ => unreachable!("the instance stays an object"),
+        }
+    }
+
+    /// Parameters given as query-string text, typed after the schema's property types
+    /// (`window=5` → 5, `flag=true` → true, `stats=a,b` or repeated keys → an array).
+    pub fn parameters_from_query(&self, pairs: &[(String, String)]) -> Map<String, Value> {
+        let properties = self
+            .parameters_schema
+            .get("properties")
+            .and_then(Value::as_object);
+        let mut parameters = Map::new();
+        for (key, text) in pairs {
+            let declared = properties
+                .and_then(|props| props.get(key))
+                .and_then(|prop| prop.get("type"))
+                .and_then(Value::as_str);
+            let value = match declared {
+                Some("array") => {
+                    let items = text.split(',').map(|item| Value::String(item.to_owned()));
+                    match parameters.remove(key) {
+                        Some(Value::Array(mut existing)) => {
+                            existing.extend(items);
+                            Value::Array(existing)
+                        }
+                        _ => Value::Array(items.collect()),
+                    }
+                }
+                Some("integer") => text
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .unwrap_or_else(|_| Value::String(text.clone())),
+                Some("number") => text
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Value::Number)
+                    .unwrap_or_else(|| Value::String(text.clone())),
+                Some("boolean") => match text.as_str() {
+                    "true" | "1" | "yes" => Value::Bool(true),
+                    "false" | "0" | "no" => Value::Bool(false),
+                    _ => Value::String(text.clone()),
+                },
+                _ => Value::String(text.clone()),
+            };
+            parameters.insert(key.clone(), value);
+        }
+        parameters
+    }
+
+    pub fn describe(&self, versions: Vec<u32>) -> protocol::ToolDescription {
+        protocol::ToolDescription {
+            name: self.name.clone(),
+            version: self.version,
+            versions,
+            title: self.title.clone(),
+            description: self.description.clone(),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|input| protocol::InputInfo {
+                    name: input.name.clone(),
+                    format: input.layout.format.as_str().into(),
+                    columns: input.layout.columns.clone(),
+                    required: input.required,
+                    media_types: input.media_types.clone(),
+                    max_bytes: input.max_bytes,
+                })
+                .collect(),
+            parameters: self.parameters_schema.clone(),
+            outputs: self
+                .outputs
+                .iter()
+                .map(|output| protocol::OutputDeclInfo {
+                    name: output.name.clone(),
+                    format: output.format.as_str().into(),
+                    media_type: output.media_type.clone(),
+                    result: output.result,
+                })
+                .collect(),
+            limits: protocol::ToolLimits {
+                timeout_seconds: self.limits.timeout.as_secs(),
+                cpu_seconds: self.limits.cpu_seconds,
+                memory_mb: self.limits.memory_bytes.map(|bytes| bytes / (1024 * 1024)),
+                max_request_bytes: self.limits.max_request_bytes,
+                max_output_bytes: self.limits.max_output_bytes,
+                max_attempts: self.retry.max_attempts,
+                concurrency: self.limits.concurrency,
+            },
+            example: self.example.clone(),
+            submit: format!("/v1/tools/{}@{}/jobs", self.name, self.version),
+        }
+    }
+
+    /// Builds a tool from its declaration, checking everything that can be checked
+    /// without running it.
+    pub fn from_decl(decl: ToolDecl, defaults: &ToolDefaults) -> Result<Tool, ToolError> {
+        let tool_id = format!("{}@{}", decl.name, decl.version);
+        let fail = |field: &str, message: String| ToolError {
+            tool: tool_id.clone(),
+            field: field.to_owned(),
+            message,
+        };
+        if !valid_name(&decl.name) {
+            return Err(fail("name", "use letters, digits, `_` and `-` only".into()));
+        }
+        if decl.version == 0 {
+            return Err(fail("version", "versions start at 1".into()));
+        }
+
+        let mut inputs = Vec::new();
+        for (index, input) in decl.inputs.into_iter().enumerate() {
+            let field = format!("inputs[{index}]");
+            if !valid_name(&input.name) {
+                return Err(fail(
+                    &format!("{field}.name"),
+                    "use letters, digits, `_` and `-` only".into(),
+                ));
+            }
+            if inputs
+                .iter()
+                .any(|known: &InputSpec| known.name == input.name)
+            {
+                return Err(fail(
+                    &format!("{field}.name"),
+                    format!("input `{}` is declared twice", input.name),
+                ));
+            }
+            if !input.columns.is_empty() && !input.format.is_tabular() {
+                return Err(fail(
+                    &format!("{field}.columns"),
+                    "columns apply to csv and tsv only".into(),
+                ));
+            }
+            let media_types = if input.media_types.is_empty() {
+                vec![input.format.default_media_type().to_owned()]
+            } else {
+                input.media_types
+            };
+            inputs.push(InputSpec {
+                file_name: format!("{}.{}", input.name, input.format.extension()),
+                name: input.name,
+                layout: Layout {
+                    format: input.format,
+                    columns: input.columns,
+                    header: input.header,
+                },
+                media_types,
+                required: input.required,
+                max_bytes: input.max_bytes.unwrap_or(u64::MAX),
+            });
+        }
+
+        let mut outputs: Vec<OutputSpec> = Vec::new();
+        for (index, output) in decl.outputs.into_iter().enumerate() {
+            let field = format!("outputs[{index}]");
+            if !valid_name(&output.name) {
+                return Err(fail(
+                    &format!("{field}.name"),
+                    "use letters, digits, `_` and `-` only".into(),
+                ));
+            }
+            if outputs.iter().any(|known| known.name == output.name) {
+                return Err(fail(
+                    &format!("{field}.name"),
+                    format!("output `{}` is declared twice", output.name),
+                ));
+            }
+            match (output.from, &output.path) {
+                (OutputSource::File, None) => {
+                    return Err(fail(
+                        &format!("{field}.path"),
+                        "a file output needs a path".into(),
+                    ))
+                }
+                (OutputSource::Stdout, Some(_)) => {
+                    return Err(fail(
+                        &format!("{field}.path"),
+                        "a stdout output has no path".into(),
+                    ))
+                }
+                (OutputSource::File, Some(path)) => check_relative_path(path)
+                    .map_err(|message| fail(&format!("{field}.path"), message))?,
+                (OutputSource::Stdout, None) => {}
+            }
+            outputs.push(OutputSpec {
+                media_type: output
+                    .media_type
+                    .unwrap_or_else(|| output.format.default_media_type().to_owned()),
+                name: output.name,
+                source: output.from,
+                path: output.path,
+                format: output.format,
+                columns: output.columns,
+                header: output.header,
+                result: output.result,
+                required: output.required,
+            });
+        }
+        if outputs.is_empty() {
+            return Err(fail("outputs", "declare at least one output".into()));
+        }
+
+        let parameters_schema = decl.parameters.unwrap_or_else(|| {
+            serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false})
+        });
+        if parameters_schema.get("type").and_then(Value::as_str) != Some("object") {
+            return Err(fail(
+                "parameters.type",
+                "the parameter schema must have `type = \"object\"`".into(),
+            ));
+        }
+        let validator = jsonschema::validator_for(&parameters_schema)
+            .map_err(|error| fail("parameters", format!("not a valid JSON Schema: {error}")))?;
+
+        let control = match decl.control {
+            Some(control) => {
+                check_plain_file_name(&control.file)
+                    .map_err(|message| fail("control.file", message))?;
+                if inputs.iter().any(|input| input.file_name == control.file) {
+                    return Err(fail(
+                        "control.file",
+                        "clashes with an input file name".into(),
+                    ));
+                }
+                Some(
+                    ControlTemplate::compile(control.file, control.template, control.values)
+                        .map_err(|message| fail("control.template", message))?,
+                )
+            }
+            None => None,
+        };
+
+        if decl.command.is_empty() {
+            return Err(fail("command", "the argv list is empty".into()));
+        }
+        let properties: BTreeSet<String> = parameters_schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|props| props.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut command = Vec::new();
+        for (index, argument) in decl.command.iter().enumerate() {
+            let field = format!("command[{index}]");
+            let template = ArgTemplate::parse(argument).map_err(|message| fail(&field, message))?;
+            for placeholder in template.placeholders() {
+                let problem = match placeholder {
+                    Placeholder::Input(name) if !inputs.iter().any(|i| &i.name == name) => {
+                        Some(format!(
+                            "no input `{name}`; inputs are: {}",
+                            names(inputs.iter().map(|i| &i.name))
+                        ))
+                    }
+                    Placeholder::Output(name) => match outputs.iter().find(|o| &o.name == name) {
+                        None => Some(format!(
+                            "no output `{name}`; outputs are: {}",
+                            names(outputs.iter().map(|o| &o.name))
+                        )),
+                        Some(output) if output.source == OutputSource::Stdout => {
+                            Some(format!("output `{name}` comes from stdout and has no file"))
+                        }
+                        Some(_) => None,
+                    },
+                    Placeholder::Control if control.is_none() => {
+                        Some("`{control}` is used but no [control] is declared".into())
+                    }
+                    Placeholder::Param(name) if !properties.contains(name) => {
+                        Some(format!("no parameter `{name}` in the parameter schema"))
+                    }
+                    _ => None,
+                };
+                if let Some(message) = problem {
+                    return Err(fail(&field, message));
+                }
+            }
+            command.push(template);
+        }
+        if command[0].placeholders().next().is_some() {
+            return Err(fail(
+                "command[0]",
+                "the program itself cannot come from a placeholder".into(),
+            ));
+        }
+
+        for name in decl.env.vars.keys().chain(decl.env.allow.iter()) {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(fail("env", format!("`{name}` is not a variable name")));
+            }
+        }
+
+        let progress = match decl.progress {
+            Some(progress) => Some(ProgressSpec {
+                pattern: Regex::new(&progress.pattern)
+                    .map_err(|error| fail("progress.pattern", error.to_string()))?,
+                stream: progress.stream,
+            }),
+            None => None,
+        };
+
+        let limits_decl = decl.limits;
+        let mb = |value: Option<u64>| value.map(|mb| mb * 1024 * 1024);
+        let limits = Limits {
+            timeout: limits_decl
+                .timeout_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.timeout),
+            cpu_seconds: limits_decl.cpu_seconds,
+            memory_bytes: mb(limits_decl.memory_mb),
+            file_size_bytes: mb(limits_decl.file_size_mb),
+            open_files: limits_decl.open_files.unwrap_or(1024),
+            max_request_bytes: limits_decl
+                .max_request_bytes
+                .unwrap_or(defaults.max_request_bytes),
+            max_output_bytes: limits_decl.max_output_bytes.unwrap_or(100 * 1024 * 1024),
+            max_log_bytes: limits_decl.max_log_bytes.unwrap_or(1024 * 1024),
+            concurrency: limits_decl.concurrency,
+            kill_grace: Duration::from_secs(limits_decl.kill_grace_seconds.unwrap_or(5)),
+        };
+        if limits.timeout.is_zero() {
+            return Err(fail("limits.timeout_seconds", "must be at least 1".into()));
+        }
+        if limits.concurrency == Some(0) {
+            return Err(fail("limits.concurrency", "must be at least 1".into()));
+        }
+        let retry = RetryPolicy {
+            max_attempts: decl.retry.max_attempts.unwrap_or(3),
+            on_exit_codes: decl.retry.on_exit_codes,
+            on_timeout: decl.retry.on_timeout,
+            backoff: Duration::from_secs_f64(decl.retry.backoff_seconds.unwrap_or(1.0).max(0.0)),
+        };
+        if retry.max_attempts == 0 {
+            return Err(fail("retry.max_attempts", "must be at least 1".into()));
+        }
+
+        let example: protocol::SubmitRequest = serde_json::from_value(decl.example)
+            .map_err(|error| fail("example", format!("not a request body: {error}")))?;
+
+        let tool = Tool {
+            title: decl.title.unwrap_or_else(|| decl.name.clone()),
+            name: decl.name,
+            version: decl.version,
+            description: decl.description,
+            command,
+            inputs,
+            parameters_schema,
+            validator,
+            control,
+            outputs,
+            env_vars: decl.env.vars,
+            env_allow: decl.env.allow,
+            limits,
+            success_exit_codes: decl.success_exit_codes,
+            retry,
+            progress,
+            retention: decl
+                .retention_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.retention),
+            example,
+            expected_run: Duration::from_secs_f64(
+                decl.expected_run_seconds.unwrap_or(1.0).max(0.0),
+            ),
+        };
+        tool.check_example()
+            .map_err(|message| fail("example", message))?;
+        Ok(tool)
+    }
+
+    /// The example must be a request this tool accepts: known and required inputs,
+    /// records that convert, parameters that validate, a control file that renders.
+    fn check_example(&self) -> Result<(), String> {
+        let body = serde_json::to_vec(&self.example).expect("the example serializes");
+        let mut sinks = ExampleSinks { tool: self };
+        let (parameters, given) =
+            crate::transforms::request::parse_json_request(&body[..], &mut sinks)
+                .map_err(|error| error.to_string())?;
+        if let Some(missing) = self
+            .inputs
+            .iter()
+            .find(|i| i.required && !given.contains(&i.name))
+        {
+            return Err(format!("lacks the required input `{}`", missing.name));
+        }
+        let parameters = self.validate_parameters(parameters).map_err(|faults| {
+            faults
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        if let Some(control) = &self.control {
+            control
+                .render(&parameters)
+                .map_err(|fault| fault.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+struct ExampleSinks<'a> {
+    tool: &'a Tool,
+}
+
+impl crate::transforms::request::InputSinks for ExampleSinks<'_> {
+    type Sink = std::io::Sink;
+    fn layout(&self, name: &str) -> Option<Layout> {
+        self.tool.input(name).map(|input| input.layout.clone())
+    }
+    fn open(&mut self, _name: &str) -> std::io::Result<std::io::Sink> {
+        Ok(std::io::sink())
+    }
+    fn close(&mut self, _name: &str, _sink: std::io::Sink) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn names<'a>(items: impl Iterator<Item = &'a String>) -> String {
+    let list: Vec<&str> = items.map(String::as_str).collect();
+    if list.is_empty() {
+        "(none)".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+fn check_relative_path(path: &str) -> Result<(), String> {
+    let relative = std::path::Path::new(path);
+    let escapes = relative.components().any(|component| {
+        !matches!(
+            component,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if path.is_empty() || escapes || relative.is_absolute() {
+        return Err(format!(
+            "`{path}` must be a relative path inside the work directory"
+        ));
+    }
+    Ok(())
+}
+
+fn check_plain_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.contains('/')
+        || name == "."
+        || name == ".."
+        || name.starts_with(".batchgate")
+    {
+        return Err(format!("`{name}` must be a plain file name"));
+    }
+    Ok(())
+}
+
+/// Fills in `default` values of object properties, recursively, where absent.
+pub fn apply_defaults(schema: &Value, instance: &mut Value) {
+    let (Some(properties), Value::Object(map)) = (
+        schema.get("properties").and_then(Value::as_object),
+        instance,
+    ) else {
+        return;
+    };
+    for (name, property) in properties {
+        if !map.contains_key(name) {
+            if let Some(default) = property.get("default") {
+                map.insert(name.clone(), default.clone());
+            }
+        }
+        if let Some(value) = map.get_mut(name) {
+            apply_defaults(property, value);
+        }
+    }
+}
+
+/// Every tool version the server offers.
+#[derive(Debug, Default)]
+pub struct ToolRegistry {
+    by_name: BTreeMap<String, BTreeMap<u32, Arc<Tool>>>,
+}
+
+impl ToolRegistry {
+    pub fn new(tools: Vec<Tool>) -> Result<ToolRegistry, ToolError> {
+        let mut registry = ToolRegistry::default();
+        for tool in tools {
+            let versions = registry.by_name.entry(tool.name.clone()).or_default();
+            if versions.contains_key(&tool.version) {
+                return Err(ToolError {
+                    tool: tool.id(),
+                    field: "version".into(),
+                    message: "this name and version are declared twice".into(),
+                });
+            }
+            versions.insert(tool.version, Arc::new(tool));
+        }
+        Ok(registry)
+    }
+
+    /// `name` (the newest version) or `name@version`.
+    pub fn resolve(&self, reference: &str) -> Option<Arc<Tool>> {
+        let (name, version) = match reference.split_once('@') {
+            Some((name, version)) => (name, Some(version.parse::<u32>().ok()?)),
+            None => (reference, None),
+        };
+        let versions = self.by_name.get(name)?;
+        match version {
+            Some(version) => versions.get(&version).cloned(),
+            None => versions.values().next_back().cloned(),
+        }
+    }
+
+    /// An exact version, as stored on a job.
+    pub fn get(&self, name: &str, version: u32) -> Option<Arc<Tool>> {
+        self.by_name.get(name)?.get(&version).cloned()
+    }
+
+    pub fn versions(&self, name: &str) -> Vec<u32> {
+        self.by_name
+            .get(name)
+            .map(|versions| versions.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The newest version of each tool, by name.
+    pub fn latest(&self) -> impl Iterator<Item = &Arc<Tool>> {
+        self.by_name
+            .values()
+            .filter_map(|versions| versions.values().next_back())
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Tool>> {
+        self.by_name.values().flat_map(|versions| versions.values())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        name = "t"
+        command = ["/bin/cat", "{inputs.data}"]
+        [[inputs]]
+        name = "data"
+        format = "csv"
+        columns = ["a", "b"]
+        [parameters]
+        type = "object"
+        properties.n = { type = "integer", minimum = 1, default = 2 }
+        properties.mode = { enum = ["x", "y"] }
+        properties.list = { type = "array", items = { type = "string" } }
+        [[outputs]]
+        name = "out"
+        from = "stdout"
+        format = "lines"
+        [example]
+        inputs.data = [{ a = 1, b = 2 }]
+    "#;
+
+    /// Builds a tool from TOML, with `patch` appended (TOML allows adding keys to tables).
+    fn check(toml_text: &str) -> Result<Tool, String> {
+        let decl: ToolDecl = toml::from_str(toml_text).map_err(|error| error.to_string())?;
+        Tool::from_decl(decl, &ToolDefaults::default()).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn a_good_declaration_loads() {
+        let tool = check(GOOD).unwrap();
+        assert_eq!(tool.id(), "t@1");
+        assert_eq!(tool.inputs[0].file_name, "data.csv");
+        assert_eq!(tool.limits.max_request_bytes, 10 * 1024 * 1024);
+    }
+
+    #[test]
+    fn mistakes_name_the_field() {
+        let cases = [
+            (
+                GOOD.replace("{inputs.data}", "{inputs.dta}"),
+                "field `command[1]`: no input `dta`",
+            ),
+            (
+                GOOD.replace("\"/bin/cat\"", "\"{params.n}\""),
+                "field `command[0]`",
+            ),
+            (
+                GOOD.replace("{inputs.data}", "{params.zz}"),
+                "no parameter `zz`",
+            ),
+            (GOOD.replace("{inputs.data}", "{control}"), "no [control]"),
+            (
+                GOOD.replace("{inputs.data}", "{outputs.out}"),
+                "comes from stdout",
+            ),
+            (
+                GOOD.replace("minimum = 1, default = 2", "minimum = 1, default = 0"),
+                "field `example`",
+            ),
+            (
+                GOOD.replace(
+                    "inputs.data = [{ a = 1, b = 2 }]",
+                    "inputs.data = [{ a = 1 }]",
+                ),
+                "field `example`",
+            ),
+            (
+                GOOD.replace("type = \"integer\"", "type = \"intger\""),
+                "field `parameters`",
+            ),
+            (
+                GOOD.replace("format = \"lines\"", "format = \"lines\"\npath = \"x\""),
+                "field `outputs[0].path`",
+            ),
+            (
+                GOOD.replace("from = \"stdout\"", "path = \"../x\""),
+                "field `outputs[0].path`",
+            ),
+            (
+                GOOD.replace("format = \"csv\"", "format = \"lines\""),
+                "field `inputs[0].columns`",
+            ),
+            (
+                format!("{GOOD}\n[progress]\npattern = \"(\""),
+                "field `progress.pattern`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = check(&text).unwrap_err();
+            assert!(
+                error.contains(expected),
+                "expected {expected:?} in {error:?}"
+            );
+            assert!(
+                error.starts_with("tool `t@1`") || error.contains("unknown"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let error = check(&GOOD.replace("name = \"t\"", "name = \"t\"\ntimout = 3")).unwrap_err();
+        assert!(error.contains("timout"), "{error}");
+    }
+
+    #[test]
+    fn parameters_get_defaults_then_validate() {
+        let tool = check(GOOD).unwrap();
+        let params = tool.validate_parameters(Map::new()).unwrap();
+        assert_eq!(params["n"], 2);
+        let faults = tool
+            .validate_parameters(
+                serde_json::json!({"n": 0, "mode": "z"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            )
+            .unwrap_err();
+        let paths: BTreeSet<_> = faults.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, BTreeSet::from(["/parameters/n", "/parameters/mode"]));
+    }
+
+    #[test]
+    fn query_parameters_are_typed_by_the_schema() {
+        let tool = check(GOOD).unwrap();
+        let pairs = [("n", "5"), ("mode", "x"), ("list", "a,b"), ("list", "c")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let params = tool.parameters_from_query(&pairs);
+        assert_eq!(
+            Value::Object(params),
+            serde_json::json!({"n": 5, "mode": "x", "list": ["a", "b", "c"]})
+        );
+    }
+
+    #[test]
+    fn registry_resolves_versions() {
+        let one = check(GOOD).unwrap();
+        let two = check(&GOOD.replace("name = \"t\"", "name = \"t\"\nversion = 2")).unwrap();
+        let registry = ToolRegistry::new(vec![one, two]).unwrap();
+        assert_eq!(registry.resolve("t").unwrap().version, 2);
+        assert_eq!(registry.resolve("t@1").unwrap().version, 1);
+        assert!(registry.resolve("t@3").is_none());
+        assert!(registry.resolve("t@x").is_none());
+        assert_eq!(registry.versions("t"), vec![1, 2]);
+        let dup = ToolRegistry::new(vec![check(GOOD).unwrap(), check(GOOD).unwrap()]).unwrap_err();
+        assert!(dup.to_string().contains("declared twice"));
+    }
+}

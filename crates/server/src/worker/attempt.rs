@@ -1,0 +1,566 @@
+//! One attempt of one job, from a fresh work directory to a fenced commit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Runtime;
+use crate::executors::{ResourceLimits, RunOutcome, RunSpec, Termination};
+use crate::jobs::{
+    self, AttemptOutcome, Decision, Job, JobError, JobState, Progress, StoredOutput,
+};
+use crate::store::{Completion, Heartbeat};
+use crate::tools::argv::ArgValues;
+use crate::tools::decl::OutputSource;
+use crate::tools::Tool;
+use crate::transforms::outputs;
+
+/// Blob keys of a job; the attempt number separates attempts so that only the winning
+/// attempt's outputs are ever referenced.
+pub struct JobKeys;
+
+impl JobKeys {
+    pub fn job(id: uuid::Uuid) -> String {
+        format!("jobs/{id}")
+    }
+    pub fn input(id: uuid::Uuid, name: &str) -> String {
+        format!("jobs/{id}/inputs/{name}")
+    }
+    pub fn control(id: uuid::Uuid) -> String {
+        format!("jobs/{id}/control")
+    }
+    pub fn attempt(id: uuid::Uuid, attempt: u32) -> String {
+        format!("jobs/{id}/attempts/{attempt}")
+    }
+    pub fn output(id: uuid::Uuid, attempt: u32, name: &str) -> String {
+        format!("jobs/{id}/attempts/{attempt}/outputs/{name}")
+    }
+    pub fn result(id: uuid::Uuid, attempt: u32) -> String {
+        format!("jobs/{id}/attempts/{attempt}/result.json")
+    }
+    pub fn log(id: uuid::Uuid, attempt: u32, stream: &str) -> String {
+        format!("jobs/{id}/attempts/{attempt}/logs/{stream}")
+    }
+}
+
+pub async fn run(runtime: Arc<Runtime>, job: Job) {
+    let id = job.id;
+    let attempt_number = job.attempt;
+    let Some(tool) = runtime.tools.get(&job.tool, job.tool_version) else {
+        let error = JobError {
+            code: "tool-retired".into(),
+            message: format!(
+                "tool `{}@{}` is no longer offered by this server",
+                job.tool, job.tool_version
+            ),
+            exit_code: None,
+            signal: None,
+            stderr_tail: None,
+        };
+        let decision = Decision::Finish {
+            state: JobState::Failed,
+            error: Some(error),
+        };
+        finish(&runtime, &job, decision, Vec::new()).await;
+        return;
+    };
+    tracing::info!(job_id = %id, attempt = attempt_number, tool = %tool.id(), "attempt started");
+
+    let cancel = runtime.running.register(id);
+    let lease_lost = CancellationToken::new();
+    let (progress_tx, progress_rx) = watch::channel(None::<Progress>);
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        runtime.clone(),
+        id,
+        attempt_number,
+        progress_rx,
+        cancel.clone(),
+        lease_lost.clone(),
+    ));
+
+    let workdir = runtime.work_root.join(format!("{id}-{attempt_number}"));
+    let result = execute(&runtime, &job, &tool, &workdir, progress_tx, cancel.clone()).await;
+    heartbeat.abort();
+    runtime.running.unregister(id);
+
+    let (outcome, outputs) = match result {
+        Ok(pair) => pair,
+        Err(message) => (AttemptOutcome::Infrastructure(message), Vec::new()),
+    };
+    if lease_lost.is_cancelled() {
+        // Another attempt owns the job now; this one changes nothing.
+        tracing::warn!(job_id = %id, attempt = attempt_number, "lease lost; discarding this attempt");
+        discard_attempt(&runtime, id, attempt_number).await;
+    } else {
+        let decision = jobs::decide(outcome, attempt_number, &tool.retry, rand_fraction());
+        finish(&runtime, &job, decision, outputs).await;
+    }
+    if let Err(error) = tokio::fs::remove_dir_all(&workdir).await {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(job_id = %id, %error, "cannot remove the work directory");
+        }
+    }
+}
+
+async fn finish(runtime: &Runtime, job: &Job, decision: Decision, outputs: Vec<StoredOutput>) {
+    let id = job.id;
+    let attempt = job.attempt;
+    let now = Utc::now();
+    let committed = match decision {
+        Decision::Finish { state, error } => {
+            let retention = runtime
+                .tools
+                .get(&job.tool, job.tool_version)
+                .map(|tool| tool.retention)
+                .unwrap_or(Duration::from_secs(runtime.settings.retention_seconds));
+            let completion = Completion {
+                state,
+                outputs: if state == JobState::Succeeded {
+                    outputs
+                } else {
+                    Vec::new()
+                },
+                error,
+                finished_at: now,
+                expires_at: chrono::Duration::from_std(retention).ok().map(|r| now + r),
+            };
+            tracing::info!(job_id = %id, attempt, state = %state, "attempt finished");
+            runtime.store.complete(id, attempt, &completion).await
+        }
+        Decision::Retry { delay, error } => {
+            tracing::info!(job_id = %id, attempt, delay_ms = delay.as_millis() as u64, code = %error.code, "attempt will be retried");
+            let run_after = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            runtime.store.requeue(id, attempt, run_after, &error).await
+        }
+    };
+    match committed {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(job_id = %id, attempt, "a newer attempt owns the job; this outcome is discarded");
+            discard_attempt(runtime, id, attempt).await;
+        }
+        Err(error) => {
+            // The lease will expire and the job will be retried from scratch.
+            tracing::error!(job_id = %id, attempt, %error, "cannot record the attempt's outcome");
+        }
+    }
+}
+
+async fn discard_attempt(runtime: &Runtime, id: uuid::Uuid, attempt: u32) {
+    if let Err(error) = runtime
+        .blobs
+        .delete_prefix(&JobKeys::attempt(id, attempt))
+        .await
+    {
+        tracing::warn!(job_id = %id, attempt, %error, "cannot delete a discarded attempt's blobs");
+    }
+}
+
+/// Renews the lease every third of its length, records progress (at most every 200 ms),
+/// and turns a remote cancel request or a lost lease into cancellation of the program.
+async fn heartbeat_loop(
+    runtime: Arc<Runtime>,
+    id: uuid::Uuid,
+    attempt: u32,
+    mut progress: watch::Receiver<Option<Progress>>,
+    cancel: CancellationToken,
+    lease_lost: CancellationToken,
+) {
+    let lease = runtime.settings.lease();
+    let interval = lease / 3;
+    let mut progress_open = true;
+    loop {
+        let progress_changed = tokio::select! {
+            () = tokio::time::sleep(interval) => false,
+            changed = progress.changed(), if progress_open => {
+                if changed.is_err() {
+                    progress_open = false;
+                    continue;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                true
+            }
+        };
+        let latest = if progress_changed {
+            progress.borrow_and_update().clone()
+        } else {
+            None
+        };
+        let lease_until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+        match runtime
+            .store
+            .heartbeat(id, attempt, lease_until, latest.as_ref())
+            .await
+        {
+            Ok(Heartbeat::Held { cancel_requested }) => {
+                if cancel_requested {
+                    cancel.cancel();
+                }
+            }
+            Ok(Heartbeat::Lost) => {
+                lease_lost.cancel();
+                cancel.cancel();
+                return;
+            }
+            Err(error) => tracing::warn!(job_id = %id, %error, "heartbeat failed"),
+        }
+    }
+}
+
+/// Stages, runs and collects. `Err` is an infrastructure failure (retried); a program's
+/// failure is an `Ok` outcome.
+async fn execute(
+    runtime: &Runtime,
+    job: &Job,
+    tool: &Tool,
+    workdir: &Path,
+    progress: watch::Sender<Option<Progress>>,
+    cancel: CancellationToken,
+) -> Result<(AttemptOutcome, Vec<StoredOutput>), String> {
+    let id = job.id;
+    let attempt = job.attempt;
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |error: std::io::Error| format!("{what}: {error}")
+    };
+    // A fresh work directory, even if a crashed attempt left one behind.
+    let _ = tokio::fs::remove_dir_all(workdir).await;
+    let meta = workdir.join(".batchgate");
+    tokio::fs::create_dir_all(&meta)
+        .await
+        .map_err(io("create the work directory"))?;
+    tokio::fs::create_dir_all(workdir.join("tmp"))
+        .await
+        .map_err(io("create the work directory"))?;
+
+    let mut input_paths = BTreeMap::new();
+    for stored in &job.inputs {
+        let spec = tool
+            .input(&stored.name)
+            .ok_or_else(|| format!("the tool has no input `{}` any more", stored.name))?;
+        let path = workdir.join(&spec.file_name);
+        runtime
+            .blobs
+            .copy_to_file(&JobKeys::input(id, &stored.name), &path)
+            .await
+            .map_err(|error| format!("stage input `{}`: {error}", stored.name))?;
+        input_paths.insert(stored.name.clone(), path);
+    }
+    let control_path = match &tool.control {
+        Some(control) => {
+            let path = workdir.join(&control.file);
+            runtime
+                .blobs
+                .copy_to_file(&JobKeys::control(id), &path)
+                .await
+                .map_err(|error| format!("stage the control file: {error}"))?;
+            Some(path)
+        }
+        None => None,
+    };
+    let mut output_paths = BTreeMap::new();
+    for output in &tool.outputs {
+        if let Some(relative) = &output.path {
+            let path = workdir.join(relative);
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(io("create an output directory"))?;
+            }
+            output_paths.insert(output.name.clone(), path);
+        }
+    }
+    let values = ArgValues {
+        workdir,
+        inputs: &input_paths,
+        outputs: &output_paths,
+        control: control_path.as_deref(),
+        params: &job.params,
+    };
+    let argv = tool
+        .command
+        .iter()
+        .map(|argument| argument.render(&values))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let stdout_is_output = tool
+        .outputs
+        .iter()
+        .any(|o| o.source == OutputSource::Stdout);
+    let spec = RunSpec {
+        argv,
+        workdir: workdir.to_owned(),
+        env: environment(tool, workdir),
+        timeout: tool.limits.timeout,
+        kill_grace: tool.limits.kill_grace,
+        rlimits: ResourceLimits {
+            cpu_seconds: tool.limits.cpu_seconds,
+            memory_bytes: tool.limits.memory_bytes,
+            file_size_bytes: tool.limits.file_size_bytes,
+            open_files: Some(tool.limits.open_files),
+        },
+        progress: tool.progress.clone(),
+        stdout_path: meta.join("stdout"),
+        stdout_cap: if stdout_is_output {
+            tool.limits.max_output_bytes
+        } else {
+            tool.limits.max_log_bytes
+        },
+        stderr_path: meta.join("stderr"),
+        stderr_cap: tool.limits.max_log_bytes,
+    };
+    let stdout_path = spec.stdout_path.clone();
+    let stderr_path = spec.stderr_path.clone();
+    let run = runtime
+        .executor
+        .run(spec, progress, cancel)
+        .await
+        .map_err(|error| error.to_string())?;
+
+    // Logs are kept whatever happened: they are how a user understands a failure.
+    for (stream, path) in [("stdout", &stdout_path), ("stderr", &stderr_path)] {
+        if tokio::fs::try_exists(path).await.unwrap_or(false) {
+            runtime
+                .blobs
+                .put_file(&JobKeys::log(id, attempt, stream), path)
+                .await
+                .map_err(|error| format!("store the {stream} log: {error}"))?;
+        }
+    }
+    // put_file may move the capture; stdout outputs read the stored log instead.
+    let outcome = match classify(tool, &run) {
+        Some(outcome) => return Ok((outcome, Vec::new())),
+        None => collect_outputs(runtime, job, tool, &output_paths, &run).await?,
+    };
+    Ok(outcome)
+}
+
+/// The program's environment: a fixed base, the tool's allowlist from the server's own
+/// environment, then the tool's fixed values. Nothing else.
+fn environment(tool: &Tool, workdir: &Path) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+    env.insert("HOME".into(), workdir.to_string_lossy().into_owned());
+    env.insert(
+        "TMPDIR".into(),
+        workdir.join("tmp").to_string_lossy().into_owned(),
+    );
+    env.insert("LANG".into(), "C.UTF-8".into());
+    for name in &tool.env_allow {
+        if let Ok(value) = std::env::var(name) {
+            env.insert(name.clone(), value);
+        }
+    }
+    for (name, value) in &tool.env_vars {
+        env.insert(name.clone(), value.clone());
+    }
+    env.into_iter().collect()
+}
+
+/// The outcome of a run that did not succeed, or `None` when outputs should be collected.
+fn classify(tool: &Tool, run: &RunOutcome) -> Option<AttemptOutcome> {
+    let tail = (!run.stderr_tail.is_empty()).then(|| run.stderr_tail.clone());
+    let last_line = run
+        .stderr_tail
+        .lines()
+        .last()
+        .map(|line| format!(": {line}"))
+        .unwrap_or_default();
+    let error =
+        |code: &str, message: String, exit_code: Option<i32>, signal: Option<i32>| JobError {
+            code: code.into(),
+            message,
+            exit_code,
+            signal,
+            stderr_tail: tail.clone(),
+        };
+    match &run.termination {
+        Termination::Exited(code) if tool.success_exit_codes.contains(code) => None,
+        Termination::Exited(code) => Some(AttemptOutcome::ProgramFailed(error(
+            "program-exit-status",
+            format!("the program exited with status {code}{last_line}"),
+            Some(*code),
+            None,
+        ))),
+        Termination::Signaled(signal) => {
+            let reason = match *signal {
+                24 => " (CPU time limit reached)".to_owned(),
+                25 => " (file size limit reached)".to_owned(),
+                9 => " (killed; it may have run out of memory)".to_owned(),
+                11 => " (segmentation fault)".to_owned(),
+                _ => String::new(),
+            };
+            Some(AttemptOutcome::ProgramFailed(error(
+                "program-killed",
+                format!("the program was killed by signal {signal}{reason}"),
+                None,
+                Some(*signal),
+            )))
+        }
+        Termination::TimedOut => Some(AttemptOutcome::TimedOut(error(
+            "timeout",
+            format!(
+                "the program ran longer than the tool's limit of {} s and was stopped",
+                tool.limits.timeout.as_secs()
+            ),
+            None,
+            None,
+        ))),
+        Termination::Canceled => Some(AttemptOutcome::Canceled),
+        Termination::SpawnFailed { not_found, message } => {
+            Some(AttemptOutcome::ProgramFailed(error(
+                if *not_found {
+                    "program-not-found"
+                } else {
+                    "program-not-started"
+                },
+                if *not_found {
+                    format!("{message}; the program is not installed on this server (an operator must fix the tool)")
+                } else {
+                    message.clone()
+                },
+                None,
+                None,
+            )))
+        }
+    }
+}
+
+async fn collect_outputs(
+    runtime: &Runtime,
+    job: &Job,
+    tool: &Tool,
+    output_paths: &BTreeMap<String, PathBuf>,
+    run: &RunOutcome,
+) -> Result<(AttemptOutcome, Vec<StoredOutput>), String> {
+    let id = job.id;
+    let attempt = job.attempt;
+    let program_failed = |code: &str, message: String| {
+        Ok((
+            AttemptOutcome::ProgramFailed(JobError {
+                code: code.into(),
+                message,
+                exit_code: None,
+                signal: None,
+                stderr_tail: (!run.stderr_tail.is_empty()).then(|| run.stderr_tail.clone()),
+            }),
+            Vec::new(),
+        ))
+    };
+    let mut stored = Vec::new();
+    let mut result = Map::new();
+    for output in &tool.outputs {
+        let key = JobKeys::output(id, attempt, &output.name);
+        let size = match output.source {
+            OutputSource::Stdout => {
+                if run.stdout_truncated {
+                    return program_failed(
+                        "output-too-large",
+                        format!(
+                            "output `{}` (stdout) is larger than the tool's limit of {} bytes",
+                            output.name, tool.limits.max_output_bytes
+                        ),
+                    );
+                }
+                let bytes = runtime
+                    .blobs
+                    .read(&JobKeys::log(id, attempt, "stdout"))
+                    .await
+                    .map_err(|error| format!("read stdout: {error}"))?;
+                runtime
+                    .blobs
+                    .put_bytes(&key, &bytes)
+                    .await
+                    .map_err(|error| format!("store output: {error}"))?;
+                bytes.len() as u64
+            }
+            OutputSource::File => {
+                let path = &output_paths[&output.name];
+                let metadata = match tokio::fs::metadata(path).await {
+                    Ok(metadata) if metadata.is_file() => metadata,
+                    _ if !output.required => continue,
+                    _ => return program_failed(
+                        "missing-output",
+                        format!(
+                            "the program ended successfully but did not write its output `{}` ({})",
+                            output.name,
+                            output.path.as_deref().unwrap_or_default()
+                        ),
+                    ),
+                };
+                if metadata.len() > tool.limits.max_output_bytes {
+                    return program_failed(
+                        "output-too-large",
+                        format!(
+                            "output `{}` is {} bytes, over the tool's limit of {}",
+                            output.name,
+                            metadata.len(),
+                            tool.limits.max_output_bytes
+                        ),
+                    );
+                }
+                runtime
+                    .blobs
+                    .put_file(&key, path)
+                    .await
+                    .map_err(|error| format!("store output: {error}"))?
+            }
+        };
+        if output.result {
+            let bytes = runtime
+                .blobs
+                .read(&key)
+                .await
+                .map_err(|error| format!("read output: {error}"))?;
+            let (format, columns, header) = (output.format, output.columns.clone(), output.header);
+            let parsed = tokio::task::spawn_blocking(move || {
+                outputs::to_json(format, &columns, header, &bytes[..])
+            })
+            .await
+            .map_err(|error| error.to_string())?;
+            match parsed {
+                Ok(value) => {
+                    result.insert(output.name.clone(), value);
+                }
+                Err(error) => {
+                    return program_failed(
+                        "output-unparseable",
+                        format!(
+                            "output `{}` is not valid {}: {}",
+                            output.name,
+                            output.format.as_str(),
+                            error.0
+                        ),
+                    )
+                }
+            }
+        }
+        stored.push(StoredOutput {
+            name: output.name.clone(),
+            media_type: output.media_type.clone(),
+            size,
+        });
+    }
+    let body = serde_json::to_vec(&Value::Object(result)).expect("JSON serializes");
+    runtime
+        .blobs
+        .put_bytes(&JobKeys::result(id, attempt), &body)
+        .await
+        .map_err(|error| format!("store the result: {error}"))?;
+    Ok((AttemptOutcome::Succeeded, stored))
+}
+
+/// A fraction in [0, 1) for retry jitter, from the clock's nanoseconds.
+fn rand_fraction() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    f64::from(nanos % 1000) / 1000.0
+}

@@ -1,0 +1,181 @@
+//! The embedded worker pool: claims queued jobs and drives each attempt through
+//! stage → run → collect → publish → commit (fenced) → clean up.
+
+pub mod attempt;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::app::Runtime;
+
+/// Cancel tokens of the attempts running in this process, so that `DELETE` stops a
+/// local program at once instead of at its next heartbeat.
+#[derive(Default)]
+pub struct RunningJobs {
+    tokens: Mutex<HashMap<Uuid, CancellationToken>>,
+}
+
+impl RunningJobs {
+    fn register(&self, id: Uuid) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.lock().insert(id, token.clone());
+        token
+    }
+
+    fn unregister(&self, id: Uuid) {
+        self.lock().remove(&id);
+    }
+
+    /// Cancels the attempt if it runs here; false otherwise.
+    pub fn cancel(&self, id: Uuid) -> bool {
+        match self.lock().get(&id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Wakes idle workers when a job is queued (in-process notification, not polling).
+#[derive(Default)]
+pub struct Wakeup {
+    notify: Notify,
+}
+
+impl Wakeup {
+    pub fn job_queued(&self) {
+        self.notify.notify_one();
+    }
+}
+
+/// Per-tool counts of attempts running here, for tools with a concurrency limit.
+#[derive(Default)]
+struct ToolSlots {
+    running: Mutex<HashMap<String, u32>>,
+}
+
+impl ToolSlots {
+    fn saturated(&self, runtime: &Runtime) -> Vec<String> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        runtime
+            .tools
+            .all()
+            .filter(|tool| {
+                tool.limits
+                    .concurrency
+                    .is_some_and(|limit| running.get(&tool.id()).copied().unwrap_or(0) >= limit)
+            })
+            .map(|tool| tool.id())
+            .collect()
+    }
+
+    fn adjust(&self, tool: &str, delta: i32) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let count = running.entry(tool.to_owned()).or_default();
+        *count = count.saturating_add_signed(delta);
+    }
+}
+
+/// Starts `count` worker loops and the lease-recovery loop; they stop with `shutdown`.
+pub fn spawn_pool(
+    runtime: Arc<Runtime>,
+    count: usize,
+    shutdown: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let slots = Arc::new(ToolSlots::default());
+    let mut handles = Vec::new();
+    for index in 0..count {
+        let runtime = runtime.clone();
+        let slots = slots.clone();
+        let shutdown = shutdown.clone();
+        handles.push(tokio::spawn(async move {
+            worker_loop(runtime, slots, index, shutdown).await;
+        }));
+    }
+    let recovery_runtime = runtime.clone();
+    handles.push(tokio::spawn(async move {
+        recovery_loop(recovery_runtime, shutdown).await;
+    }));
+    handles
+}
+
+async fn worker_loop(
+    runtime: Arc<Runtime>,
+    slots: Arc<ToolSlots>,
+    index: usize,
+    shutdown: CancellationToken,
+) {
+    tracing::debug!(worker = index, "worker started");
+    while !shutdown.is_cancelled() {
+        match try_execute_next(&runtime, &slots).await {
+            Ok(ExecutionOutcome::Executed) => continue,
+            Ok(ExecutionOutcome::EmptyQueue) => {}
+            Err(error) => {
+                tracing::warn!(worker = index, %error, "claiming a job failed");
+            }
+        }
+        tokio::select! {
+            () = runtime.wakeup.notify.notified() => {}
+            // Retries and lease recoveries become due without a notification.
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+}
+
+enum ExecutionOutcome {
+    Executed,
+    EmptyQueue,
+}
+
+/// Claims one due job and runs its attempt to the end.
+async fn try_execute_next(
+    runtime: &Arc<Runtime>,
+    slots: &ToolSlots,
+) -> Result<ExecutionOutcome, crate::store::StoreError> {
+    let now = Utc::now();
+    let lease = chrono::Duration::from_std(runtime.settings.lease()).unwrap_or_default();
+    let exclude = slots.saturated(runtime);
+    let Some(job) = runtime.store.claim(now, now + lease, &exclude).await? else {
+        return Ok(ExecutionOutcome::EmptyQueue);
+    };
+    let tool_id = format!("{}@{}", job.tool, job.tool_version);
+    slots.adjust(&tool_id, 1);
+    attempt::run(runtime.clone(), job).await;
+    slots.adjust(&tool_id, -1);
+    Ok(ExecutionOutcome::Executed)
+}
+
+async fn recovery_loop(runtime: Arc<Runtime>, shutdown: CancellationToken) {
+    let period = (runtime.settings.lease() / 3).max(Duration::from_millis(100));
+    loop {
+        match runtime.store.recover_expired_leases(Utc::now()).await {
+            Ok(0) => {}
+            Ok(count) => {
+                tracing::info!(count, "recovered jobs whose worker stopped responding");
+                for _ in 0..count {
+                    runtime.wakeup.job_queued();
+                }
+            }
+            Err(error) => tracing::warn!(%error, "lease recovery failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+}
