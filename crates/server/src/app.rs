@@ -44,6 +44,13 @@ impl Runtime {
         // Whatever a previous process left half-done here is abandoned: uploads that were
         // never acknowledged, and work directories of attempts that will be re-run.
         let _ = std::fs::remove_dir_all(&staging_root);
+        let orphans = crate::executors::process::reap_orphans(&work_root);
+        if orphans > 0 {
+            tracing::warn!(
+                orphans,
+                "stopped programs left running by a previous server"
+            );
+        }
         std::fs::create_dir_all(&staging_root)?;
         std::fs::create_dir_all(&work_root)?;
         Ok(Runtime {

@@ -109,6 +109,7 @@ pub struct Overrides {
     pub workers: Option<usize>,
 }
 
+#[derive(Debug)]
 pub struct Config {
     pub settings: Settings,
     pub tools: ToolRegistry,

@@ -14,7 +14,6 @@ use axum::extract::{FromRequest, Multipart, Path as UrlPath, Query, Request, Sta
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::Utc;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -190,7 +189,7 @@ pub async fn submit(
             .put_bytes(&JobKeys::control(id), control.as_bytes())
             .await?;
     }
-    let now = Utc::now();
+    let now = crate::jobs::now();
     let job = Job {
         id,
         owner: ANONYMOUS.to_owned(),

@@ -22,6 +22,34 @@ use crate::tools::ProgressSpec;
 const STDERR_TAIL_BYTES: usize = 4096;
 /// A progress line longer than this is not parsed.
 const MAX_LINE: usize = 4096;
+/// The process group of a running attempt, recorded in its work directory.
+const PID_FILE: &str = ".batchgate/pgid";
+
+/// Kills the process groups that attempts of a previous, crashed server left running in
+/// `work_root`. A group is killed only if its leader still runs inside that work
+/// directory, so a recycled pid is never hit.
+pub fn reap_orphans(work_root: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(work_root) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let workdir = entry.path();
+        let Some(pid) = std::fs::read_to_string(workdir.join(PID_FILE))
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+            .and_then(Pid::from_raw)
+        else {
+            continue;
+        };
+        let cwd = std::fs::read_link(format!("/proc/{}/cwd", pid.as_raw_nonzero()));
+        if cwd.is_ok_and(|cwd| cwd.starts_with(&workdir)) {
+            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+            killed += 1;
+        }
+    }
+    killed
+}
 
 pub async fn run(
     spec: RunSpec,
@@ -46,6 +74,12 @@ pub async fn run(
     let group = child.id().and_then(|id| Pid::from_raw(id as i32));
     if let Some(pid) = group {
         apply_rlimits(pid, &spec.rlimits);
+        // Lets a restarted server stop what a crashed one left running (see `reap_orphans`).
+        let _ = tokio::fs::write(
+            spec.workdir.join(PID_FILE),
+            pid.as_raw_nonzero().to_string(),
+        )
+        .await;
     }
 
     let stdout = child.stdout.take().expect("stdout is piped");
@@ -208,7 +242,8 @@ async fn capture(
             truncated = true;
         }
         let kept = &chunk[..room.min(chunk.len())];
-        if !kept.is_empty() && file.write_all(kept).await.is_ok() {
+        // Flushed per chunk so that the logs of a running job can be read live.
+        if !kept.is_empty() && file.write_all(kept).await.is_ok() && file.flush().await.is_ok() {
             written += kept.len() as u64;
         }
         if keep_tail {

@@ -56,6 +56,15 @@ pub struct StoredOutput {
     pub size: u64,
 }
 
+/// The current time at the precision the stores keep (milliseconds), so that a job
+/// reads back exactly as it was written.
+pub fn now() -> DateTime<Utc> {
+    use chrono::TimeZone;
+    Utc.timestamp_millis_opt(Utc::now().timestamp_millis())
+        .single()
+        .expect("the current time is representable")
+}
+
 /// Checks one state change against the lifecycle. Used by the stores' tests and the
 /// worker's assertions; the stores enforce it in their `WHERE` clauses.
 pub fn can_transition(from: JobState, to: JobState) -> bool {

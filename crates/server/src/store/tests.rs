@@ -9,7 +9,7 @@ use super::*;
 use crate::jobs::{StoredInput, StoredOutput};
 
 pub fn new_job(tool: &str, key: Option<&str>) -> Job {
-    let now = Utc::now();
+    let now = crate::jobs::now();
     Job {
         id: Uuid::now_v7(),
         owner: "alice".into(),

@@ -26,6 +26,8 @@ pub struct RecordWriter<W: Write> {
     /// Columns learnt from the first record when the tool declares none.
     columns: Vec<String>,
     header_written: bool,
+    /// The file's text was given whole; nothing is added to it.
+    wrote_text: bool,
     path: String,
     count: usize,
 }
@@ -39,6 +41,7 @@ impl<W: Write> RecordWriter<W> {
             csv: None,
             columns,
             header_written: false,
+            wrote_text: false,
             path: path.into(),
             count: 0,
         }
@@ -51,6 +54,7 @@ impl<W: Write> RecordWriter<W> {
 
     /// Writes the text of a whole file as given (a string instead of an array of records).
     pub fn write_text(&mut self, text: &str) -> Result<(), FieldFault> {
+        self.wrote_text = true;
         let path = self.path.clone();
         self.plain(&path)?
             .write_all(text.as_bytes())
@@ -202,6 +206,7 @@ impl<W: Write> RecordWriter<W> {
         if self.layout.format.is_tabular()
             && self.layout.header
             && self.count == 0
+            && !self.wrote_text
             && !self.columns.is_empty()
         {
             let mut header = csv::WriterBuilder::new()
@@ -259,7 +264,7 @@ pub fn normalize_tabular_file(
     if header == layout.columns {
         return Ok(());
     }
-    if header.len() == 1 && header[0].is_empty() {
+    if header.iter().all(String::is_empty) {
         return Err(FieldFault::new(
             pointer,
             format!(

@@ -364,7 +364,10 @@ mod tests {
             (r#"{"inputs": {"blob": [1]}}"#, "invalid /inputs/blob"),
             (r#"{"parameters": [1]}"#, "invalid /parameters"),
             (r#"{"extra": 1}"#, "invalid /extra"),
-            (r#"{"inputs": {"records": [1, 2"#, "malformed"),
+            (
+                r#"{"inputs": {"records": [{"sensor": "a", "value": 1}"#,
+                "malformed",
+            ),
             (r#"{"inputs": {}} trailing"#, "malformed"),
             ("[]", "invalid "),
         ];

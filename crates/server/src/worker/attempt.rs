@@ -75,6 +75,7 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
     let cancel = runtime.running.register(id);
     let lease_lost = CancellationToken::new();
     let (progress_tx, progress_rx) = watch::channel(None::<Progress>);
+    let final_progress = progress_rx.clone();
     let heartbeat = tokio::spawn(heartbeat_loop(
         runtime.clone(),
         id,
@@ -88,6 +89,15 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
     let result = execute(&runtime, &job, &tool, &workdir, progress_tx, cancel.clone()).await;
     heartbeat.abort();
     runtime.running.unregister(id);
+    // The heartbeat writes progress at most every 200 ms; record the last report too.
+    let last_report = final_progress.borrow().clone();
+    if let Some(progress) = last_report {
+        let lease = chrono::Duration::from_std(runtime.settings.lease()).unwrap_or_default();
+        let _ = runtime
+            .store
+            .heartbeat(id, attempt_number, Utc::now() + lease, Some(&progress))
+            .await;
+    }
 
     let (outcome, outputs) = match result {
         Ok(pair) => pair,
@@ -485,14 +495,16 @@ async fn collect_outputs(
                 let metadata = match tokio::fs::metadata(path).await {
                     Ok(metadata) if metadata.is_file() => metadata,
                     _ if !output.required => continue,
-                    _ => return program_failed(
-                        "missing-output",
-                        format!(
+                    _ => {
+                        return program_failed(
+                            "missing-output",
+                            format!(
                             "the program ended successfully but did not write its output `{}` ({})",
                             output.name,
                             output.path.as_deref().unwrap_or_default()
                         ),
-                    ),
+                        )
+                    }
                 };
                 if metadata.len() > tool.limits.max_output_bytes {
                     return program_failed(

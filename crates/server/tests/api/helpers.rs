@@ -1,0 +1,274 @@
+//! `spawn_app`: the real server on port 0 with a fresh data directory, spoken to over
+//! real HTTP.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use batchgate_protocol::{JobState, JobStatus};
+use batchgate_server::{Application, Config, ConfigSource, Overrides};
+use reqwest::redirect::Policy;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Tools used only by the tests, next to the demo ones. Their argv is fixed text of the
+/// test (no request data), so `/bin/sh -c` here is a test program, not a shell built
+/// from input.
+pub const TEST_TOOLS: &str = r#"
+[[tools]]
+name = "sleeper"
+command = ["/bin/sh", "-c", "sleep 300 & sleep 300 & echo started; wait"]
+limits.kill_grace_seconds = 1
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
+name = "slow"
+command = ["sleep", "30"]
+limits.timeout_seconds = 1
+limits.kill_grace_seconds = 1
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
+name = "failing"
+command = ["/bin/sh", "-c", "echo working; echo 'line one' >&2; echo 'bad input: row 7' >&2; exit 3"]
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
+name = "missing"
+command = ["/nonexistent/legacy-program", "x"]
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
+name = "nooutput"
+command = ["true"]
+[[tools.outputs]]
+name = "out"
+path = "results/out.csv"
+format = "csv"
+[tools.example]
+
+[[tools]]
+name = "badjson"
+command = ["echo", "this is not json"]
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "json"
+[tools.example]
+
+[[tools]]
+name = "small"
+command = ["cat", "{inputs.text}"]
+limits.max_request_bytes = 100
+[[tools.inputs]]
+name = "text"
+format = "raw"
+media_types = ["text/plain"]
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "raw"
+[tools.example]
+inputs.text = "hi"
+"#;
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with("").await
+}
+
+/// Starts a server whose configuration is `settings` + the demo tools + the test tools.
+pub async fn spawn_app_with(settings: &str) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let bin = batchgate_server::demo::install_analyzer(&data_dir).unwrap();
+    let demo = batchgate_server::demo::CONFIG.replace("@DEMO_BIN@", &bin.to_string_lossy());
+    let workers = if settings.contains("workers") {
+        ""
+    } else {
+        "workers = 2"
+    };
+    let text = format!("listen = \"127.0.0.1:0\"\n{workers}\n{settings}\n{demo}\n{TEST_TOOLS}");
+    let source = ConfigSource::Text {
+        name: "test.toml".into(),
+        text,
+    };
+    let overrides = Overrides {
+        data_dir: Some(data_dir.clone()),
+        ..Overrides::default()
+    };
+    let config =
+        Config::load_with_env(&source, &overrides, false).expect("the test configuration loads");
+    let application = Application::build(config, true)
+        .await
+        .expect("the server starts");
+    let address = format!("http://{}", application.local_addr());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    let client = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    TestApp {
+        address,
+        client,
+        data_dir,
+        _dir: dir,
+        shutdown,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn submit_json(&self, tool: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/tools/{tool}/jobs")))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Submits and checks the 202; returns the job's status URL.
+    pub async fn submit_ok(&self, tool: &str, body: &Value) -> String {
+        let response = self.submit_json(tool, body).await;
+        let status = response.status();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            status,
+            202,
+            "submit to {tool}: {}",
+            response.text().await.unwrap()
+        );
+        location.unwrap()
+    }
+
+    pub async fn status(&self, location: &str) -> (u16, JobStatus) {
+        let response = self.client.get(self.url(location)).send().await.unwrap();
+        let code = response.status().as_u16();
+        (code, response.json().await.unwrap())
+    }
+
+    /// Polls the status monitor until the job ends (303), at most `limit`.
+    pub async fn wait_until_done(&self, location: &str, limit: Duration) -> JobStatus {
+        let started = Instant::now();
+        loop {
+            let (code, status) = self.status(location).await;
+            if code == 303 {
+                assert!(status.status.is_terminal());
+                return status;
+            }
+            assert!(
+                matches!(code, 200 | 202),
+                "unexpected status monitor answer {code}"
+            );
+            assert!(
+                started.elapsed() < limit,
+                "the job did not end within {limit:?}: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_for_state(
+        &self,
+        location: &str,
+        state: JobState,
+        limit: Duration,
+    ) -> JobStatus {
+        let started = Instant::now();
+        loop {
+            let (_, status) = self.status(location).await;
+            if status.status == state {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the job never became {state}: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let code = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Pids of processes whose working directory is inside this server's work root.
+    pub fn processes_in_work_dirs(&self) -> Vec<u32> {
+        let work = std::fs::canonicalize(self.data_dir.join("work")).unwrap();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
+                if cwd.starts_with(&work) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+}
+
+/// Asserts a problem document: status, media type, code; returns the body.
+pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "expected {status} {code}"
+    );
+    let media_type = response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(media_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    body
+}

@@ -1,0 +1,57 @@
+//! Health, readiness, OpenAPI and the docs page.
+
+use serde_json::Value;
+
+use crate::helpers::{assert_problem, spawn_app};
+
+#[tokio::test]
+async fn health_readiness_openapi_and_docs() {
+    let app = spawn_app().await;
+    let (code, health) = app.get_json("/healthz").await;
+    assert_eq!((code, health["status"].as_str()), (200, Some("ok")));
+    let (code, ready) = app.get_json("/readyz").await;
+    assert_eq!(code, 200);
+    assert_eq!(ready["checks"].as_array().unwrap().len(), 2);
+    let (code, openapi) = app.get_json("/openapi.json").await;
+    assert_eq!(code, 200);
+    assert!(openapi["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/v1/tools/{tool}/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/result",
+        "/v1/jobs",
+    ] {
+        assert!(openapi["paths"].get(path).is_some(), "{path} is documented");
+    }
+    assert!(openapi["components"]["schemas"].get("JobStatus").is_some());
+    let docs = app
+        .client
+        .get(app.url("/docs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        docs.contains("/openapi.json") && !docs.contains("https://"),
+        "the docs page loads nothing from elsewhere"
+    );
+    let index = app
+        .client
+        .get(app.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(index.contains("analyzer"));
+    assert_problem(
+        app.client.get(app.url("/nowhere")).send().await.unwrap(),
+        404,
+        "not-found",
+    )
+    .await;
+    let _: Value = openapi;
+}
