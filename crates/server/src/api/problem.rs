@@ -9,8 +9,12 @@ use crate::blobs::BlobError;
 use crate::store::StoreError;
 use crate::transforms::FieldFault;
 
+/// Boxed so that `Result<_, ApiError>` stays small on the happy path.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<ApiErrorBody>);
+
+#[derive(Debug)]
+pub struct ApiErrorBody {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: Option<String>,
@@ -22,7 +26,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
-        ApiError {
+        ApiError(Box::new(ApiErrorBody {
             status,
             code,
             detail: Some(detail.into()),
@@ -30,7 +34,7 @@ impl ApiError {
             job_error: None,
             attempts: None,
             retry_after: None,
-        }
+        }))
     }
 
     pub fn with_fields(mut self, faults: impl IntoIterator<Item = FieldFault>) -> ApiError {
@@ -90,6 +94,19 @@ fn display_path(path: &str) -> &str {
     }
 }
 
+impl std::ops::Deref for ApiError {
+    type Target = ApiErrorBody;
+    fn deref(&self) -> &ApiErrorBody {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ApiErrorBody {
+        &mut self.0
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         if error.is_retryable() {
@@ -115,25 +132,27 @@ impl From<BlobError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let title = self.title().to_owned();
+        let body = *self.0;
         let problem = Problem {
-            type_: format!("https://batchgate.dev/problems/{}", self.code),
-            title: self.title().to_owned(),
-            status: self.status.as_u16(),
-            code: self.code.to_owned(),
-            detail: self.detail,
-            errors: self.errors,
-            job_error: self.job_error,
-            attempts: self.attempts,
+            type_: format!("https://batchgate.dev/problems/{}", body.code),
+            title,
+            status: body.status.as_u16(),
+            code: body.code.to_owned(),
+            detail: body.detail,
+            errors: body.errors,
+            job_error: body.job_error,
+            attempts: body.attempts,
         };
-        let body = serde_json::to_vec(&problem).expect("a problem serializes");
-        let mut response = (self.status, body).into_response();
+        let serialized = serde_json::to_vec(&problem).expect("a problem serializes");
+        let mut response = (body.status, serialized).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(seconds) = self.retry_after {
+        if let Some(seconds) = body.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response

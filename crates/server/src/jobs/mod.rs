@@ -277,7 +277,8 @@ mod tests {
             )
         };
         let is_retry = |d: &Decision| matches!(d, Decision::Retry { .. });
-        let table: Vec<(AttemptOutcome, u32, RetryPolicy, fn(&Decision) -> bool)> = vec![
+        type Case = (AttemptOutcome, u32, RetryPolicy, fn(&Decision) -> bool);
+        let table: Vec<Case> = vec![
             (
                 AttemptOutcome::ProgramFailed(program_error(2)),
                 1,

@@ -1,0 +1,222 @@
+//! The real binary, killed with SIGKILL while jobs run, then restarted on the same data
+//! directory: every accepted job ends in exactly one terminal state.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `batchgate serve` on port 0 and reads the address it prints.
+fn start(data_dir: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("BATCHGATE__LEASE_SECONDS", "1")
+        .env("BATCHGATE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the binary starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("batchgate listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Server { child, address }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    let server = start(&data_dir);
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let request = json!({
+            "parameters": {"delay_seconds": if i < 2 { 2 } else { 0 }, "label": format!("job{i}")},
+            "inputs": {"records": [{"sensor": "s", "timestamp": "t", "value": i}]}
+        });
+        let response = client
+            .post(format!("{}/v1/tools/analyzer/jobs", server.address))
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    // Wait until the two slow jobs run, then kill the server without warning.
+    let started = Instant::now();
+    loop {
+        let page: Value = client
+            .get(format!("{}/v1/jobs?status=running", server.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !page["jobs"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no job started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(server); // SIGKILL
+
+    let server = start(&data_dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut retried = 0;
+    for id in &ids {
+        loop {
+            let response = client
+                .get(format!("{}/v1/jobs/{id}", server.address))
+                .send()
+                .await
+                .unwrap();
+            let code = response.status().as_u16();
+            let status: Value = response.json().await.unwrap();
+            if code == 303 {
+                assert_eq!(status["status"], "succeeded", "{status}");
+                let attempt = status["attempt"].as_u64().unwrap();
+                assert!((1..=2).contains(&attempt), "{status}");
+                if attempt == 2 {
+                    retried += 1;
+                }
+                let result: Value = client
+                    .get(format!("{}/v1/jobs/{id}/result", server.address))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let label = result["insights"][0]["name"].as_str().unwrap();
+                assert!(
+                    label.starts_with(&format!(
+                        "job{}:",
+                        ids.iter().position(|x| x == id).unwrap()
+                    )),
+                    "{result}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never finished: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(retried >= 1, "the killed attempts ran again as attempt 2");
+    let page: Value = client
+        .get(format!("{}/v1/jobs?limit=100", server.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["jobs"].as_array().unwrap().len(),
+        ids.len(),
+        "no job lost or duplicated"
+    );
+}
+
+#[test]
+fn a_bad_config_stops_the_server_naming_file_tool_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tools.toml");
+    std::fs::write(
+        &config,
+        "[[tools]]\nname = \"mine\"\ncommand = [\"/bin/echo\", \"{inputs.nope}\"]\n[[tools.outputs]]\nname = \"o\"\nfrom = \"stdout\"\nformat = \"lines\"\n[tools.example]\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .contains("tools.toml: tool `mine@1` (tools[0]): field `command[1]`: no input `nope`"),
+        "{stderr}"
+    );
+
+    let check = Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(78));
+    let version = Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("batchgate "));
+}
+
+#[test]
+fn the_demo_config_passes_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .arg("demo-config")
+        .output()
+        .unwrap();
+    let path = dir.path().join("demo.toml");
+    // The printed demo names its program with @DEMO_BIN@; a user replaces it with a path.
+    let text = String::from_utf8(demo.stdout)
+        .unwrap()
+        .replace("@DEMO_BIN@/analyzer", "/bin/true");
+    std::fs::write(&path, text).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("analyzer@2"));
+}
