@@ -317,17 +317,7 @@ async fn receive(
         })
         .await
         .map_err(ApiError::internal)?;
-        let (parameters, inputs) = match parsed {
-            Ok(parsed) => parsed,
-            Err(RequestError::Malformed(detail)) => {
-                return Err(ApiError::bad_request(
-                    "malformed-json",
-                    format!("the body is not valid JSON: {detail}"),
-                ))
-            }
-            Err(RequestError::Invalid(fault)) => return Err(ApiError::unprocessable(fault)),
-            Err(RequestError::Io(error)) => return Err(ApiError::internal(error)),
-        };
+        let (parameters, inputs) = parsed.map_err(request_error)?;
         return Ok(Received {
             inputs,
             parameters,
@@ -535,13 +525,19 @@ async fn convert_json_part(
     })
     .await
     .map_err(ApiError::internal)?;
-    match wrapped {
-        Ok(()) => Ok(()),
-        Err(RequestError::Malformed(detail)) => {
-            Err(ApiError::bad_request("malformed-json", detail))
-        }
-        Err(RequestError::Invalid(fault)) => Err(ApiError::unprocessable(fault)),
-        Err(RequestError::Io(error)) => Err(ApiError::internal(error)),
+    wrapped.map_err(request_error)
+}
+
+/// A JSON body (or part) that could not be converted: 400 if it is not JSON, 422 if it is
+/// JSON the tool does not take.
+fn request_error(error: RequestError) -> ApiError {
+    match error {
+        RequestError::Malformed(detail) => ApiError::bad_request(
+            "malformed-json",
+            format!("the body is not valid JSON: {detail}"),
+        ),
+        RequestError::Invalid(fault) => ApiError::unprocessable(fault),
+        RequestError::Io(error) => ApiError::internal(error),
     }
 }
 
