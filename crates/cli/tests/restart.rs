@@ -50,6 +50,10 @@ fn start(data_dir: &Path) -> Server {
     Server { child, address }
 }
 
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,14 +83,11 @@ async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
     // Wait until the two slow jobs run, then kill the server without warning.
     let started = Instant::now();
     loop {
-        let page: Value = client
-            .get(format!("{}/v1/jobs?status=running", server.address))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = get_json(
+            &client,
+            &format!("{}/v1/jobs?status=running", server.address),
+        )
+        .await;
         if !page["jobs"].as_array().unwrap().is_empty() {
             break;
         }
@@ -117,14 +118,8 @@ async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
                 if attempt == 2 {
                     retried += 1;
                 }
-                let result: Value = client
-                    .get(format!("{}/v1/jobs/{id}/result", server.address))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let result: Value =
+                    get_json(&client, &format!("{}/v1/jobs/{id}/result", server.address)).await;
                 let label = result["insights"][0]["name"].as_str().unwrap();
                 assert!(
                     label.starts_with(&format!(
@@ -143,14 +138,7 @@ async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
         }
     }
     assert!(retried >= 1, "the killed attempts ran again as attempt 2");
-    let page: Value = client
-        .get(format!("{}/v1/jobs?limit=100", server.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = get_json(&client, &format!("{}/v1/jobs?limit=100", server.address)).await;
     assert_eq!(
         page["jobs"].as_array().unwrap().len(),
         ids.len(),

@@ -33,7 +33,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub async fn open(config: Config) -> anyhow_like::Result<Runtime> {
+    pub async fn open(config: Config) -> Result<Runtime, StartError> {
         let settings = config.settings;
         let data_dir = std::path::absolute(&settings.data_dir)?;
         std::fs::create_dir_all(&data_dir)?;
@@ -67,11 +67,8 @@ impl Runtime {
     }
 }
 
-/// Minimal boxed error for start-up, where the only thing to do is report and exit.
-pub mod anyhow_like {
-    pub type Error = Box<dyn std::error::Error + Send + Sync>;
-    pub type Result<T> = std::result::Result<T, Error>;
-}
+/// Why the server could not start: reported once and the process exits.
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A built server, bound to its port, not yet serving.
 pub struct Application {
@@ -81,7 +78,7 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(config: Config, with_worker: bool) -> anyhow_like::Result<Application> {
+    pub async fn build(config: Config, with_worker: bool) -> Result<Application, StartError> {
         let listen = config.settings.listen;
         let runtime = Arc::new(Runtime::open(config).await?);
         let listener = TcpListener::bind(listen)

@@ -46,6 +46,34 @@ pub trait BlobStore: Send + Sync {
     async fn ping(&self) -> Result<(), BlobError>;
 }
 
+/// The keys of a job's blobs. The attempt number separates attempts, so that only the
+/// winning attempt's outputs are ever referenced.
+pub struct JobKeys;
+
+impl JobKeys {
+    pub fn job(id: uuid::Uuid) -> String {
+        format!("jobs/{id}")
+    }
+    pub fn input(id: uuid::Uuid, name: &str) -> String {
+        format!("jobs/{id}/inputs/{name}")
+    }
+    pub fn control(id: uuid::Uuid) -> String {
+        format!("jobs/{id}/control")
+    }
+    pub fn attempt(id: uuid::Uuid, attempt: u32) -> String {
+        format!("jobs/{id}/attempts/{attempt}")
+    }
+    pub fn output(id: uuid::Uuid, attempt: u32, name: &str) -> String {
+        format!("jobs/{id}/attempts/{attempt}/outputs/{name}")
+    }
+    pub fn result(id: uuid::Uuid, attempt: u32) -> String {
+        format!("jobs/{id}/attempts/{attempt}/result.json")
+    }
+    pub fn log(id: uuid::Uuid, attempt: u32, stream: &str) -> String {
+        format!("jobs/{id}/attempts/{attempt}/logs/{stream}")
+    }
+}
+
 pub struct LocalBlobStore {
     root: PathBuf,
 }

@@ -2,7 +2,7 @@
 //! `BATCHGATE__…` environment variables, then command-line flags.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use figment::providers::{Env, Format as _, Serialized, Toml};
@@ -158,6 +158,19 @@ impl Config {
             return Err(fail("field `pending_status`: must be 200 or 202".into()));
         }
 
+        // The demo names its program `@DEMO_BIN@/analyzer`; the settings above do not
+        // depend on it, and the data directory they give is where it is installed.
+        let text = match source {
+            ConfigSource::Demo => {
+                crate::demo::resolve(&text, &settings.data_dir).map_err(|error| {
+                    fail(format!(
+                        "cannot install the demo analyzer under {}: {error}",
+                        settings.data_dir.display()
+                    ))
+                })?
+            }
+            _ => text,
+        };
         let document: toml::Table =
             toml::from_str(&text).map_err(|error| fail(error.to_string()))?;
         let declarations = match document.get("tools") {
@@ -172,23 +185,9 @@ impl Config {
         if declarations.is_empty() {
             return Err(fail("no tools are declared (add a [[tools]] table)".into()));
         }
-        let demo_bin = match source {
-            ConfigSource::Demo => Some(crate::demo::install_analyzer(&settings.data_dir).map_err(
-                |error| {
-                    fail(format!(
-                        "cannot install the demo analyzer under {}: {error}",
-                        settings.data_dir.display()
-                    ))
-                },
-            )?),
-            _ => None,
-        };
         let defaults = settings.tool_defaults();
         let mut tools = Vec::new();
-        for (index, mut value) in declarations.into_iter().enumerate() {
-            if let Some(bin) = &demo_bin {
-                substitute_demo_bin(&mut value, bin);
-            }
+        for (index, value) in declarations.into_iter().enumerate() {
             let label = tool_label(&value, index);
             let decl: ToolDecl = serde_path_to_error::deserialize(value).map_err(|error| {
                 let path = error.path().to_string();
@@ -219,18 +218,6 @@ fn tool_label(value: &toml::Value, index: usize) -> String {
     match name {
         Some(name) => format!("{name}@{version}"),
         None => format!("#{index}"),
-    }
-}
-
-/// The demo configuration names its program `@DEMO_BIN@/analyzer`; the binary carries
-/// the compiled program and installs it under the data directory.
-fn substitute_demo_bin(value: &mut toml::Value, bin: &Path) {
-    if let Some(toml::Value::Array(command)) = value.get_mut("command") {
-        for argument in command {
-            if let toml::Value::String(text) = argument {
-                *text = text.replace("@DEMO_BIN@", &bin.to_string_lossy());
-            }
-        }
     }
 }
 

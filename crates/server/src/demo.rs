@@ -13,13 +13,20 @@ pub const CONFIG: &str = include_str!("../../../examples/demo.toml");
 /// The demo analyzer (`examples/analyzer/analyzer.cpp`), compiled by `build.rs`.
 const ANALYZER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/analyzer"));
 
+/// The demo configuration with `@DEMO_BIN@` pointing at the analyzer, installed under
+/// `data_dir` first.
+pub fn resolve(text: &str, data_dir: &Path) -> std::io::Result<String> {
+    let bin = install_analyzer(data_dir)?;
+    Ok(text.replace("@DEMO_BIN@", &bin.to_string_lossy()))
+}
+
 /// Serialises installs inside one process (tests start many servers at once).
 static INSTALL: Mutex<()> = Mutex::new(());
 
 /// Writes the analyzer under `data_dir/bin/<content hash>/analyzer` unless it is there
 /// already, and returns that directory. The file is written under a temporary name and
 /// renamed, so a program never sees a half-written binary.
-pub fn install_analyzer(data_dir: &Path) -> std::io::Result<PathBuf> {
+fn install_analyzer(data_dir: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let digest = hex::encode(&Sha256::digest(ANALYZER)[..8]);
     let dir = std::path::absolute(data_dir.join("bin").join(digest))?;

@@ -15,10 +15,10 @@ use super::{
     header_value, job_status, no_store, retry_after_seconds, ApiError, AppState, ANONYMOUS,
 };
 use crate::app::Runtime;
+use crate::blobs::JobKeys;
 use crate::jobs::{Job, JobState};
 use crate::store::ListQuery;
 use crate::transforms::FieldFault;
-use crate::worker::attempt::JobKeys;
 
 /// Loads the caller's job; another caller's job is absent (404), a purged one gone (410).
 async fn load(runtime: &Runtime, id: &str) -> Result<Job, ApiError> {
@@ -278,11 +278,9 @@ pub async fn logs(
         let bytes = if job.attempt == 0 {
             Vec::new()
         } else if job.state == JobState::Running {
-            let live = runtime
-                .work_root
-                .join(format!("{}-{}", job.id, job.attempt))
-                .join(".batchgate")
-                .join(stream);
+            let work_dir =
+                crate::worker::attempt::work_dir(&runtime.work_root, job.id, job.attempt);
+            let live = crate::worker::attempt::live_log(&work_dir, stream);
             tokio::fs::read(live).await.unwrap_or_default()
         } else {
             match runtime

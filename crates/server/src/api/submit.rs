@@ -4,7 +4,6 @@
 //! Nothing is queued unless everything validated; the job row and its inputs are
 //! durable before the 202 is sent.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +21,13 @@ use uuid::Uuid;
 
 use super::{header_value, job_status, retry_after_seconds, ApiError, AppState, ANONYMOUS};
 use crate::app::Runtime;
+use crate::blobs::JobKeys;
 use crate::jobs::{Job, JobState, StoredInput};
 use crate::store::Inserted;
 use crate::tools::Tool;
 use crate::transforms::records::{normalize_tabular_file, Layout};
 use crate::transforms::request::{parse_json_request, InputSinks, RequestError};
 use crate::transforms::{pointer_token, FieldFault, Format};
-use crate::worker::attempt::JobKeys;
 
 /// Submit a job
 ///
@@ -455,7 +454,7 @@ async fn receive_multipart(
         file.flush().await.map_err(ApiError::internal)?;
         drop(file);
         if as_json {
-            convert_json_part(input.layout.clone(), &input.name, &raw_path, &target).await?;
+            convert_json_part(tool, &input.name, &raw_path, &staging.path).await?;
         } else {
             normalize(&input.layout, &target, &input.name).await?;
         }
@@ -477,15 +476,20 @@ async fn receive_multipart(
 
 /// A JSON part for a non-JSON input: records (or text) converted like in a JSON body.
 async fn convert_json_part(
-    layout: Layout,
+    tool: &Arc<Tool>,
     name: &str,
     source: &Path,
-    target: &Path,
+    dir: &Path,
 ) -> Result<(), ApiError> {
-    let (source, target, name) = (source.to_owned(), target.to_owned(), name.to_owned());
+    let (tool, name, source, dir) = (
+        tool.clone(),
+        name.to_owned(),
+        source.to_owned(),
+        dir.to_owned(),
+    );
     let wrapped = tokio::task::spawn_blocking(move || -> Result<(), RequestError> {
         // Parse `{"inputs": {name: <part>}}` without building it: chain the part between
-        // a prefix and a suffix.
+        // a prefix and a suffix, and convert it like an input of a JSON body.
         let prefix = format!(
             "{{\"inputs\":{{{}:",
             serde_json::to_string(&name).expect("a string serializes")
@@ -497,29 +501,12 @@ async fn convert_json_part(
             ),
             &b"}}"[..],
         );
-        struct OneSink<'a> {
-            layout: Layout,
-            name: String,
-            target: &'a Path,
-        }
-        impl InputSinks for OneSink<'_> {
-            type Sink = std::io::BufWriter<std::fs::File>;
-            fn layout(&self, name: &str) -> Option<Layout> {
-                (name == self.name).then(|| self.layout.clone())
-            }
-            fn open(&mut self, _name: &str) -> std::io::Result<Self::Sink> {
-                Ok(std::io::BufWriter::new(std::fs::File::create(self.target)?))
-            }
-            fn close(&mut self, _name: &str, mut sink: Self::Sink) -> std::io::Result<()> {
-                sink.flush()
-            }
-        }
-        let mut sink = OneSink {
-            layout,
-            name,
-            target: &target,
+        let mut sinks = FileSinks {
+            tool: &tool,
+            dir: &dir,
+            sizes: Vec::new(),
         };
-        parse_json_request(reader, &mut sink)?;
+        parse_json_request(reader, &mut sinks)?;
         let _ = std::fs::remove_file(&source);
         Ok(())
     })

@@ -273,14 +273,16 @@ async fn capture(
 /// `percent` and `message`, else groups 1 and 2.
 pub fn parse_progress(spec: &ProgressSpec, line: &str) -> Option<Progress> {
     let captures = spec.pattern.captures(line.trim_end_matches('\r'))?;
-    let percent_text = captures.name("percent").or_else(|| {
-        let has_names = spec.pattern.capture_names().flatten().next().is_some();
-        (!has_names).then(|| captures.get(1)).flatten()
-    });
-    let message = captures.name("message").or_else(|| {
-        let has_names = spec.pattern.capture_names().flatten().next().is_some();
-        (!has_names).then(|| captures.get(2)).flatten()
-    });
+    let named = spec.pattern.capture_names().flatten().next().is_some();
+    let group = |name: &str, index: usize| {
+        if named {
+            captures.name(name)
+        } else {
+            captures.get(index)
+        }
+    };
+    let percent_text = group("percent", 1);
+    let message = group("message", 2);
     let percent = percent_text
         .and_then(|m| m.as_str().parse::<f64>().ok())
         .map(|p| p.clamp(0.0, 100.0));

@@ -65,8 +65,8 @@ pub fn now() -> DateTime<Utc> {
         .expect("the current time is representable")
 }
 
-/// Checks one state change against the lifecycle. Used by the stores' tests and the
-/// worker's assertions; the stores enforce it in their `WHERE` clauses.
+/// The lifecycle: which state changes exist. The stores enforce it in the `WHERE` clauses
+/// of their updates; the store conformance suite checks what each store does against it.
 pub fn can_transition(from: JobState, to: JobState) -> bool {
     use JobState::*;
     matches!(

@@ -53,6 +53,18 @@ fn completion(state: JobState) -> Completion {
     }
 }
 
+/// Asserts that the states a job went through follow the domain's lifecycle.
+pub fn assert_lifecycle(states: &[JobState]) {
+    for pair in states.windows(2) {
+        assert!(
+            crate::jobs::can_transition(pair[0], pair[1]),
+            "the store moved a job from {} to {}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
 macro_rules! conformance {
     ($make:expr) => {
         #[tokio::test]
@@ -101,6 +113,7 @@ macro_rules! conformance {
             );
             let finished = store.get(first.id).await.unwrap().unwrap();
             assert_eq!(finished.state, JobState::Succeeded);
+            crate::store::tests::assert_lifecycle(&[first.state, claimed.state, finished.state]);
             assert_eq!(finished.outputs.len(), 1);
             assert_eq!(
                 store.heartbeat(first.id, 1, lease, None).await.unwrap(),
@@ -137,7 +150,7 @@ macro_rules! conformance {
             let now = chrono::Utc::now();
             let short = now + chrono::Duration::milliseconds(1);
             let later = now + chrono::Duration::seconds(1);
-            store.claim(now, short, &[]).await.unwrap().unwrap();
+            let first = store.claim(now, short, &[]).await.unwrap().unwrap();
             assert_eq!(store.recover_expired_leases(now).await.unwrap(), 0);
             assert_eq!(store.recover_expired_leases(later).await.unwrap(), 1);
             let requeued = store.get(job.id).await.unwrap().unwrap();
@@ -157,6 +170,13 @@ macro_rules! conformance {
             assert_eq!(store.recover_expired_leases(much_later).await.unwrap(), 1);
             let failed = store.get(job.id).await.unwrap().unwrap();
             assert_eq!(failed.state, JobState::Failed, "max_attempts is 2");
+            crate::store::tests::assert_lifecycle(&[
+                job.state,
+                first.state,
+                requeued.state,
+                second.state,
+                failed.state,
+            ]);
             assert!(failed.finished_at.is_some());
         }
 
@@ -221,6 +241,7 @@ macro_rules! conformance {
             );
             let canceled = store.request_cancel(job.id, now).await.unwrap().unwrap();
             assert_eq!(canceled.state, JobState::Canceled);
+            crate::store::tests::assert_lifecycle(&[job.state, canceled.state]);
             assert!(store.claim(now, now, &[]).await.unwrap().is_none());
             assert!(store.mark_purged(job.id, now).await.unwrap());
             assert!(store

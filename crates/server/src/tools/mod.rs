@@ -723,7 +723,7 @@ mod tests {
         inputs.data = [{ a = 1, b = 2 }]
     "#;
 
-    /// Builds a tool from TOML, with `patch` appended (TOML allows adding keys to tables).
+    /// Builds a tool from one TOML declaration, or returns the error text.
     fn check(toml_text: &str) -> Result<Tool, String> {
         let decl: ToolDecl = toml::from_str(toml_text).map_err(|error| error.to_string())?;
         Tool::from_decl(decl, &ToolDefaults::default()).map_err(|error| error.to_string())

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Runtime;
+use crate::blobs::JobKeys;
 use crate::executors::{ResourceLimits, RunOutcome, RunSpec, Termination};
 use crate::jobs::{
     self, AttemptOutcome, Decision, Job, JobError, JobState, Progress, StoredOutput,
@@ -21,32 +22,19 @@ use crate::tools::decl::OutputSource;
 use crate::tools::Tool;
 use crate::transforms::outputs;
 
-/// Blob keys of a job; the attempt number separates attempts so that only the winning
-/// attempt's outputs are ever referenced.
-pub struct JobKeys;
+/// The work directory of one attempt, under the server's work root.
+pub fn work_dir(work_root: &Path, id: uuid::Uuid, attempt: u32) -> PathBuf {
+    work_root.join(format!("{id}-{attempt}"))
+}
 
-impl JobKeys {
-    pub fn job(id: uuid::Uuid) -> String {
-        format!("jobs/{id}")
-    }
-    pub fn input(id: uuid::Uuid, name: &str) -> String {
-        format!("jobs/{id}/inputs/{name}")
-    }
-    pub fn control(id: uuid::Uuid) -> String {
-        format!("jobs/{id}/control")
-    }
-    pub fn attempt(id: uuid::Uuid, attempt: u32) -> String {
-        format!("jobs/{id}/attempts/{attempt}")
-    }
-    pub fn output(id: uuid::Uuid, attempt: u32, name: &str) -> String {
-        format!("jobs/{id}/attempts/{attempt}/outputs/{name}")
-    }
-    pub fn result(id: uuid::Uuid, attempt: u32) -> String {
-        format!("jobs/{id}/attempts/{attempt}/result.json")
-    }
-    pub fn log(id: uuid::Uuid, attempt: u32, stream: &str) -> String {
-        format!("jobs/{id}/attempts/{attempt}/logs/{stream}")
-    }
+/// The server's own files inside a work directory (captured streams, the process group).
+fn meta_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join(".batchgate")
+}
+
+/// Where the executor captures a stream (`stdout`, `stderr`) while the attempt runs.
+pub fn live_log(work_dir: &Path, stream: &str) -> PathBuf {
+    meta_dir(work_dir).join(stream)
 }
 
 pub async fn run(runtime: Arc<Runtime>, job: Job) {
@@ -85,7 +73,7 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         lease_lost.clone(),
     ));
 
-    let workdir = runtime.work_root.join(format!("{id}-{attempt_number}"));
+    let workdir = work_dir(&runtime.work_root, id, attempt_number);
     let result = execute(&runtime, &job, &tool, &workdir, progress_tx, cancel.clone()).await;
     heartbeat.abort();
     runtime.running.unregister(id);
@@ -241,8 +229,7 @@ async fn execute(
     };
     // A fresh work directory, even if a crashed attempt left one behind.
     let _ = tokio::fs::remove_dir_all(workdir).await;
-    let meta = workdir.join(".batchgate");
-    tokio::fs::create_dir_all(&meta)
+    tokio::fs::create_dir_all(meta_dir(workdir))
         .await
         .map_err(io("create the work directory"))?;
     tokio::fs::create_dir_all(workdir.join("tmp"))
@@ -316,13 +303,13 @@ async fn execute(
             open_files: Some(tool.limits.open_files),
         },
         progress: tool.progress.clone(),
-        stdout_path: meta.join("stdout"),
+        stdout_path: live_log(workdir, "stdout"),
         stdout_cap: if stdout_is_output {
             tool.limits.max_output_bytes
         } else {
             tool.limits.max_log_bytes
         },
-        stderr_path: meta.join("stderr"),
+        stderr_path: live_log(workdir, "stderr"),
         stderr_cap: tool.limits.max_log_bytes,
     };
     let stdout_path = spec.stdout_path.clone();
@@ -343,12 +330,11 @@ async fn execute(
                 .map_err(|error| format!("store the {stream} log: {error}"))?;
         }
     }
-    // put_file may move the capture; stdout outputs read the stored log instead.
-    let outcome = match classify(tool, &run) {
-        Some(outcome) => return Ok((outcome, Vec::new())),
-        None => collect_outputs(runtime, job, tool, &output_paths, &run).await?,
-    };
-    Ok(outcome)
+    match classify(tool, &run) {
+        Some(failure) => Ok((failure, Vec::new())),
+        // `put_file` may have moved the captures: a stdout output is read from its log blob.
+        None => collect_outputs(runtime, job, tool, &output_paths, &run).await,
+    }
 }
 
 /// The program's environment: a fixed base, the tool's allowlist from the server's own

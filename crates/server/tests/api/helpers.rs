@@ -72,6 +72,36 @@ format = "json"
 [tools.example]
 
 [[tools]]
+name = "exclusive"
+command = ["sleep", "300"]
+limits.concurrency = 1
+limits.kill_grace_seconds = 1
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
+name = "chatty"
+command = ["seq", "1", "100000"]
+limits.max_output_bytes = 1000
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
+name = "crashing"
+command = ["/bin/sh", "-c", "kill -KILL $$"]
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
 name = "small"
 command = ["cat", "{inputs.text}"]
 limits.max_request_bytes = 100
@@ -109,8 +139,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(settings: &str) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let bin = batchgate_server::demo::install_analyzer(&data_dir).unwrap();
-    let demo = batchgate_server::demo::CONFIG.replace("@DEMO_BIN@", &bin.to_string_lossy());
+    let demo = batchgate_server::demo::resolve(batchgate_server::demo::CONFIG, &data_dir).unwrap();
     let workers = if settings.contains("workers") {
         ""
     } else {
@@ -222,6 +251,17 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {

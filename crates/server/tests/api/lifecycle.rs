@@ -74,6 +74,12 @@ async fn program_failures_end_failed_with_an_actionable_reason() {
         ),
         ("nooutput", "missing-output", "results/out.csv"),
         ("badjson", "output-unparseable", "not valid json"),
+        (
+            "chatty",
+            "output-too-large",
+            "larger than the tool's limit of 1000 bytes",
+        ),
+        ("crashing", "program-killed", "signal 9"),
     ];
     for (tool, code, message) in cases {
         let location = app.submit_ok(tool, &json!({})).await;
@@ -101,15 +107,7 @@ async fn program_failures_end_failed_with_an_actionable_reason() {
         error.stderr_tail.as_deref(),
         Some("line one\nbad input: row 7")
     );
-    let logs = app
-        .client
-        .get(app.url(&format!("{location}/logs")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let logs = app.get_text(&format!("{location}/logs")).await;
     assert_eq!(
         logs,
         "==> stdout <==\nworking\n==> stderr <==\nline one\nbad input: row 7\n"
@@ -124,6 +122,31 @@ async fn program_failures_end_failed_with_an_actionable_reason() {
         error.message.contains("value 'high' is not a number"),
         "{}",
         error.message
+    );
+}
+
+#[tokio::test]
+async fn a_tool_concurrency_limit_holds_while_other_tools_run() {
+    let app = spawn_app().await; // two workers
+    let first = app.submit_ok("exclusive", &json!({})).await;
+    let second = app.submit_ok("exclusive", &json!({})).await;
+    app.wait_for_state(&first, JobState::Running, WAIT).await;
+    // A free worker takes a later job of another tool, but not the second `exclusive`.
+    let other = app
+        .submit_ok("sort", &json!({"inputs": {"lines": ["a"]}}))
+        .await;
+    assert_eq!(
+        app.wait_until_done(&other, WAIT).await.status,
+        JobState::Succeeded
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(app.status(&second).await.1.status, JobState::Queued);
+    app.client.delete(app.url(&first)).send().await.unwrap();
+    app.wait_for_state(&second, JobState::Running, WAIT).await;
+    app.client.delete(app.url(&second)).send().await.unwrap();
+    assert_eq!(
+        app.wait_until_done(&second, WAIT).await.status,
+        JobState::Canceled
     );
 }
 
@@ -157,14 +180,8 @@ async fn progress_is_reported_while_running() {
     assert!(progress.message.is_some());
     // Logs while running show what the program has written so far.
     let logs = app
-        .client
-        .get(app.url(&format!("{location}/logs?stream=stdout")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("{location}/logs?stream=stdout"))
+        .await;
     assert!(logs.contains("PROGRESS"), "{logs}");
     let done = app.wait_until_done(&location, WAIT).await;
     assert_eq!(done.status, JobState::Succeeded);

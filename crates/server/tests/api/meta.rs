@@ -1,7 +1,5 @@
 //! Health, readiness, OpenAPI and the docs page.
 
-use serde_json::Value;
-
 use crate::helpers::{assert_problem, spawn_app};
 
 #[tokio::test]
@@ -24,28 +22,12 @@ async fn health_readiness_openapi_and_docs() {
         assert!(openapi["paths"].get(path).is_some(), "{path} is documented");
     }
     assert!(openapi["components"]["schemas"].get("JobStatus").is_some());
-    let docs = app
-        .client
-        .get(app.url("/docs"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let docs = app.get_text("/docs").await;
     assert!(
         docs.contains("/openapi.json") && !docs.contains("https://"),
         "the docs page loads nothing from elsewhere"
     );
-    let index = app
-        .client
-        .get(app.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let index = app.get_text("/").await;
     assert!(index.contains("analyzer"));
     assert_problem(
         app.client.get(app.url("/nowhere")).send().await.unwrap(),
@@ -53,5 +35,4 @@ async fn health_readiness_openapi_and_docs() {
         "not-found",
     )
     .await;
-    let _: Value = openapi;
 }
