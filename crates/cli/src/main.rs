@@ -15,8 +15,68 @@ use tokio_util::sync::CancellationToken;
     about = "Legacy command-line batch programs behind an asynchronous HTTP API"
 )]
 struct Cli {
+    /// Log format on stderr: `text` or `json` (one JSON object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "BATCHGATE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the store is: the same flags as `serve`.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// The server's configuration (TOML); without it, the built-in demo.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The server's data directory (default ./batchgate-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (once: only its hash is kept).
+    Create {
+        /// Who or what the key is for (shown in lists).
+        #[arg(long)]
+        name: String,
+        /// The key's tier (one of the configuration's `[tiers.…]`).
+        #[arg(long)]
+        tier: String,
+        /// The key sees and manages every caller's jobs, and reads /metrics.
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List keys (ids, names, tiers; never the keys themselves).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a key by its id; it stops working at once.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Start signing result URLs with a new secret; URLs signed with the previous one
+    /// keep working until they expire, older ones stop.
+    RotateUrlSecret {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -38,7 +98,14 @@ enum Command {
         /// Serve the API only; jobs are run by `batchgate worker` processes elsewhere.
         #[arg(long)]
         no_worker: bool,
+        /// Serve without API keys on a non-loopback address (anyone who can reach it may
+        /// submit jobs).
+        #[arg(long)]
+        insecure_open: bool,
     },
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Check a configuration file and list its tools.
     CheckConfig { file: PathBuf },
     /// Print the built-in demo configuration (a starting point for your own).
@@ -47,14 +114,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BATCHGATE_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,tower_http=warn,sqlx=warn")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATCHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,sqlx=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Both formats escape what they print: a value with a line break or an escape
+    // sequence cannot start a forged log line.
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(false).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match cli.command {
         Command::Serve {
             config,
@@ -62,12 +132,14 @@ fn main() -> ExitCode {
             data_dir,
             workers,
             no_worker,
+            insecure_open,
         } => {
             let source = config.map_or(ConfigSource::Demo, ConfigSource::File);
             let overrides = Overrides {
                 listen,
                 data_dir,
                 workers,
+                insecure_open: insecure_open.then_some(true),
             };
             let config = match Config::load(&source, &overrides) {
                 Ok(config) => config,
@@ -96,6 +168,13 @@ fn main() -> ExitCode {
                     ExitCode::from(78)
                 }
             }
+        }
+        Command::Keys(command) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            runtime.block_on(keys(command))
         }
         Command::DemoConfig => {
             print!("{}", batchgate_server::demo::CONFIG);
@@ -136,4 +215,104 @@ async fn serve(config: Config, with_worker: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn load_for_store(store: &StoreArgs) -> Result<Config, ExitCode> {
+    let source = store
+        .config
+        .clone()
+        .map_or(ConfigSource::Demo, ConfigSource::File);
+    let overrides = Overrides {
+        data_dir: store.data_dir.clone(),
+        ..Overrides::default()
+    };
+    Config::load(&source, &overrides).map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::from(78)
+    })
+}
+
+async fn keys(command: KeysCommand) -> ExitCode {
+    let store_args = match &command {
+        KeysCommand::Create { store, .. }
+        | KeysCommand::List { store }
+        | KeysCommand::Revoke { store, .. }
+        | KeysCommand::RotateUrlSecret { store } => store,
+    };
+    let config = match load_for_store(store_args) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let store = match batchgate_server::app::open_store(&config.settings).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let now = chrono::Utc::now();
+    let outcome: Result<ExitCode, String> = async {
+        match command {
+            KeysCommand::Create {
+                name, tier, admin, ..
+            } => {
+                if config.tiers.get(&tier).is_none() {
+                    let known: Vec<&str> = config.tiers.names().collect();
+                    eprintln!(
+                        "error: no tier `{tier}` in the configuration (tiers: {})",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    );
+                    return Ok(ExitCode::from(64));
+                }
+                let key = batchgate_server::auth::keys::generate(&name, &tier, admin, now);
+                store.create_key(&key.record).await.map_err(|e| e.to_string())?;
+                eprintln!(
+                    "created key {} ({name}, tier {tier}{}); it is shown once, keep it safe:",
+                    key.record.id,
+                    if admin { ", admin" } else { "" }
+                );
+                println!("{}", key.secret);
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCommand::List { .. } => {
+                let keys = store.list_keys().await.map_err(|e| e.to_string())?;
+                println!("{:<14} {:<12} {:<6} {:<20} {:<20} NAME", "ID", "TIER", "ADMIN", "CREATED", "REVOKED");
+                for key in keys {
+                    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+                    println!(
+                        "{:<14} {:<12} {:<6} {:<20} {:<20} {}",
+                        key.id,
+                        key.tier,
+                        if key.admin { "yes" } else { "no" },
+                        time(key.created_at),
+                        key.revoked_at.map(time).unwrap_or_else(|| "-".into()),
+                        key.name
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCommand::Revoke { id, .. } => {
+                if store.revoke_key(&id, now).await.map_err(|e| e.to_string())? {
+                    eprintln!("revoked key {id}");
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    eprintln!("error: no active key `{id}` (see `batchgate keys list`)");
+                    Ok(ExitCode::from(66))
+                }
+            }
+            KeysCommand::RotateUrlSecret { .. } => {
+                let signer = batchgate_server::auth::signing::Signer::load(store.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let generation = signer.rotate().await.map_err(|e| e.to_string())?;
+                eprintln!("result URLs are now signed with secret generation {generation}; the previous one is still accepted");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+    .await;
+    outcome.unwrap_or_else(|error| {
+        eprintln!("error: {error}");
+        ExitCode::FAILURE
+    })
 }

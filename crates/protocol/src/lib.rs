@@ -290,3 +290,57 @@ mod tests {
         assert_eq!(JobState::parse("done"), None);
     }
 }
+
+/// A tier's limits, as `GET /v1/usage` reports them (absent: no limit).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TierLimits {
+    pub requests_per_minute: Option<u64>,
+    pub jobs_per_window: Option<u64>,
+    pub window_seconds: u64,
+    pub concurrent_jobs: Option<u64>,
+    pub max_request_bytes: Option<u64>,
+    pub retention_seconds: Option<u64>,
+    /// Tools the tier may use (absent: all).
+    pub tools: Option<Vec<String>>,
+    pub priority: i32,
+}
+
+/// The caller's standing against its quotas now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageNow {
+    /// Jobs submitted in the tier's current window.
+    pub jobs_in_window: u64,
+    /// Jobs that may still be submitted in it (absent: no limit).
+    pub jobs_remaining: Option<u64>,
+    /// Jobs queued or running.
+    pub concurrent_jobs: u64,
+}
+
+/// Summed costs of the caller's attempts that ended within a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageWindow {
+    /// `window` (the tier's quota window), `day` or `month` (30 days).
+    pub name: String,
+    pub since: DateTime<Utc>,
+    /// Jobs submitted since then.
+    pub jobs: u64,
+    pub attempts: u64,
+    pub wall_seconds: f64,
+    /// CPU time of the programs and the processes they waited for.
+    pub cpu_seconds: f64,
+    /// The largest peak memory of one attempt.
+    pub peak_memory_bytes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// `GET /v1/usage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    /// The key's public id (absent for the anonymous caller).
+    pub key: Option<String>,
+    pub tier: Option<String>,
+    pub limits: Option<TierLimits>,
+    pub now: UsageNow,
+    pub windows: Vec<UsageWindow>,
+}

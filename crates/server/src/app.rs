@@ -8,19 +8,25 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::KeysSeen;
+use crate::auth::signing::Signer;
+use crate::auth::Tiers;
 use crate::blobs::{BlobStore, LocalBlobStore};
-use crate::config::{Config, Settings};
+use crate::config::{AuthMode, Config, SandboxMode, Settings};
 use crate::executors::local::LocalExecutor;
 use crate::executors::Executor;
 use crate::store::sqlite::SqliteJobStore;
 use crate::store::JobStore;
 use crate::tools::ToolRegistry;
-use crate::worker::{RunningJobs, Wakeup};
+use crate::worker::{RunningJobs, UidPool, Wakeup};
 
 /// Everything the API handlers and the workers share.
 pub struct Runtime {
     pub settings: Settings,
     pub tools: ToolRegistry,
+    pub tiers: Tiers,
+    pub signer: Signer,
+    pub keys_seen: KeysSeen,
     pub store: Arc<dyn JobStore>,
     pub blobs: Arc<dyn BlobStore>,
     pub executor: Arc<dyn Executor>,
@@ -30,14 +36,20 @@ pub struct Runtime {
     pub staging_root: PathBuf,
     pub wakeup: Wakeup,
     pub running: RunningJobs,
+    pub uids: UidPool,
+    /// `bwrap`, when programs run sandboxed.
+    pub sandbox: Option<PathBuf>,
+    pub data_dir: PathBuf,
 }
 
 impl Runtime {
     pub async fn open(config: Config) -> Result<Runtime, StartError> {
         let settings = config.settings;
+        crate::telemetry::handle();
         let data_dir = std::path::absolute(&settings.data_dir)?;
         std::fs::create_dir_all(&data_dir)?;
-        let store = SqliteJobStore::open(&data_dir.join("jobs.db")).await?;
+        let store = open_store(&settings).await?;
+        let signer = Signer::load(store.clone()).await?;
         let blobs = LocalBlobStore::open(&data_dir.join("blobs")).await?;
         let work_root = data_dir.join("work");
         let staging_root = data_dir.join("staging");
@@ -53,18 +65,89 @@ impl Runtime {
         }
         std::fs::create_dir_all(&staging_root)?;
         std::fs::create_dir_all(&work_root)?;
+        if settings.run_as_uid.is_some() {
+            prepare_run_as(&work_root)?;
+        }
+        let uids = UidPool::new(settings.run_as_uid, settings.worker_count());
+        let sandbox = match settings.sandbox {
+            SandboxMode::None => None,
+            SandboxMode::Bwrap => Some(crate::executors::sandbox::find_bwrap().ok_or(
+                "`sandbox = \"bwrap\"` but bwrap is not installed (apt-get install bubblewrap)",
+            )?),
+        };
         Ok(Runtime {
             settings,
             tools: config.tools,
-            store: Arc::new(store),
+            tiers: config.tiers,
+            signer,
+            keys_seen: KeysSeen::default(),
+            store,
             blobs: Arc::new(blobs),
             executor: Arc::new(LocalExecutor),
             work_root,
             staging_root,
             wakeup: Wakeup::default(),
             running: RunningJobs::default(),
+            uids,
+            sandbox,
+            data_dir,
         })
     }
+}
+
+/// The job store a configuration names (also for `batchgate keys`, beside a running
+/// server).
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn JobStore>, StartError> {
+    let data_dir = std::path::absolute(&settings.data_dir)?;
+    std::fs::create_dir_all(&data_dir)?;
+    Ok(Arc::new(
+        SqliteJobStore::open(&data_dir.join("jobs.db")).await?,
+    ))
+}
+
+/// Programs run as other users need the server to be root, and must be able to reach
+/// their work directories: every directory above them must be searchable by others.
+fn prepare_run_as(work_root: &std::path::Path) -> Result<(), StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        return Err("`run_as_uid` needs the server to run as root".into());
+    }
+    std::fs::set_permissions(work_root, std::fs::Permissions::from_mode(0o711))?;
+    for directory in work_root.ancestors().skip(1) {
+        let mode = std::fs::metadata(directory)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(format!(
+                "`run_as_uid`: programs cannot reach their work directories because {} is \
+                 not searchable by other users (chmod o+x it, or choose another data_dir)",
+                directory.display()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Without keys, a server is open to anyone who can reach it: allowed on a loopback
+/// address (a laptop), refused elsewhere unless `insecure_open` says it is meant.
+async fn check_open_access(runtime: &Runtime) -> Result<(), StartError> {
+    let settings = &runtime.settings;
+    if settings.auth == AuthMode::Required || runtime.store.has_keys().await? {
+        return Ok(());
+    }
+    if settings.listen.ip().is_loopback() {
+        return Ok(());
+    }
+    if settings.insecure_open {
+        tracing::warn!(listen = %settings.listen, "serving WITHOUT authentication (--insecure-open)");
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to serve on {} without API keys: create one with \
+         `batchgate keys create --name NAME --tier TIER`, listen on a loopback address, \
+         or pass --insecure-open to serve anyone who can reach this address",
+        settings.listen
+    )
+    .into())
 }
 
 /// Why the server could not start: reported once and the process exits.
@@ -81,6 +164,7 @@ impl Application {
     pub async fn build(config: Config, with_worker: bool) -> Result<Application, StartError> {
         let listen = config.settings.listen;
         let runtime = Arc::new(Runtime::open(config).await?);
+        check_open_access(&runtime).await?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
@@ -110,12 +194,20 @@ impl Application {
         } else {
             Vec::new()
         };
+        let reaper = tokio::spawn(crate::worker::reaper::run(
+            self.runtime.clone(),
+            shutdown.clone(),
+        ));
         let router = crate::api::router(self.runtime.clone());
-        let signal = shutdown.clone();
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { signal.cancelled().await })
-            .await;
+        let served = crate::api::serve(
+            self.listener,
+            router,
+            &self.runtime.settings,
+            shutdown.clone(),
+        )
+        .await;
         shutdown.cancel();
+        reaper.abort();
         for worker in workers {
             worker.abort();
         }

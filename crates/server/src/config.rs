@@ -1,6 +1,7 @@
 //! Settings and tool declarations: from a TOML file (or the embedded demo), then
 //! `BATCHGATE__…` environment variables, then command-line flags.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use figment::providers::{Env, Format as _, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Tier, Tiers};
 use crate::tools::decl::ToolDecl;
 use crate::tools::{Tool, ToolDefaults, ToolError, ToolRegistry};
 
@@ -34,6 +36,34 @@ pub struct Settings {
     pub retention_seconds: u64,
     /// Upper bound of the `Retry-After` estimate.
     pub retry_after_max_seconds: u64,
+    /// `auto`: keys are required as soon as one exists; `required`: always.
+    pub auth: AuthMode,
+    /// Serve without keys on a non-loopback address (`--insecure-open`).
+    pub insecure_open: bool,
+    /// The tier of the anonymous caller of an open server (none: no tier limits).
+    pub anonymous_tier: Option<String>,
+    /// `[tiers.NAME]`: limits per API key tier.
+    pub tiers: BTreeMap<String, Tier>,
+    /// Beyond this many queued jobs, submissions get `503` + `Retry-After`.
+    pub max_queued_jobs: u64,
+    /// `direct`: the status monitor's `303` points at `/result` (a key is needed);
+    /// `signed_url`: at a URL that works without a key until it expires.
+    pub result_delivery: ResultDelivery,
+    pub signed_url_seconds: u64,
+    /// How often the retention reaper looks for expired jobs.
+    pub reaper_interval_seconds: f64,
+    /// A client must send its request headers within this time.
+    pub header_timeout_seconds: u64,
+    /// Largest request head (request line and headers) accepted.
+    pub max_header_bytes: usize,
+    /// Open connections at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Run programs as dedicated users: one uid per running job, from this one up
+    /// (the server must run as root). Lets `limits.processes` contain fork bombs.
+    pub run_as_uid: Option<u32>,
+    /// `bwrap`: run programs in a bubblewrap sandbox (no network, read-only outside their
+    /// work directory, the server's data hidden).
+    pub sandbox: SandboxMode,
     /// Ignored here: tools are read separately so their errors can name the tool.
     #[serde(default, skip_serializing)]
     pub tools: Option<serde::de::IgnoredAny>,
@@ -52,6 +82,19 @@ impl Default for Settings {
             default_timeout_seconds: 300,
             retention_seconds: 7 * 24 * 3600,
             retry_after_max_seconds: 60,
+            auth: AuthMode::Auto,
+            insecure_open: false,
+            anonymous_tier: None,
+            tiers: BTreeMap::new(),
+            max_queued_jobs: 10_000,
+            result_delivery: ResultDelivery::Direct,
+            signed_url_seconds: 3600,
+            reaper_interval_seconds: 60.0,
+            header_timeout_seconds: 10,
+            max_header_bytes: 16 * 1024,
+            max_connections: 1024,
+            run_as_uid: None,
+            sandbox: SandboxMode::None,
             tools: None,
         }
     }
@@ -77,6 +120,27 @@ impl Settings {
             retention: Duration::from_secs(self.retention_seconds),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    Auto,
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultDelivery {
+    Direct,
+    SignedUrl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxMode {
+    None,
+    Bwrap,
 }
 
 /// Where the configuration comes from.
@@ -107,12 +171,15 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure_open: Option<bool>,
 }
 
 #[derive(Debug)]
 pub struct Config {
     pub settings: Settings,
     pub tools: ToolRegistry,
+    pub tiers: Tiers,
 }
 
 impl Config {
@@ -205,7 +272,19 @@ impl Config {
             tools.push(tool);
         }
         let tools = ToolRegistry::new(tools).map_err(|error| fail(error.to_string()))?;
-        Ok(Config { settings, tools })
+        let tiers = Tiers::new(settings.tiers.clone(), &tools).map_err(fail)?;
+        if let Some(name) = &settings.anonymous_tier {
+            if tiers.get(name).is_none() {
+                return Err(fail(format!(
+                    "field `anonymous_tier`: no tier `{name}` (declare it under [tiers.{name}])"
+                )));
+            }
+        }
+        Ok(Config {
+            settings,
+            tools,
+            tiers,
+        })
     }
 }
 

@@ -13,12 +13,14 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod blobs;
 pub mod config;
 pub mod demo;
 pub mod executors;
 pub mod jobs;
 pub mod store;
+pub mod telemetry;
 pub mod tools;
 pub mod transforms;
 pub mod worker;

@@ -1,7 +1,7 @@
 //! The status monitor, results, outputs, logs, cancel/delete and the job history.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, OriginalUri, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,26 +11,77 @@ use serde::Deserialize;
 use tokio_util::io::ReaderStream;
 use uuid::Uuid;
 
-use super::{
-    header_value, job_status, no_store, retry_after_seconds, ApiError, AppState, ANONYMOUS,
-};
+use super::auth::Access;
+use super::{header_value, job_status, no_store, retry_after_seconds, ApiError, AppState};
 use crate::app::Runtime;
+use crate::auth::signing::Refused;
+use crate::auth::Caller;
 use crate::blobs::JobKeys;
+use crate::config::ResultDelivery;
 use crate::jobs::{Job, JobState};
 use crate::store::ListQuery;
 use crate::transforms::FieldFault;
 
-/// Loads the caller's job; another caller's job is absent (404), a purged one gone (410).
-async fn load(runtime: &Runtime, id: &str) -> Result<Job, ApiError> {
-    let id = Uuid::parse_str(id).map_err(|_| ApiError::job_not_found())?;
-    let job = runtime
-        .store
-        .get(id)
+/// Loads a job the caller may see: another caller's job is absent (404), a purged one
+/// gone (410).
+async fn load(runtime: &Runtime, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+    let job = find(runtime, id)
         .await?
+        .filter(|job| caller.can_see(&job.owner))
         .ok_or_else(ApiError::job_not_found)?;
-    if job.owner != ANONYMOUS {
-        return Err(ApiError::job_not_found());
-    }
+    present(job)
+}
+
+/// Like `load`, for the routes a signed URL may reach: with a signature, the job must be
+/// the one it was signed for (method, path, job, owner, expiry), else 403.
+async fn load_for(
+    runtime: &Runtime,
+    access: &Access,
+    id: &str,
+    path: &str,
+) -> Result<Job, ApiError> {
+    let signature = match access {
+        Access::Caller(caller) => return load(runtime, caller, id).await,
+        Access::Signed(signature) => signature,
+    };
+    let refused = |reason: Refused| match reason {
+        Refused::Expired => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signed-url-expired",
+            "this link has expired; ask the status monitor for a new one",
+        ),
+        Refused::Invalid => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signed-url-invalid",
+            "this link's signature is not valid",
+        ),
+    };
+    let job = find(runtime, id)
+        .await?
+        .ok_or_else(|| refused(Refused::Invalid))?;
+    runtime
+        .signer
+        .verify(
+            "GET",
+            path,
+            job.id,
+            &job.owner,
+            signature,
+            Utc::now().timestamp(),
+        )
+        .await
+        .map_err(refused)?;
+    present(job)
+}
+
+async fn find(runtime: &Runtime, id: &str) -> Result<Option<Job>, ApiError> {
+    let Ok(id) = Uuid::parse_str(id) else {
+        return Ok(None);
+    };
+    Ok(runtime.store.get(id).await?)
+}
+
+fn present(job: Job) -> Result<Job, ApiError> {
     if job.purged_at.is_some() {
         return Err(ApiError::new(
             StatusCode::GONE,
@@ -39,6 +90,17 @@ async fn load(runtime: &Runtime, id: &str) -> Result<Job, ApiError> {
         ));
     }
     Ok(job)
+}
+
+/// The URL of a finished job's result or output: signed when results are delivered by
+/// signed URL.
+fn delivery_url(runtime: &Runtime, job: &Job, path: String) -> String {
+    if runtime.settings.result_delivery != ResultDelivery::SignedUrl {
+        return path;
+    }
+    let expires = Utc::now().timestamp() + runtime.settings.signed_url_seconds as i64;
+    let signature = runtime.signer.sign(&path, job.id, &job.owner, expires);
+    format!("{path}?{}", signature.to_query())
 }
 
 /// Job status monitor
@@ -59,12 +121,21 @@ async fn load(runtime: &Runtime, id: &str) -> Result<Job, ApiError> {
 )]
 pub async fn status(
     State(runtime): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = load(&runtime, &id).await?;
-    let body = Json(job_status(&job));
+    let caller = require_caller(&access)?;
+    let job = load(&runtime, caller, &id).await?;
+    let mut status = job_status(&job);
+    if job.state == JobState::Succeeded {
+        status.links.result = delivery_url(&runtime, &job, status.links.result);
+        for output in &mut status.links.outputs {
+            output.href = delivery_url(&runtime, &job, std::mem::take(&mut output.href));
+        }
+    }
+    let body = Json(status);
     if job.state.is_terminal() {
-        let location = format!("/v1/jobs/{}/result", job.id);
+        let location = delivery_url(&runtime, &job, format!("/v1/jobs/{}/result", job.id));
         return Ok((
             StatusCode::SEE_OTHER,
             [(header::LOCATION, header_value(&location)), no_store()],
@@ -108,10 +179,12 @@ pub async fn status(
 )]
 pub async fn result(
     State(runtime): State<AppState>,
+    Extension(access): Extension<Access>,
+    OriginalUri(uri): OriginalUri,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let job = load(&runtime, &id).await?;
+    let job = load_for(&runtime, &access, &id, uri.path()).await?;
     match job.state {
         JobState::Queued | JobState::Running => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -186,9 +259,11 @@ pub async fn result(
 )]
 pub async fn output(
     State(runtime): State<AppState>,
+    Extension(access): Extension<Access>,
+    OriginalUri(uri): OriginalUri,
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let job = load(&runtime, &id).await?;
+    let job = load_for(&runtime, &access, &id, uri.path()).await?;
     let Some(output) = job
         .outputs
         .iter()
@@ -259,10 +334,11 @@ pub struct LogQuery {
 )]
 pub async fn logs(
     State(runtime): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let job = load(&runtime, &id).await?;
+    let job = load(&runtime, require_caller(&access)?, &id).await?;
     let streams: Vec<&str> = match query.stream.as_deref() {
         None => vec!["stdout", "stderr"],
         Some(stream @ ("stdout" | "stderr")) => vec![stream],
@@ -330,14 +406,15 @@ pub async fn logs(
 )]
 pub async fn delete(
     State(runtime): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = load(&runtime, &id).await?;
+    let job = load(&runtime, require_caller(&access)?, &id).await?;
     let now = Utc::now();
     if job.state.is_terminal() {
-        // The row is marked first, so no reader is ever sent to a blob that is gone.
-        runtime.store.mark_purged(job.id, now).await?;
-        runtime.blobs.delete_prefix(&JobKeys::job(job.id)).await?;
+        crate::worker::reaper::purge(&runtime, job.id)
+            .await
+            .map_err(ApiError::internal)?;
         tracing::info!(job_id = %job.id, "job data deleted");
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -378,8 +455,10 @@ pub struct ListParams {
 )]
 pub async fn list(
     State(runtime): State<AppState>,
+    Extension(access): Extension<Access>,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
+    let caller = require_caller(&access)?;
     let state = match params.status.as_deref() {
         None | Some("") => None,
         Some(text) => Some(JobState::parse(text).ok_or_else(|| {
@@ -407,7 +486,7 @@ pub async fn list(
     }
     let tool = params.tool.filter(|t| !t.is_empty());
     let query = ListQuery {
-        owner: ANONYMOUS.to_owned(),
+        owner: (!caller.admin).then(|| caller.owner.clone()),
         state,
         tool: tool.clone(),
         before,
@@ -435,4 +514,15 @@ pub async fn list(
         next,
     };
     Ok(([no_store()], Json(page)).into_response())
+}
+
+/// The routes a signed URL does not open need a caller; a signature there is refused.
+fn require_caller(access: &Access) -> Result<&Caller, ApiError> {
+    access.caller().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signed-url-invalid",
+            "a signed URL opens only the result and outputs it was made for",
+        )
+    })
 }

@@ -15,9 +15,9 @@ use super::{ApiError, AppState};
     paths(
         super::tools::list, super::tools::describe, super::submit::submit,
         super::jobs::status, super::jobs::result, super::jobs::output, super::jobs::logs,
-        super::jobs::delete, super::jobs::list, healthz, readyz
+        super::jobs::delete, super::jobs::list, super::usage::usage, healthz, readyz
     ),
-    tags((name = "jobs", description = "Submit jobs, poll them, fetch results"), (name = "tools", description = "The tool catalogue"))
+    tags((name = "jobs", description = "Submit jobs, poll them, fetch results"), (name = "tools", description = "The tool catalogue"), (name = "usage", description = "Costs and limits of the caller"))
 )]
 pub struct ApiDoc;
 

@@ -1,10 +1,13 @@
 //! The HTTP API (v1): the only module that knows HTTP.
 
+mod auth;
 mod jobs;
 mod meta;
 mod problem;
+mod serve;
 mod submit;
 mod tools;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,13 +23,11 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::Runtime;
 use crate::jobs::{Job, JobState};
+pub use auth::KeysSeen;
 pub use problem::ApiError;
+pub use serve::serve;
 
 type AppState = Arc<Runtime>;
-
-/// The caller's identity. Authentication arrives with API keys; until then every
-/// request belongs to the anonymous owner.
-const ANONYMOUS: &str = "";
 
 pub fn router(runtime: Arc<Runtime>) -> Router {
     Router::new()
@@ -38,6 +39,8 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/v1/jobs/{id}/result", get(jobs::result))
         .route("/v1/jobs/{id}/outputs/{name}", get(jobs::output))
         .route("/v1/jobs/{id}/logs", get(jobs::logs))
+        .route("/v1/usage", get(usage::usage))
+        .route("/metrics", get(usage::metrics))
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .route("/openapi.json", get(meta::openapi))
@@ -48,7 +51,21 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         // after decompression), so axum's buffered-body default does not apply.
         .layer(DefaultBodyLimit::disable())
         .layer(RequestDecompressionLayer::new())
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            runtime.clone(),
+            auth::authenticate,
+        ))
+        // Spans name the path only: a query may carry a signed URL's signature, which must
+        // never reach a log.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path().escape_debug(),
+                )
+            }),
+        )
         .with_state(runtime)
 }
 

@@ -22,6 +22,8 @@ pub struct ApiErrorBody {
     pub job_error: Option<JobError>,
     pub attempts: Option<u32>,
     pub retry_after: Option<u64>,
+    /// Extra headers (`WWW-Authenticate`, `RateLimit`, …).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -34,7 +36,18 @@ impl ApiError {
             job_error: None,
             attempts: None,
             retry_after: None,
+            headers: Vec::new(),
         }))
+    }
+
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> ApiError {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     pub fn with_fields(mut self, faults: impl IntoIterator<Item = FieldFault>) -> ApiError {
@@ -154,6 +167,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(seconds) = body.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        for (name, value) in body.headers {
+            headers.insert(name, value);
         }
         response
     }

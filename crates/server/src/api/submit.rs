@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Path as UrlPath, Query, Request, State};
+use axum::extract::{Extension, FromRequest, Multipart, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,11 +19,13 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use super::{header_value, job_status, retry_after_seconds, ApiError, AppState, ANONYMOUS};
+use super::auth::{seconds_until, Access};
+use super::{header_value, job_status, retry_after_seconds, ApiError, AppState};
 use crate::app::Runtime;
+use crate::auth::Caller;
 use crate::blobs::JobKeys;
 use crate::jobs::{Job, JobState, StoredInput};
-use crate::store::Inserted;
+use crate::store::{Admission, Inserted, Refusal};
 use crate::tools::Tool;
 use crate::transforms::records::{normalize_tabular_file, Layout};
 use crate::transforms::request::{parse_json_request, InputSinks, RequestError};
@@ -44,28 +46,64 @@ use crate::transforms::{pointer_token, FieldFault, Format};
         (status = 202, description = "Accepted; poll `Location`", body = batchgate_protocol::JobStatus,
          headers(("Location" = String), ("Retry-After" = u64))),
         (status = 400, description = "Malformed body", body = batchgate_protocol::Problem),
+        (status = 401, description = "No valid API key", body = batchgate_protocol::Problem),
+        (status = 403, description = "The key's tier may not use this tool", body = batchgate_protocol::Problem),
         (status = 404, description = "Unknown tool", body = batchgate_protocol::Problem),
-        (status = 413, description = "Too large", body = batchgate_protocol::Problem),
+        (status = 413, description = "Too large (per tool and per tier)", body = batchgate_protocol::Problem),
         (status = 415, description = "Unsupported media type", body = batchgate_protocol::Problem),
         (status = 422, description = "Invalid inputs or parameters", body = batchgate_protocol::Problem),
+        (status = 429, description = "Rate limit or quota reached; see `Retry-After`", body = batchgate_protocol::Problem),
+        (status = 503, description = "The queue is full; see `Retry-After`", body = batchgate_protocol::Problem),
     ),
     tag = "jobs"
 )]
 pub async fn submit(
     State(runtime): State<AppState>,
+    Extension(access): Extension<Access>,
     UrlPath(tool_ref): UrlPath<String>,
     Query(query): Query<Vec<(String, String)>>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let tool = runtime.tools.resolve(&tool_ref).ok_or_else(|| {
+    let caller = access
+        .caller()
+        .cloned()
+        .ok_or_else(ApiError::job_not_found)?;
+    let result = submit_as(&runtime, &caller, &tool_ref, &query, request).await;
+    if let Err(error) = &result {
+        crate::telemetry::rejected(error.code, caller.tier_label());
+    }
+    result
+}
+
+async fn submit_as(
+    runtime: &Runtime,
+    caller: &Caller,
+    tool_ref: &str,
+    query: &[(String, String)],
+    request: Request,
+) -> Result<Response, ApiError> {
+    let tool = runtime.tools.resolve(tool_ref).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "tool-not-found",
             format!("no tool `{tool_ref}`; see /v1/tools"),
         )
     })?;
+    if let Some(tier) = &caller.tier {
+        if !tier.allows(&tool) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "tool-not-allowed",
+                format!(
+                    "tier `{}` may not use tool `{}`",
+                    caller.tier_name,
+                    tool.id()
+                ),
+            ));
+        }
+    }
     let headers = request.headers().clone();
-    let limit = tool.limits.max_request_bytes;
+    let limit = caller.max_request_bytes(tool.limits.max_request_bytes);
     if let Some(length) = content_length(&headers) {
         if length > limit {
             return Err(ApiError::too_large(limit, "the request body"));
@@ -88,6 +126,19 @@ pub async fn submit(
         None => None,
     };
     let media_type = media_type(&headers);
+    // A repeated idempotent request is answered with its job even when the quota is
+    // full now; anything else is refused before its body is read.
+    let replaying = match &idempotency_key {
+        Some(key) => runtime
+            .store
+            .find_by_idempotency_key(&caller.owner, key)
+            .await?
+            .is_some(),
+        None => false,
+    };
+    if !replaying {
+        admit(runtime, caller).await?;
+    }
 
     let id = Uuid::now_v7();
     let staging = Staging::create(runtime.staging_root.join(id.to_string())).await?;
@@ -98,7 +149,7 @@ pub async fn submit(
             &tool,
             request,
             media_type.as_deref(),
-            &query,
+            query,
             &staging,
             limit,
         ),
@@ -164,10 +215,10 @@ pub async fn submit(
     if let Some(key) = &idempotency_key {
         if let Some(existing) = runtime
             .store
-            .find_by_idempotency_key(ANONYMOUS, key)
+            .find_by_idempotency_key(&caller.owner, key)
             .await?
         {
-            return replay(&runtime, existing, &request_hash, &tool).await;
+            return replay(runtime, existing, &request_hash, &tool).await;
         }
     }
 
@@ -191,7 +242,10 @@ pub async fn submit(
     let now = crate::jobs::now();
     let job = Job {
         id,
-        owner: ANONYMOUS.to_owned(),
+        owner: caller.owner.clone(),
+        tier: caller.tier_label().to_owned(),
+        priority: caller.priority(),
+        retention: caller.retention(tool.retention),
         tool: tool.name.clone(),
         tool_version: tool.version,
         state: JobState::Queued,
@@ -213,21 +267,113 @@ pub async fn submit(
         request_hash: Some(request_hash.clone()),
         purged_at: None,
     };
-    let inserted = match runtime.store.insert(&job).await {
+    let admission = admission(caller, now);
+    let inserted = match runtime.store.insert(&job, &admission).await {
         Ok(inserted) => inserted,
         Err(error) => {
             let _ = runtime.blobs.delete_prefix(&JobKeys::job(id)).await;
             return Err(error.into());
         }
     };
-    if let Inserted::Existing(existing) = inserted {
-        // Another request with the same key won the race.
-        let _ = runtime.blobs.delete_prefix(&JobKeys::job(id)).await;
-        return replay(&runtime, *existing, &request_hash, &tool).await;
+    match inserted {
+        Inserted::Created => {}
+        Inserted::Existing(existing) => {
+            // Another request with the same key won the race.
+            let _ = runtime.blobs.delete_prefix(&JobKeys::job(id)).await;
+            return replay(runtime, *existing, &request_hash, &tool).await;
+        }
+        Inserted::Refused(refusal) => {
+            // A concurrent request took the last place: nothing of this one stays.
+            let _ = runtime.blobs.delete_prefix(&JobKeys::job(id)).await;
+            return Err(quota_error(caller, &refusal));
+        }
     }
     runtime.wakeup.job_queued();
-    tracing::info!(job_id = %id, tool = %tool.id(), "job accepted");
-    accepted(&runtime, &job).await
+    crate::telemetry::submitted(&job.tool, &job.tier);
+    tracing::info!(job_id = %id, tool = %tool.id(), key = %caller.owner, "job accepted");
+    accepted(runtime, &job).await
+}
+
+/// The quota checks made with the insert.
+fn admission(caller: &Caller, now: chrono::DateTime<chrono::Utc>) -> Admission {
+    let Some(tier) = &caller.tier else {
+        return Admission::default();
+    };
+    Admission {
+        window: tier.jobs_per_window.map(|limit| {
+            let window = chrono::Duration::from_std(tier.window()).unwrap_or_default();
+            (limit, now - window)
+        }),
+        concurrent: tier.concurrent_jobs,
+    }
+}
+
+/// Refuses early, before the body is read: a full queue (503) or a full quota (429).
+async fn admit(runtime: &Runtime, caller: &Caller) -> Result<(), ApiError> {
+    let cap = runtime.settings.max_queued_jobs;
+    if runtime.store.queued_count(cap).await? >= cap {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue-full",
+            format!("{cap} jobs are waiting already; try again shortly"),
+        )
+        .with_retry_after(runtime.settings.retry_after_max_seconds.min(30)));
+    }
+    let now = crate::jobs::now();
+    let admission = admission(caller, now);
+    if admission.window.is_none() && admission.concurrent.is_none() {
+        return Ok(());
+    }
+    let since = admission.window.map_or(now, |(_, since)| since);
+    let standing = runtime.store.standing(&caller.owner, since).await?;
+    if let Some((limit, _)) = admission.window {
+        if standing.jobs_since >= limit {
+            let oldest = standing.oldest_since.unwrap_or(now);
+            return Err(quota_error(caller, &Refusal::JobsPerWindow { oldest }));
+        }
+    }
+    if let Some(limit) = admission.concurrent {
+        if standing.active >= limit {
+            return Err(quota_error(caller, &Refusal::Concurrent));
+        }
+    }
+    Ok(())
+}
+
+fn quota_error(caller: &Caller, refusal: &Refusal) -> ApiError {
+    let Some(tier) = &caller.tier else {
+        return ApiError::internal("a quota refusal without a tier");
+    };
+    match refusal {
+        Refusal::JobsPerWindow { oldest } => {
+            let limit = tier.jobs_per_window.unwrap_or_default();
+            let frees = *oldest + chrono::Duration::from_std(tier.window()).unwrap_or_default();
+            let wait = seconds_until(frees, chrono::Utc::now());
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota-exceeded",
+                format!(
+                    "tier `{}` allows {limit} job(s) per {} s; the next one can start in {wait} s",
+                    caller.tier_name, tier.window_seconds
+                ),
+            )
+            .with_retry_after(wait)
+            .with_header(
+                header::HeaderName::from_static("ratelimit"),
+                header_value(&format!("\"jobs\";r=0;t={wait}")),
+            )
+        }
+        Refusal::Concurrent => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-concurrent-jobs",
+            format!(
+                "tier `{}` allows {} job(s) queued or running at once; wait for one to finish",
+                caller.tier_name,
+                tier.concurrent_jobs.unwrap_or_default()
+            ),
+        )
+        .with_retry_after(5),
+    }
 }
 
 /// The answer to a repeated idempotent request: the original job, or 422 when the body

@@ -4,6 +4,7 @@
 
 pub mod local;
 pub mod process;
+pub mod sandbox;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub struct RunSpec {
     pub stdout_cap: u64,
     pub stderr_path: PathBuf,
     pub stderr_cap: u64,
+    /// Run as this uid and gid (the server must be root).
+    pub run_as: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -40,6 +43,9 @@ pub struct ResourceLimits {
     pub memory_bytes: Option<u64>,
     pub file_size_bytes: Option<u64>,
     pub open_files: Option<u64>,
+    /// RLIMIT_NPROC: counted per user, so it contains a fork bomb only when the program
+    /// runs as a user of its own (`RunSpec::run_as`).
+    pub processes: Option<u64>,
 }
 
 /// How the program ended.
@@ -63,6 +69,10 @@ pub struct RunOutcome {
     pub stderr_tail: String,
     pub stdout_truncated: bool,
     pub wall_time: Duration,
+    /// User + system CPU time of the program and the descendants it waited for.
+    pub cpu_time: Option<Duration>,
+    /// The largest resident set of the program or one of those descendants.
+    pub peak_memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

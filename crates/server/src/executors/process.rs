@@ -3,14 +3,13 @@
 //! that kill the whole group.
 
 use std::collections::VecDeque;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{ExecutorError, ResourceLimits, RunOutcome, RunSpec, Termination};
@@ -57,8 +56,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<RunOutcome, ExecutorError> {
     let started = Instant::now();
-    let mut child = match spawn(&spec).await {
-        Ok(child) => child,
+    let spawned = match spawn(&spec).await {
+        Ok(spawned) => spawned,
         Err(error) => {
             return Ok(RunOutcome {
                 termination: Termination::SpawnFailed {
@@ -68,22 +67,26 @@ pub async fn run(
                 stderr_tail: String::new(),
                 stdout_truncated: false,
                 wall_time: started.elapsed(),
+                cpu_time: None,
+                peak_memory_bytes: None,
             })
         }
     };
-    let group = child.id().and_then(|id| Pid::from_raw(id as i32));
-    if let Some(pid) = group {
-        apply_rlimits(pid, &spec.rlimits);
-        // Lets a restarted server stop what a crashed one left running (see `reap_orphans`).
-        let _ = tokio::fs::write(
-            spec.workdir.join(PID_FILE),
-            pid.as_raw_nonzero().to_string(),
-        )
-        .await;
-    }
+    let Spawned {
+        group,
+        mut exit,
+        stdout,
+        stderr,
+    } = spawned;
+    let guard = GroupGuard(Some(group));
+    apply_rlimits(group, &spec.rlimits);
+    // Lets a restarted server stop what a crashed one left running (see `reap_orphans`).
+    let _ = tokio::fs::write(
+        spec.workdir.join(PID_FILE),
+        group.as_raw_nonzero().to_string(),
+    )
+    .await;
 
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
     let progress_on = |stream: ProgressStream| {
         spec.progress
             .clone()
@@ -106,29 +109,27 @@ pub async fn run(
         true,
     ));
 
-    let termination = tokio::select! {
-        status = child.wait() => {
-            let status = status?;
-            match (status.code(), status.signal()) {
+    let (termination, usage) = tokio::select! {
+        ended = &mut exit => {
+            let usage = ended.map_err(|_| std::io::Error::other("the waiting thread ended"))??;
+            let status = usage.status;
+            let termination = match (status.code(), status.signal()) {
                 (Some(code), _) => Termination::Exited(code),
                 (None, Some(signal)) => Termination::Signaled(signal),
                 (None, None) => Termination::Exited(-1),
-            }
+            };
+            (termination, Some(usage))
         }
         () = tokio::time::sleep(spec.timeout) => {
-            stop_group(&mut child, group, spec.kill_grace).await;
-            Termination::TimedOut
+            (Termination::TimedOut, stop_group(group, &mut exit, spec.kill_grace).await)
         }
         () = cancel.cancelled() => {
-            stop_group(&mut child, group, spec.kill_grace).await;
-            Termination::Canceled
+            (Termination::Canceled, stop_group(group, &mut exit, spec.kill_grace).await)
         }
     };
     // The leader is gone; whatever it left behind in its group goes too, so no process
     // of the attempt outlives it (and the capture pipes close).
-    if let Some(pid) = group {
-        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-    }
+    drop(guard);
     let (stdout_truncated, _) = join_capture(stdout_task).await;
     let (_, stderr_tail) = join_capture(stderr_task).await;
     Ok(RunOutcome {
@@ -136,11 +137,36 @@ pub async fn run(
         stderr_tail,
         stdout_truncated,
         wall_time: started.elapsed(),
+        cpu_time: usage
+            .as_ref()
+            .map(|usage| usage.rusage.utime + usage.rusage.stime),
+        peak_memory_bytes: usage.as_ref().map(|usage| usage.rusage.maxrss),
     })
 }
 
-async fn spawn(spec: &RunSpec) -> std::io::Result<Child> {
-    let mut command = Command::new(&spec.argv[0]);
+/// A started program: its process group (led by it), the end of its `wait4` (exit status
+/// and resource usage), and its output streams.
+struct Spawned {
+    group: Pid,
+    exit: oneshot::Receiver<std::io::Result<wait4::ResUse>>,
+    stdout: tokio::process::ChildStdout,
+    stderr: tokio::process::ChildStderr,
+}
+
+/// Kills the process group when dropped: no program outlives its attempt, even when the
+/// attempt itself is abandoned (a server shutting down).
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        }
+    }
+}
+
+async fn spawn(spec: &RunSpec) -> std::io::Result<Spawned> {
+    let mut command = std::process::Command::new(&spec.argv[0]);
     command
         .args(&spec.argv[1..])
         .env_clear()
@@ -149,23 +175,44 @@ async fn spawn(spec: &RunSpec) -> std::io::Result<Child> {
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
+    if let Some(uid) = spec.run_as {
+        // The standard library drops supplementary groups when root changes user.
+        command.uid(uid).gid(uid);
+    }
     // A program file that another thread of this process has just written can be
     // briefly busy for exec (ETXTBSY, a fork inherited the writable descriptor).
     let mut delay = Duration::from_millis(5);
-    for _ in 0..5 {
+    let mut tries = 0;
+    let mut child = loop {
         match command.spawn() {
             Err(error)
-                if error.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error()) =>
+                if tries < 5
+                    && error.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error()) =>
             {
+                tries += 1;
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            other => return other,
+            other => break other?,
         }
-    }
-    command.spawn()
+    };
+    let group = Pid::from_raw(child.id() as i32).expect("a child has a positive pid");
+    let stdout = tokio::process::ChildStdout::from_std(child.stdout.take().expect("piped"))?;
+    let stderr = tokio::process::ChildStderr::from_std(child.stderr.take().expect("piped"))?;
+    // wait4(2) returns the resource usage with the exit status; it blocks, so it gets a
+    // thread of the blocking pool for the program's lifetime.
+    let (sender, exit) = oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        use wait4::Wait4;
+        let _ = sender.send(child.wait4());
+    });
+    Ok(Spawned {
+        group,
+        exit,
+        stdout,
+        stderr,
+    })
 }
 
 /// Limits the program's resources right after it starts (prlimit(2) on its pid: no
@@ -193,19 +240,27 @@ fn apply_rlimits(pid: Pid, limits: &ResourceLimits) {
     if let Some(count) = limits.open_files {
         set(Resource::Nofile, count);
     }
+    if let Some(count) = limits.processes {
+        set(Resource::Nproc, count);
+    }
 }
 
-/// TERM to the whole group, a grace period for the leader to exit, then KILL.
-async fn stop_group(child: &mut Child, group: Option<Pid>, grace: Duration) {
-    if let Some(pid) = group {
-        let _ = rustix::process::kill_process_group(pid, Signal::TERM);
-    }
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        if let Some(pid) = group {
-            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+/// TERM to the whole group, a grace period for the leader to exit, then KILL. Returns
+/// the leader's resource usage.
+async fn stop_group(
+    group: Pid,
+    exit: &mut oneshot::Receiver<std::io::Result<wait4::ResUse>>,
+    grace: Duration,
+) -> Option<wait4::ResUse> {
+    let _ = rustix::process::kill_process_group(group, Signal::TERM);
+    let ended = match tokio::time::timeout(grace, &mut *exit).await {
+        Ok(ended) => ended,
+        Err(_) => {
+            let _ = rustix::process::kill_process_group(group, Signal::KILL);
+            exit.await
         }
-        let _ = child.kill().await;
-    }
+    };
+    ended.ok().and_then(Result::ok)
 }
 
 async fn join_capture(task: tokio::task::JoinHandle<(bool, String)>) -> (bool, String) {

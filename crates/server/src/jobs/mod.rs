@@ -15,8 +15,14 @@ use crate::tools::RetryPolicy;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub id: Uuid,
-    /// The caller that created it (empty while authentication is off).
+    /// The caller that created it: an API key's id, empty for the anonymous caller.
     pub owner: String,
+    /// The owner's tier when the job was submitted (metrics and usage).
+    pub tier: String,
+    /// Higher runs first (from the tier).
+    pub priority: i32,
+    /// How long the job's data is kept once it has finished.
+    pub retention: Duration,
     pub tool: String,
     pub tool_version: u32,
     pub state: JobState,

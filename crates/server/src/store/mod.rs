@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use crate::auth::keys::ApiKey;
 use crate::jobs::{Job, JobError, JobState, Progress, StoredOutput};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,12 +33,76 @@ impl StoreError {
     }
 }
 
-/// The result of inserting a job that carries an idempotency key.
+/// The result of inserting a job.
 #[derive(Debug)]
 pub enum Inserted {
     Created,
     /// A job with the same owner and idempotency key exists already.
     Existing(Box<Job>),
+    /// The owner's quota refused it; nothing was stored.
+    Refused(Refusal),
+}
+
+/// Quota checks made atomically with an insert.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    /// At most `limit` jobs of the owner created since `since`.
+    pub window: Option<(u64, DateTime<Utc>)>,
+    /// At most this many of the owner's jobs queued or running.
+    pub concurrent: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The window is full; it frees when its oldest job leaves it.
+    JobsPerWindow {
+        oldest: DateTime<Utc>,
+    },
+    Concurrent,
+}
+
+/// An owner's current standing against its quotas.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Standing {
+    pub jobs_since: u64,
+    /// Creation time of the oldest of those jobs.
+    pub oldest_since: Option<DateTime<Utc>>,
+    pub active: u64,
+}
+
+/// What one attempt cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptUsage {
+    pub job_id: Uuid,
+    pub attempt: u32,
+    pub owner: String,
+    pub tier: String,
+    pub tool: String,
+    pub tool_version: u32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// `succeeded`, `failed`, `canceled`, `retry`, `discarded`.
+    pub outcome: String,
+    pub wall_ms: u64,
+    /// CPU time (user + system) of the program and the descendants it waited for.
+    pub cpu_ms: Option<u64>,
+    pub max_rss_bytes: Option<u64>,
+    /// Inputs and control file staged for the program.
+    pub bytes_in: u64,
+    /// Outputs and logs stored.
+    pub bytes_out: u64,
+}
+
+/// Summed attempt costs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageTotals {
+    pub jobs: u64,
+    pub attempts: u64,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+    pub max_rss_bytes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// What a heartbeat learnt.
@@ -52,7 +117,8 @@ pub enum Heartbeat {
 /// A page request of a caller's job history.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
-    pub owner: String,
+    /// `None`: every owner's jobs (an admin's view).
+    pub owner: Option<String>,
     pub state: Option<JobState>,
     pub tool: Option<String>,
     /// Only jobs older than this one (the previous page's last id).
@@ -74,7 +140,14 @@ pub struct Completion {
 pub trait JobStore: Send + Sync {
     /// Stores a new queued job. With an idempotency key already used by the same owner,
     /// stores nothing and returns the existing job.
-    async fn insert(&self, job: &Job) -> Result<Inserted, StoreError>;
+    /// Quota checks in `admission` are made in the same atomic step.
+    async fn insert(&self, job: &Job, admission: &Admission) -> Result<Inserted, StoreError>;
+    /// The owner's jobs since `since` and its jobs queued or running.
+    async fn standing(&self, owner: &str, since: DateTime<Utc>) -> Result<Standing, StoreError>;
+    /// Queued jobs, counted up to `cap` (so the cost is bounded).
+    async fn queued_count(&self, cap: u64) -> Result<u64, StoreError>;
+    /// Jobs per (tool, state), for the metrics gauges.
+    async fn state_counts(&self) -> Result<Vec<(String, JobState, u64)>, StoreError>;
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError>;
     async fn find_by_idempotency_key(
         &self,
@@ -120,8 +193,19 @@ pub trait JobStore: Send + Sync {
     /// job afterwards (`None` if absent).
     async fn request_cancel(&self, id: Uuid, now: DateTime<Utc>)
         -> Result<Option<Job>, StoreError>;
-    /// Marks a terminal job's data as deleted. False if it is not terminal.
+    /// Marks a terminal job's data as deleted (it answers 410 from then on). False if it
+    /// is not terminal.
     async fn mark_purged(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Records that a purged job's blobs are gone.
+    async fn mark_cleaned(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Jobs whose data must go: finished jobs past their expiry, and purged jobs whose
+    /// blobs were not yet deleted (a purge interrupted by a crash). Never an unfinished
+    /// job.
+    async fn due_for_cleanup(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError>;
     /// Running jobs whose lease ended before `now`: back to the queue if attempts are
     /// left, otherwise failed. Returns how many were recovered.
     async fn recover_expired_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
@@ -134,6 +218,40 @@ pub trait JobStore: Send + Sync {
         version: u32,
     ) -> Result<Option<Duration>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
+
+    // API keys.
+    async fn create_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    async fn find_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+    /// False if there is no such key or it was revoked already.
+    async fn revoke_key(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Has any key ever been created (revoked ones count)?
+    async fn has_keys(&self) -> Result<bool, StoreError>;
+
+    /// Counts one request of `subject` in the fixed window starting at `window_start`
+    /// and returns the window's count including it.
+    async fn count_request(
+        &self,
+        subject: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+    /// Forgets request windows that started before `before`.
+    async fn prune_request_counts(&self, before: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// The newest `count` URL-signing secrets (generation, hex secret), newest first.
+    async fn signing_secrets(&self, count: u32) -> Result<Vec<(u32, String)>, StoreError>;
+    /// Adds a secret and returns its generation.
+    async fn add_signing_secret(&self, secret: &str, now: DateTime<Utc>)
+        -> Result<u32, StoreError>;
+
+    async fn record_attempt(&self, usage: &AttemptUsage) -> Result<(), StoreError>;
+    /// Attempts that ended since `since` (and jobs created since then), of one owner or
+    /// of everyone.
+    async fn usage(
+        &self,
+        owner: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<UsageTotals, StoreError>;
 }
 
 /// The error recorded on a job whose worker vanished.

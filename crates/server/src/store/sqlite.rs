@@ -17,10 +17,16 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
-use super::{lease_lost_error, Completion, Heartbeat, Inserted, JobStore, ListQuery, StoreError};
+use super::{
+    lease_lost_error, Admission, ApiKey, AttemptUsage, Completion, Heartbeat, Inserted, JobStore,
+    ListQuery, Refusal, Standing, StoreError, UsageTotals,
+};
 use crate::jobs::{Job, JobError, JobState, Progress};
 
-const SCHEMA: &str = r#"
+/// Migrations, applied in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[V1, V2];
+
+const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
     id               TEXT PRIMARY KEY,
     owner            TEXT NOT NULL,
@@ -53,8 +59,64 @@ CREATE INDEX IF NOT EXISTS jobs_history ON jobs (owner, id);
 CREATE INDEX IF NOT EXISTS jobs_runs ON jobs (tool, tool_version, finished_at) WHERE state = 'succeeded';
 "#;
 
+const V2: &str = r#"
+ALTER TABLE jobs ADD COLUMN tier TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN retention_ms INTEGER NOT NULL DEFAULT 604800000;
+ALTER TABLE jobs ADD COLUMN cleaned_at INTEGER;
+DROP INDEX jobs_queue;
+CREATE INDEX jobs_queue ON jobs (priority DESC, run_after, id) WHERE state = 'queued';
+CREATE INDEX jobs_owner_created ON jobs (owner, created_at);
+CREATE INDEX jobs_active ON jobs (owner) WHERE state IN ('queued', 'running');
+CREATE INDEX jobs_expiry ON jobs (expires_at) WHERE purged_at IS NULL AND expires_at IS NOT NULL;
+CREATE INDEX jobs_unclean ON jobs (purged_at) WHERE purged_at IS NOT NULL AND cleaned_at IS NULL;
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    hash        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    tier        TEXT NOT NULL,
+    admin       INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE request_counts (
+    subject      TEXT NOT NULL,
+    window_start INTEGER NOT NULL,
+    count        INTEGER NOT NULL,
+    PRIMARY KEY (subject, window_start)
+) WITHOUT ROWID;
+CREATE TABLE signing_secrets (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    secret      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE attempts (
+    job_id        TEXT NOT NULL,
+    attempt       INTEGER NOT NULL,
+    owner         TEXT NOT NULL,
+    tier          TEXT NOT NULL,
+    tool          TEXT NOT NULL,
+    tool_version  INTEGER NOT NULL,
+    started_at    INTEGER NOT NULL,
+    finished_at   INTEGER NOT NULL,
+    outcome       TEXT NOT NULL,
+    wall_ms       INTEGER NOT NULL,
+    cpu_ms        INTEGER,
+    max_rss_bytes INTEGER,
+    bytes_in      INTEGER NOT NULL,
+    bytes_out     INTEGER NOT NULL,
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE INDEX attempts_owner ON attempts (owner, finished_at);
+CREATE INDEX attempts_finished ON attempts (finished_at);
+"#;
+
 pub struct SqliteJobStore {
     pool: SqlitePool,
+    /// Request counters: committed without waiting for the disk (`synchronous =
+    /// NORMAL`), as losing the last second of counts in a power cut is harmless and a
+    /// rate limit must not cost an fsync per request.
+    counters: SqlitePool,
 }
 
 impl SqliteJobStore {
@@ -68,15 +130,55 @@ impl SqliteJobStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
-        sqlx::raw_sql(SCHEMA)
-            .execute(&pool)
+        migrate(&pool).await?;
+        let counters = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options.synchronous(SqliteSynchronous::Normal))
             .await
             .map_err(unavailable)?;
-        Ok(SqliteJobStore { pool })
+        Ok(SqliteJobStore { pool, counters })
     }
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    let mut connection = pool.acquire().await.map_err(unavailable)?;
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *connection)
+        .await
+        .map_err(unavailable)?;
+    let result = async {
+        let applied: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(unavailable)?;
+        if applied as usize > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "the database is at schema version {applied}, newer than this server ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for migration in &MIGRATIONS[applied as usize..] {
+            sqlx::raw_sql(migration)
+                .execute(&mut *connection)
+                .await
+                .map_err(unavailable)?;
+        }
+        sqlx::raw_sql(&format!("PRAGMA user_version = {}", MIGRATIONS.len()))
+            .execute(&mut *connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+    .await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    sqlx::query(end)
+        .execute(&mut *connection)
+        .await
+        .map_err(unavailable)?;
+    result
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -114,6 +216,13 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
     Ok(Job {
         id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         owner: row.try_get("owner").map_err(get_err)?,
+        tier: row.try_get("tier").map_err(get_err)?,
+        priority: row.try_get::<i64, _>("priority").map_err(get_err)? as i32,
+        retention: Duration::from_millis(
+            row.try_get::<i64, _>("retention_ms")
+                .map_err(get_err)?
+                .max(0) as u64,
+        ),
         tool: row.try_get("tool").map_err(get_err)?,
         tool_version: row.try_get::<i64, _>("tool_version").map_err(get_err)? as u32,
         state: JobState::parse(&state)
@@ -138,17 +247,44 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
     })
 }
 
+fn key_from_row(row: &SqliteRow) -> Result<ApiKey, StoreError> {
+    let get_err = |error: sqlx::Error| StoreError::Corrupt(error.to_string());
+    Ok(ApiKey {
+        id: row.try_get("id").map_err(get_err)?,
+        hash: row.try_get("hash").map_err(get_err)?,
+        name: row.try_get("name").map_err(get_err)?,
+        tier: row.try_get("tier").map_err(get_err)?,
+        admin: row.try_get::<i64, _>("admin").map_err(get_err)? != 0,
+        created_at: time(row.try_get("created_at").map_err(get_err)?)?,
+        revoked_at: optional_time(row.try_get("revoked_at").map_err(get_err)?)?,
+    })
+}
+
 #[async_trait]
 impl JobStore for SqliteJobStore {
-    async fn insert(&self, job: &Job) -> Result<Inserted, StoreError> {
+    async fn insert(&self, job: &Job, admission: &Admission) -> Result<Inserted, StoreError> {
+        // One statement, so the quota check and the insert are atomic (SQLite holds the
+        // write lock for the whole statement).
+        let (window_limit, window_since) = match admission.window {
+            Some((limit, since)) => (Some(limit as i64), millis(since)),
+            None => (None, 0),
+        };
+        let concurrent = admission.concurrent.map(|limit| limit as i64);
         let result = sqlx::query(
-            "INSERT INTO jobs (id, owner, tool, tool_version, state, params, inputs, created_at, \
-             attempt, max_attempts, run_after, idempotency_key, request_hash) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO jobs (id, owner, tier, priority, retention_ms, tool, tool_version, state, \
+             params, inputs, created_at, attempt, max_attempts, run_after, idempotency_key, \
+             request_hash) \
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+             WHERE (? IS NULL OR (SELECT COUNT(*) FROM jobs WHERE owner = ? AND created_at > ?) < ?) \
+             AND (? IS NULL OR (SELECT COUNT(*) FROM jobs WHERE owner = ? \
+                                AND state IN ('queued', 'running')) < ?) \
              ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
         )
         .bind(job.id.to_string())
         .bind(&job.owner)
+        .bind(&job.tier)
+        .bind(job.priority as i64)
+        .bind(job.retention.as_millis() as i64)
         .bind(&job.tool)
         .bind(job.tool_version as i64)
         .bind(job.state.as_str())
@@ -160,17 +296,90 @@ impl JobStore for SqliteJobStore {
         .bind(millis(job.run_after))
         .bind(&job.idempotency_key)
         .bind(&job.request_hash)
+        .bind(window_limit)
+        .bind(&job.owner)
+        .bind(window_since)
+        .bind(window_limit)
+        .bind(concurrent)
+        .bind(&job.owner)
+        .bind(concurrent)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
         if result.rows_affected() == 1 {
             return Ok(Inserted::Created);
         }
-        let key = job.idempotency_key.as_deref().unwrap_or_default();
-        match self.find_by_idempotency_key(&job.owner, key).await? {
-            Some(existing) => Ok(Inserted::Existing(Box::new(existing))),
-            None => Err(StoreError::Unavailable("insert changed nothing".into())),
+        if let Some(key) = job.idempotency_key.as_deref() {
+            if let Some(existing) = self.find_by_idempotency_key(&job.owner, key).await? {
+                return Ok(Inserted::Existing(Box::new(existing)));
+            }
         }
+        let since = admission.window.map_or(job.created_at, |(_, since)| since);
+        let standing = self.standing(&job.owner, since).await?;
+        match (admission.window, admission.concurrent) {
+            (Some((limit, _)), _) if standing.jobs_since >= limit => {
+                Ok(Inserted::Refused(Refusal::JobsPerWindow {
+                    oldest: standing.oldest_since.unwrap_or(job.created_at),
+                }))
+            }
+            (_, Some(limit)) if standing.active >= limit => {
+                Ok(Inserted::Refused(Refusal::Concurrent))
+            }
+            _ => Err(StoreError::Unavailable("insert changed nothing".into())),
+        }
+    }
+
+    async fn standing(&self, owner: &str, since: DateTime<Utc>) -> Result<Standing, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE owner = ? AND created_at > ?), \
+                    (SELECT MIN(created_at) FROM jobs WHERE owner = ? AND created_at > ?), \
+                    (SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN ('queued', 'running'))",
+        )
+        .bind(owner)
+        .bind(millis(since))
+        .bind(owner)
+        .bind(millis(since))
+        .bind(owner)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(Standing {
+            jobs_since: row.try_get::<i64, _>(0).map_err(unavailable)? as u64,
+            oldest_since: optional_time(row.try_get(1).map_err(unavailable)?)?,
+            active: row.try_get::<i64, _>(2).map_err(unavailable)? as u64,
+        })
+    }
+
+    async fn queued_count(&self, cap: u64) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' LIMIT ?)",
+        )
+        .bind(cap as i64)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(count as u64)
+    }
+
+    async fn state_counts(&self) -> Result<Vec<(String, JobState, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tool, state, COUNT(*) FROM jobs WHERE purged_at IS NULL GROUP BY tool, state",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let state: String = row.try_get(1).map_err(unavailable)?;
+            let state = JobState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("state {state}")))?;
+            counts.push((
+                row.try_get(0).map_err(unavailable)?,
+                state,
+                row.try_get::<i64, _>(2).map_err(unavailable)? as u64,
+            ));
+        }
+        Ok(counts)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -198,10 +407,11 @@ impl JobStore for SqliteJobStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM jobs WHERE owner = ? \
+            "SELECT * FROM jobs WHERE (? IS NULL OR owner = ?) \
              AND (? IS NULL OR state = ?) AND (? IS NULL OR tool = ?) AND (? IS NULL OR id < ?) \
              ORDER BY id DESC LIMIT ?",
         )
+        .bind(&query.owner)
         .bind(&query.owner)
         .bind(query.state.map(JobState::as_str))
         .bind(query.state.map(JobState::as_str))
@@ -236,7 +446,7 @@ impl JobStore for SqliteJobStore {
             "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_until = ?, \
              started_at = COALESCE(started_at, ?), progress = NULL \
              WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= ?{exclusion} \
-                         ORDER BY run_after, id LIMIT 1) \
+                         ORDER BY priority DESC, run_after, id LIMIT 1) \
              AND state = 'queued' RETURNING *"
         );
         let mut statement = sqlx::query(&sql)
@@ -360,6 +570,39 @@ impl JobStore for SqliteJobStore {
         Ok(result.rows_affected() == 1)
     }
 
+    async fn mark_cleaned(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET cleaned_at = ? WHERE id = ? AND purged_at IS NOT NULL")
+            .bind(millis(now))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn due_for_cleanup(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM (\
+               SELECT id FROM jobs WHERE purged_at IS NULL AND expires_at IS NOT NULL \
+                 AND expires_at <= ? AND state IN ('succeeded', 'failed', 'canceled') \
+               UNION ALL \
+               SELECT id FROM jobs WHERE purged_at IS NOT NULL AND cleaned_at IS NULL) \
+             LIMIT ?",
+        )
+        .bind(millis(now))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        ids.iter()
+            .map(|id| Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
+    }
+
     async fn recover_expired_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let rows = sqlx::query(
             "SELECT id, attempt, max_attempts FROM jobs WHERE state = 'running' AND lease_until < ?",
@@ -399,8 +642,11 @@ impl JobStore for SqliteJobStore {
 
     async fn queued_ahead(&self, job: &Job) -> Result<u64, StoreError> {
         let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND (run_after < ? OR (run_after = ? AND id < ?))",
+            "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND (priority > ? OR (priority = ? \
+             AND (run_after < ? OR (run_after = ? AND id < ?))))",
         )
+        .bind(job.priority as i64)
+        .bind(job.priority as i64)
         .bind(millis(job.run_after))
         .bind(millis(job.run_after))
         .bind(job.id.to_string())
@@ -426,6 +672,180 @@ impl JobStore for SqliteJobStore {
         .await
         .map_err(unavailable)?;
         Ok(mean.map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)))
+    }
+
+    async fn create_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, hash, name, tier, admin, created_at, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.hash)
+        .bind(&key.name)
+        .bind(&key.tier)
+        .bind(key.admin as i64)
+        .bind(millis(key.created_at))
+        .bind(key.revoked_at.map(millis))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn find_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM api_keys ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revoke_key(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(millis(now))
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn has_keys(&self) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM api_keys LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(found.is_some())
+    }
+
+    async fn count_request(
+        &self,
+        subject: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "INSERT INTO request_counts (subject, window_start, count) VALUES (?, ?, 1) \
+             ON CONFLICT (subject, window_start) DO UPDATE SET count = count + 1 \
+             RETURNING count",
+        )
+        .bind(subject)
+        .bind(millis(window_start))
+        .fetch_one(&self.counters)
+        .await
+        .map_err(unavailable)?;
+        Ok(count as u64)
+    }
+
+    async fn prune_request_counts(&self, before: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM request_counts WHERE window_start < ?")
+            .bind(millis(before))
+            .execute(&self.counters)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn signing_secrets(&self, count: u32) -> Result<Vec<(u32, String)>, StoreError> {
+        let rows = sqlx::query("SELECT id, secret FROM signing_secrets ORDER BY id DESC LIMIT ?")
+            .bind(count as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<i64, _>(0).map_err(unavailable)? as u32,
+                    row.try_get(1).map_err(unavailable)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn add_signing_secret(
+        &self,
+        secret: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO signing_secrets (secret, created_at) VALUES (?, ?) RETURNING id",
+        )
+        .bind(secret)
+        .bind(millis(now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(id as u32)
+    }
+
+    async fn record_attempt(&self, usage: &AttemptUsage) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO attempts (job_id, attempt, owner, tier, tool, tool_version, \
+             started_at, finished_at, outcome, wall_ms, cpu_ms, max_rss_bytes, bytes_in, bytes_out) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(usage.job_id.to_string())
+        .bind(usage.attempt as i64)
+        .bind(&usage.owner)
+        .bind(&usage.tier)
+        .bind(&usage.tool)
+        .bind(usage.tool_version as i64)
+        .bind(millis(usage.started_at))
+        .bind(millis(usage.finished_at))
+        .bind(&usage.outcome)
+        .bind(usage.wall_ms as i64)
+        .bind(usage.cpu_ms.map(|v| v as i64))
+        .bind(usage.max_rss_bytes.map(|v| v as i64))
+        .bind(usage.bytes_in as i64)
+        .bind(usage.bytes_out as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        owner: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<UsageTotals, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE (? IS NULL OR owner = ?) AND created_at > ?), \
+                    COUNT(*), COALESCE(SUM(wall_ms), 0), COALESCE(SUM(cpu_ms), 0), \
+                    COALESCE(MAX(max_rss_bytes), 0), COALESCE(SUM(bytes_in), 0), \
+                    COALESCE(SUM(bytes_out), 0) \
+             FROM attempts WHERE (? IS NULL OR owner = ?) AND finished_at > ?",
+        )
+        .bind(owner)
+        .bind(owner)
+        .bind(millis(since))
+        .bind(owner)
+        .bind(owner)
+        .bind(millis(since))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let get = |index: usize| -> Result<u64, StoreError> {
+            Ok(row.try_get::<i64, _>(index).map_err(unavailable)?.max(0) as u64)
+        };
+        Ok(UsageTotals {
+            jobs: get(0)?,
+            attempts: get(1)?,
+            wall_ms: get(2)?,
+            cpu_ms: get(3)?,
+            max_rss_bytes: get(4)?,
+            bytes_in: get(5)?,
+            bytes_out: get(6)?,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -13,6 +13,9 @@ pub fn new_job(tool: &str, key: Option<&str>) -> Job {
     Job {
         id: Uuid::now_v7(),
         owner: "alice".into(),
+        tier: "free".into(),
+        priority: 0,
+        retention: std::time::Duration::from_secs(60),
         tool: tool.into(),
         tool_version: 1,
         state: JobState::Queued,
@@ -39,7 +42,7 @@ pub fn new_job(tool: &str, key: Option<&str>) -> Job {
     }
 }
 
-fn completion(state: JobState) -> Completion {
+pub fn completion(state: JobState) -> Completion {
     Completion {
         state,
         error: None,
@@ -72,14 +75,14 @@ macro_rules! conformance {
             let store = $make;
             let job = crate::store::tests::new_job("t", Some("k1"));
             assert!(matches!(
-                store.insert(&job).await.unwrap(),
+                store.insert(&job, &Admission::default()).await.unwrap(),
                 Inserted::Created
             ));
             assert_eq!(store.get(job.id).await.unwrap().unwrap(), job);
             let again = crate::store::tests::new_job("t", Some("k1"));
-            match store.insert(&again).await.unwrap() {
+            match store.insert(&again, &Admission::default()).await.unwrap() {
                 Inserted::Existing(existing) => assert_eq!(existing.id, job.id),
-                Inserted::Created => panic!("the key was used twice"),
+                other => panic!("the key was used twice: {other:?}"),
             }
             assert!(store.get(again.id).await.unwrap().is_none());
             assert!(store.get(uuid::Uuid::now_v7()).await.unwrap().is_none());
@@ -90,8 +93,8 @@ macro_rules! conformance {
             let store = $make;
             let first = crate::store::tests::new_job("t", None);
             let second = crate::store::tests::new_job("t", None);
-            store.insert(&first).await.unwrap();
-            store.insert(&second).await.unwrap();
+            store.insert(&first, &Admission::default()).await.unwrap();
+            store.insert(&second, &Admission::default()).await.unwrap();
             let now = chrono::Utc::now();
             let lease = now + chrono::Duration::seconds(30);
             let claimed = store.claim(now, lease, &[]).await.unwrap().unwrap();
@@ -127,8 +130,8 @@ macro_rules! conformance {
             let busy = crate::store::tests::new_job("busy", None);
             let mut later = crate::store::tests::new_job("t", None);
             later.run_after = chrono::Utc::now() + chrono::Duration::seconds(60);
-            store.insert(&busy).await.unwrap();
-            store.insert(&later).await.unwrap();
+            store.insert(&busy, &Admission::default()).await.unwrap();
+            store.insert(&later, &Admission::default()).await.unwrap();
             let now = chrono::Utc::now();
             let lease = now + chrono::Duration::seconds(30);
             assert!(store
@@ -146,7 +149,7 @@ macro_rules! conformance {
         async fn expired_leases_are_retried_then_failed() {
             let store = $make;
             let job = crate::store::tests::new_job("t", None);
-            store.insert(&job).await.unwrap();
+            store.insert(&job, &Admission::default()).await.unwrap();
             let now = chrono::Utc::now();
             let short = now + chrono::Duration::milliseconds(1);
             let later = now + chrono::Duration::seconds(1);
@@ -184,7 +187,7 @@ macro_rules! conformance {
         async fn heartbeat_renews_and_reports_cancel() {
             let store = $make;
             let job = crate::store::tests::new_job("t", None);
-            store.insert(&job).await.unwrap();
+            store.insert(&job, &Admission::default()).await.unwrap();
             let now = chrono::Utc::now();
             store
                 .claim(now, now + chrono::Duration::seconds(1), &[])
@@ -233,7 +236,7 @@ macro_rules! conformance {
         async fn cancel_of_queued_is_immediate_and_purge_needs_terminal() {
             let store = $make;
             let job = crate::store::tests::new_job("t", None);
-            store.insert(&job).await.unwrap();
+            store.insert(&job, &Admission::default()).await.unwrap();
             let now = chrono::Utc::now();
             assert!(
                 !store.mark_purged(job.id, now).await.unwrap(),
@@ -268,11 +271,11 @@ macro_rules! conformance {
                 if i == 4 {
                     job.owner = "bob".into();
                 }
-                store.insert(&job).await.unwrap();
+                store.insert(&job, &Admission::default()).await.unwrap();
                 ids.push(job.id);
             }
             let mut query = ListQuery {
-                owner: "alice".into(),
+                owner: Some("alice".into()),
                 limit: 2,
                 ..ListQuery::default()
             };
@@ -288,14 +291,14 @@ macro_rules! conformance {
                 vec![ids[1], ids[0]]
             );
             let evens = ListQuery {
-                owner: "alice".into(),
+                owner: Some("alice".into()),
                 tool: Some("even".into()),
                 limit: 10,
                 ..ListQuery::default()
             };
             assert_eq!(store.list(&evens).await.unwrap().len(), 2);
             let queued = ListQuery {
-                owner: "alice".into(),
+                owner: Some("alice".into()),
                 state: Some(JobState::Running),
                 limit: 10,
                 ..ListQuery::default()
@@ -305,6 +308,236 @@ macro_rules! conformance {
             assert_eq!(store.queued_ahead(&first).await.unwrap(), 0);
             let last = store.get(ids[4]).await.unwrap().unwrap();
             assert_eq!(store.queued_ahead(&last).await.unwrap(), 4);
+            let everyone = ListQuery {
+                owner: None,
+                limit: 10,
+                ..ListQuery::default()
+            };
+            assert_eq!(store.list(&everyone).await.unwrap().len(), 5);
+        }
+
+        #[tokio::test]
+        async fn quotas_are_checked_with_the_insert() {
+            let store = $make;
+            let now = crate::jobs::now();
+            let window = Admission {
+                window: Some((2, now - chrono::Duration::minutes(5))),
+                concurrent: None,
+            };
+            let first = crate::store::tests::new_job("t", None);
+            let second = crate::store::tests::new_job("t", None);
+            let third = crate::store::tests::new_job("t", None);
+            assert!(matches!(
+                store.insert(&first, &window).await.unwrap(),
+                Inserted::Created
+            ));
+            assert!(matches!(
+                store.insert(&second, &window).await.unwrap(),
+                Inserted::Created
+            ));
+            match store.insert(&third, &window).await.unwrap() {
+                Inserted::Refused(Refusal::JobsPerWindow { oldest }) => {
+                    assert_eq!(oldest, first.created_at)
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(store.get(third.id).await.unwrap().is_none());
+            // Another owner has its own window.
+            let mut bobs = crate::store::tests::new_job("t", None);
+            bobs.owner = "bob".into();
+            assert!(matches!(
+                store.insert(&bobs, &window).await.unwrap(),
+                Inserted::Created
+            ));
+
+            let concurrent = Admission {
+                window: None,
+                concurrent: Some(2),
+            };
+            match store.insert(&third, &concurrent).await.unwrap() {
+                Inserted::Refused(Refusal::Concurrent) => {}
+                other => panic!("{other:?}"),
+            }
+            store.request_cancel(first.id, now).await.unwrap();
+            assert!(matches!(
+                store.insert(&third, &concurrent).await.unwrap(),
+                Inserted::Created
+            ));
+            let standing = store
+                .standing("alice", now - chrono::Duration::minutes(5))
+                .await
+                .unwrap();
+            assert_eq!((standing.jobs_since, standing.active), (3, 2));
+            assert_eq!(store.queued_count(100).await.unwrap(), 3);
+            assert_eq!(store.queued_count(2).await.unwrap(), 2);
+        }
+
+        #[tokio::test]
+        async fn higher_priority_is_claimed_first() {
+            let store = $make;
+            let low = crate::store::tests::new_job("t", None);
+            let mut high = crate::store::tests::new_job("t", None);
+            high.priority = 10;
+            store.insert(&low, &Admission::default()).await.unwrap();
+            store.insert(&high, &Admission::default()).await.unwrap();
+            let stored_low = store.get(low.id).await.unwrap().unwrap();
+            assert_eq!(stored_low, low);
+            assert_eq!(store.queued_ahead(&stored_low).await.unwrap(), 1);
+            let now = Utc::now();
+            let lease = now + chrono::Duration::seconds(30);
+            let claimed = store.claim(now, lease, &[]).await.unwrap().unwrap();
+            assert_eq!(claimed.id, high.id);
+        }
+
+        #[tokio::test]
+        async fn keys_are_found_listed_and_revoked() {
+            let store = $make;
+            assert!(!store.has_keys().await.unwrap());
+            let key = crate::auth::keys::generate("ci", "free", false, crate::jobs::now());
+            store.create_key(&key.record).await.unwrap();
+            assert!(store.has_keys().await.unwrap());
+            assert_eq!(
+                store.find_key(&key.record.id).await.unwrap(),
+                Some(key.record.clone())
+            );
+            assert_eq!(store.list_keys().await.unwrap(), vec![key.record.clone()]);
+            assert!(store
+                .revoke_key(&key.record.id, crate::jobs::now())
+                .await
+                .unwrap());
+            assert!(!store
+                .revoke_key(&key.record.id, crate::jobs::now())
+                .await
+                .unwrap());
+            assert!(store
+                .find_key(&key.record.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_some());
+            assert!(store.has_keys().await.unwrap());
+            assert_eq!(store.find_key("000000000000").await.unwrap(), None);
+        }
+
+        #[tokio::test]
+        async fn request_counters_count_per_window_and_are_pruned() {
+            let store = $make;
+            let window = crate::jobs::now();
+            let next = window + chrono::Duration::minutes(1);
+            assert_eq!(store.count_request("a", window).await.unwrap(), 1);
+            assert_eq!(store.count_request("a", window).await.unwrap(), 2);
+            assert_eq!(store.count_request("b", window).await.unwrap(), 1);
+            assert_eq!(store.count_request("a", next).await.unwrap(), 1);
+            store.prune_request_counts(next).await.unwrap();
+            assert_eq!(store.count_request("a", window).await.unwrap(), 1);
+        }
+
+        #[tokio::test]
+        async fn signing_secrets_rotate() {
+            let store = $make;
+            assert!(store.signing_secrets(2).await.unwrap().is_empty());
+            let first = store
+                .add_signing_secret("aa", crate::jobs::now())
+                .await
+                .unwrap();
+            let second = store
+                .add_signing_secret("bb", crate::jobs::now())
+                .await
+                .unwrap();
+            let third = store
+                .add_signing_secret("cc", crate::jobs::now())
+                .await
+                .unwrap();
+            assert!(first < second && second < third);
+            assert_eq!(
+                store.signing_secrets(2).await.unwrap(),
+                vec![(third, "cc".to_owned()), (second, "bb".to_owned())]
+            );
+        }
+
+        #[tokio::test]
+        async fn attempts_are_summed_per_owner() {
+            let store = $make;
+            let job = crate::store::tests::new_job("t", None);
+            store.insert(&job, &Admission::default()).await.unwrap();
+            let now = crate::jobs::now();
+            let usage = |attempt: u32, owner: &str| AttemptUsage {
+                job_id: job.id,
+                attempt,
+                owner: owner.into(),
+                tier: "free".into(),
+                tool: "t".into(),
+                tool_version: 1,
+                started_at: now,
+                finished_at: now,
+                outcome: "retry".into(),
+                wall_ms: 100,
+                cpu_ms: Some(40),
+                max_rss_bytes: Some(1000 * attempt as u64),
+                bytes_in: 10,
+                bytes_out: 20,
+            };
+            store.record_attempt(&usage(1, "alice")).await.unwrap();
+            store.record_attempt(&usage(2, "alice")).await.unwrap();
+            let since = now - chrono::Duration::hours(1);
+            let totals = store.usage(Some("alice"), since).await.unwrap();
+            assert_eq!(
+                totals,
+                UsageTotals {
+                    jobs: 1,
+                    attempts: 2,
+                    wall_ms: 200,
+                    cpu_ms: 80,
+                    max_rss_bytes: 2000,
+                    bytes_in: 20,
+                    bytes_out: 40
+                }
+            );
+            assert_eq!(
+                store.usage(Some("bob"), since).await.unwrap(),
+                UsageTotals::default()
+            );
+            assert_eq!(store.usage(None, since).await.unwrap().attempts, 2);
+        }
+
+        #[tokio::test]
+        async fn cleanup_finds_expired_and_half_purged_jobs_only() {
+            let store = $make;
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                let job = crate::store::tests::new_job("t", None);
+                store.insert(&job, &Admission::default()).await.unwrap();
+                ids.push(job.id);
+            }
+            let now = crate::jobs::now();
+            let lease = now + chrono::Duration::seconds(30);
+            // Two finished, one expired already and one not yet; the third stays queued.
+            for expires in [
+                now - chrono::Duration::seconds(1),
+                now + chrono::Duration::hours(1),
+            ] {
+                let claimed = store.claim(now, lease, &[]).await.unwrap().unwrap();
+                let mut done = crate::store::tests::completion(JobState::Succeeded);
+                done.expires_at = Some(expires);
+                assert!(store
+                    .complete(claimed.id, claimed.attempt, &done)
+                    .await
+                    .unwrap());
+            }
+            assert_eq!(store.due_for_cleanup(now, 10).await.unwrap(), vec![ids[0]]);
+            // Purged but its blobs not yet deleted: still due, until cleaned.
+            assert!(store.mark_purged(ids[0], now).await.unwrap());
+            assert_eq!(store.due_for_cleanup(now, 10).await.unwrap(), vec![ids[0]]);
+            store.mark_cleaned(ids[0], now).await.unwrap();
+            assert!(store.due_for_cleanup(now, 10).await.unwrap().is_empty());
+            // Far in the future, every finished job is due, never the queued one.
+            let later = now + chrono::Duration::days(1);
+            assert_eq!(
+                store.due_for_cleanup(later, 10).await.unwrap(),
+                vec![ids[1]]
+            );
+            assert!(!store.mark_purged(ids[2], now).await.unwrap());
         }
     };
 }

@@ -161,6 +161,9 @@ pub struct LimitsDecl {
     pub memory_mb: Option<u64>,
     pub file_size_mb: Option<u64>,
     pub open_files: Option<u64>,
+    /// Processes the program may have at once (RLIMIT_NPROC; enforced when programs run
+    /// as dedicated users, see the `run_as_uid` setting).
+    pub processes: Option<u64>,
     pub max_request_bytes: Option<u64>,
     pub max_output_bytes: Option<u64>,
     pub max_log_bytes: Option<u64>,

@@ -63,6 +63,7 @@ pub struct Limits {
     pub memory_bytes: Option<u64>,
     pub file_size_bytes: Option<u64>,
     pub open_files: u64,
+    pub processes: u64,
     pub max_request_bytes: u64,
     pub max_output_bytes: u64,
     pub max_log_bytes: u64,
@@ -468,6 +469,7 @@ impl Tool {
             memory_bytes: mb(limits_decl.memory_mb),
             file_size_bytes: mb(limits_decl.file_size_mb),
             open_files: limits_decl.open_files.unwrap_or(1024),
+            processes: limits_decl.processes.unwrap_or(64),
             max_request_bytes: limits_decl
                 .max_request_bytes
                 .unwrap_or(defaults.max_request_bytes),

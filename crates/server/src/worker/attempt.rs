@@ -16,7 +16,7 @@ use crate::executors::{ResourceLimits, RunOutcome, RunSpec, Termination};
 use crate::jobs::{
     self, AttemptOutcome, Decision, Job, JobError, JobState, Progress, StoredOutput,
 };
-use crate::store::{Completion, Heartbeat};
+use crate::store::{AttemptUsage, Completion, Heartbeat};
 use crate::tools::argv::ArgValues;
 use crate::tools::decl::OutputSource;
 use crate::tools::Tool;
@@ -55,7 +55,7 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
             state: JobState::Failed,
             error: Some(error),
         };
-        finish(&runtime, &job, decision, Vec::new()).await;
+        let _ = finish(&runtime, &job, decision, Vec::new()).await;
         return;
     };
     tracing::info!(job_id = %id, attempt = attempt_number, tool = %tool.id(), "attempt started");
@@ -73,8 +73,27 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         lease_lost.clone(),
     ));
 
+    if attempt_number == 1 {
+        if let Some(started) = job.started_at {
+            let waited = (started - job.created_at).to_std().unwrap_or_default();
+            crate::telemetry::queue_wait(&job.tool, waited);
+        }
+    }
     let workdir = work_dir(&runtime.work_root, id, attempt_number);
-    let result = execute(&runtime, &job, &tool, &workdir, progress_tx, cancel.clone()).await;
+    let uid = runtime.uids.acquire();
+    let mut measured = Measured::default();
+    let result = execute(
+        &runtime,
+        &job,
+        &tool,
+        &workdir,
+        uid.uid(),
+        progress_tx,
+        cancel.clone(),
+        &mut measured,
+    )
+    .await;
+    let attempt_ended = crate::jobs::now();
     heartbeat.abort();
     runtime.running.unregister(id);
     // The heartbeat writes progress at most every 200 ms; record the last report too.
@@ -91,32 +110,87 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         Ok(pair) => pair,
         Err(message) => (AttemptOutcome::Infrastructure(message), Vec::new()),
     };
-    if lease_lost.is_cancelled() {
+    measured.bytes_out += outputs.iter().map(|output| output.size).sum::<u64>();
+    let label = if lease_lost.is_cancelled() {
         // Another attempt owns the job now; this one changes nothing.
         tracing::warn!(job_id = %id, attempt = attempt_number, "lease lost; discarding this attempt");
         discard_attempt(&runtime, id, attempt_number).await;
+        "discarded"
     } else {
         let decision = jobs::decide(outcome, attempt_number, &tool.retry, rand_fraction());
-        finish(&runtime, &job, decision, outputs).await;
-    }
+        finish(&runtime, &job, decision, outputs).await
+    };
     if let Err(error) = tokio::fs::remove_dir_all(&workdir).await {
         if error.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(job_id = %id, %error, "cannot remove the work directory");
         }
     }
+    drop(uid);
+    account(&runtime, &job, label, attempt_ended, &measured).await;
 }
 
-async fn finish(runtime: &Runtime, job: &Job, decision: Decision, outputs: Vec<StoredOutput>) {
+/// What an attempt cost, measured as it runs.
+#[derive(Debug, Default)]
+struct Measured {
+    started: Option<chrono::DateTime<Utc>>,
+    wall: Duration,
+    cpu: Option<Duration>,
+    peak_memory: Option<u64>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Records the attempt's cost (for `/v1/usage`) and its metrics.
+async fn account(
+    runtime: &Runtime,
+    job: &Job,
+    outcome: &str,
+    ended: chrono::DateTime<Utc>,
+    measured: &Measured,
+) {
+    crate::telemetry::attempt(&crate::telemetry::AttemptFigures {
+        tool: &job.tool,
+        tier: &job.tier,
+        outcome,
+        wall: measured.wall,
+        cpu: measured.cpu,
+        bytes_in: measured.bytes_in,
+        bytes_out: measured.bytes_out,
+    });
+    let usage = AttemptUsage {
+        job_id: job.id,
+        attempt: job.attempt,
+        owner: job.owner.clone(),
+        tier: job.tier.clone(),
+        tool: job.tool.clone(),
+        tool_version: job.tool_version,
+        started_at: measured.started.unwrap_or(ended),
+        finished_at: ended,
+        outcome: outcome.to_owned(),
+        wall_ms: measured.wall.as_millis() as u64,
+        cpu_ms: measured.cpu.map(|cpu| cpu.as_millis() as u64),
+        max_rss_bytes: measured.peak_memory,
+        bytes_in: measured.bytes_in,
+        bytes_out: measured.bytes_out,
+    };
+    if let Err(error) = runtime.store.record_attempt(&usage).await {
+        tracing::warn!(job_id = %job.id, %error, "cannot record the attempt's cost");
+    }
+}
+
+/// Commits the decision (fenced by the attempt) and returns the outcome's label.
+async fn finish(
+    runtime: &Runtime,
+    job: &Job,
+    decision: Decision,
+    outputs: Vec<StoredOutput>,
+) -> &'static str {
     let id = job.id;
     let attempt = job.attempt;
     let now = Utc::now();
-    let committed = match decision {
+    let (label, committed) = match decision {
         Decision::Finish { state, error } => {
-            let retention = runtime
-                .tools
-                .get(&job.tool, job.tool_version)
-                .map(|tool| tool.retention)
-                .unwrap_or(Duration::from_secs(runtime.settings.retention_seconds));
+            let retention = job.retention;
             let completion = Completion {
                 state,
                 outputs: if state == JobState::Succeeded {
@@ -129,23 +203,32 @@ async fn finish(runtime: &Runtime, job: &Job, decision: Decision, outputs: Vec<S
                 expires_at: chrono::Duration::from_std(retention).ok().map(|r| now + r),
             };
             tracing::info!(job_id = %id, attempt, state = %state, "attempt finished");
-            runtime.store.complete(id, attempt, &completion).await
+            let committed = runtime.store.complete(id, attempt, &completion).await;
+            if matches!(committed, Ok(true)) {
+                crate::telemetry::finished(&job.tool, &job.tier, state.as_str());
+            }
+            (state.as_str(), committed)
         }
         Decision::Retry { delay, error } => {
             tracing::info!(job_id = %id, attempt, delay_ms = delay.as_millis() as u64, code = %error.code, "attempt will be retried");
             let run_after = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            runtime.store.requeue(id, attempt, run_after, &error).await
+            (
+                "retry",
+                runtime.store.requeue(id, attempt, run_after, &error).await,
+            )
         }
     };
     match committed {
-        Ok(true) => {}
+        Ok(true) => label,
         Ok(false) => {
             tracing::warn!(job_id = %id, attempt, "a newer attempt owns the job; this outcome is discarded");
             discard_attempt(runtime, id, attempt).await;
+            "discarded"
         }
         Err(error) => {
             // The lease will expire and the job will be retried from scratch.
             tracing::error!(job_id = %id, attempt, %error, "cannot record the attempt's outcome");
+            "discarded"
         }
     }
 }
@@ -213,14 +296,18 @@ async fn heartbeat_loop(
 
 /// Stages, runs and collects. `Err` is an infrastructure failure (retried); a program's
 /// failure is an `Ok` outcome.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     runtime: &Runtime,
     job: &Job,
     tool: &Tool,
     workdir: &Path,
+    run_as: Option<u32>,
     progress: watch::Sender<Option<Progress>>,
     cancel: CancellationToken,
+    measured: &mut Measured,
 ) -> Result<(AttemptOutcome, Vec<StoredOutput>), String> {
+    measured.started = Some(crate::jobs::now());
     let id = job.id;
     let attempt = job.attempt;
     let io = |what: &str| {
@@ -242,7 +329,7 @@ async fn execute(
             .input(&stored.name)
             .ok_or_else(|| format!("the tool has no input `{}` any more", stored.name))?;
         let path = workdir.join(&spec.file_name);
-        runtime
+        measured.bytes_in += runtime
             .blobs
             .copy_to_file(&JobKeys::input(id, &stored.name), &path)
             .await
@@ -252,7 +339,7 @@ async fn execute(
     let control_path = match &tool.control {
         Some(control) => {
             let path = workdir.join(&control.file);
-            runtime
+            measured.bytes_in += runtime
                 .blobs
                 .copy_to_file(&JobKeys::control(id), &path)
                 .await
@@ -280,11 +367,14 @@ async fn execute(
         control: control_path.as_deref(),
         params: &job.params,
     };
-    let argv = tool
+    let mut argv = tool
         .command
         .iter()
         .map(|argument| argument.render(&values))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(bwrap) = &runtime.sandbox {
+        argv = crate::executors::sandbox::wrap(bwrap, argv, workdir, &runtime.data_dir);
+    }
 
     let stdout_is_output = tool
         .outputs
@@ -301,6 +391,7 @@ async fn execute(
             memory_bytes: tool.limits.memory_bytes,
             file_size_bytes: tool.limits.file_size_bytes,
             open_files: Some(tool.limits.open_files),
+            processes: run_as.map(|_| tool.limits.processes),
         },
         progress: tool.progress.clone(),
         stdout_path: live_log(workdir, "stdout"),
@@ -311,7 +402,13 @@ async fn execute(
         },
         stderr_path: live_log(workdir, "stderr"),
         stderr_cap: tool.limits.max_log_bytes,
+        run_as,
     };
+    if let Some(uid) = run_as {
+        hand_over(workdir, uid)
+            .await
+            .map_err(io("give the work directory to the program's user"))?;
+    }
     let stdout_path = spec.stdout_path.clone();
     let stderr_path = spec.stderr_path.clone();
     let run = runtime
@@ -319,11 +416,14 @@ async fn execute(
         .run(spec, progress, cancel)
         .await
         .map_err(|error| error.to_string())?;
+    measured.wall = run.wall_time;
+    measured.cpu = run.cpu_time;
+    measured.peak_memory = run.peak_memory_bytes;
 
     // Logs are kept whatever happened: they are how a user understands a failure.
     for (stream, path) in [("stdout", &stdout_path), ("stderr", &stderr_path)] {
         if tokio::fs::try_exists(path).await.unwrap_or(false) {
-            runtime
+            measured.bytes_out += runtime
                 .blobs
                 .put_file(&JobKeys::log(id, attempt, stream), path)
                 .await
@@ -335,6 +435,29 @@ async fn execute(
         // `put_file` may have moved the captures: a stdout output is read from its log blob.
         None => collect_outputs(runtime, job, tool, &output_paths, &run).await,
     }
+}
+
+/// Gives the work directory (except the server's own `.batchgate`) to the program's
+/// user, so that a program running as that user can read its inputs and write outputs.
+async fn hand_over(workdir: &Path, uid: u32) -> std::io::Result<()> {
+    let workdir = workdir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut pending = vec![workdir.clone()];
+        while let Some(path) = pending.pop() {
+            std::os::unix::fs::chown(&path, Some(uid), Some(uid))?;
+            if path.is_dir() {
+                for entry in std::fs::read_dir(&path)? {
+                    let entry = entry?;
+                    if entry.file_name() != ".batchgate" || path != workdir {
+                        pending.push(entry.path());
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// The program's environment: a fixed base, the tool's allowlist from the server's own

@@ -2,6 +2,7 @@
 //! stage → run → collect → publish → commit (fenced) → clean up.
 
 pub mod attempt;
+pub mod reaper;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -176,6 +177,66 @@ async fn recovery_loop(runtime: Arc<Runtime>, shutdown: CancellationToken) {
         tokio::select! {
             () = tokio::time::sleep(period) => {}
             () = shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// The uids programs run as (`run_as_uid`): one per running attempt, so that a per-user
+/// process limit holds per job and jobs cannot signal one another.
+pub struct UidPool {
+    base: Option<u32>,
+    used: Mutex<Vec<bool>>,
+}
+
+impl UidPool {
+    pub fn new(base: Option<u32>, size: usize) -> UidPool {
+        UidPool {
+            base,
+            used: Mutex::new(vec![false; size.max(1)]),
+        }
+    }
+
+    pub fn acquire(&self) -> UidLease<'_> {
+        let Some(base) = self.base else {
+            return UidLease {
+                pool: self,
+                slot: None,
+                uid: None,
+            };
+        };
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        // More attempts than slots cannot happen (the pool is sized for the workers);
+        // if it did, the last uid is shared rather than running anything as root.
+        let slot = used.iter().position(|taken| !taken);
+        if let Some(slot) = slot {
+            used[slot] = true;
+        }
+        let index = slot.unwrap_or(used.len() - 1);
+        UidLease {
+            pool: self,
+            slot,
+            uid: Some(base + index as u32),
+        }
+    }
+}
+
+pub struct UidLease<'a> {
+    pool: &'a UidPool,
+    slot: Option<usize>,
+    uid: Option<u32>,
+}
+
+impl UidLease<'_> {
+    pub fn uid(&self) -> Option<u32> {
+        self.uid
+    }
+}
+
+impl Drop for UidLease<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            let mut used = self.pool.used.lock().unwrap_or_else(|p| p.into_inner());
+            used[slot] = false;
         }
     }
 }

@@ -1,0 +1,247 @@
+//! Authentication and the request-rate limit, as one middleware in front of `/v1` and
+//! `/metrics`. It puts an [`Access`] in the request's extensions: the caller of a key (or
+//! the anonymous caller of an open server), or a signed URL to be checked by the handler
+//! against the job it names.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::{header_value, ApiError, AppState};
+use crate::app::Runtime;
+use crate::auth::signing::Signature;
+use crate::auth::{keys, Caller, Tier};
+use crate::config::AuthMode;
+
+/// How a request may reach job data.
+#[derive(Debug, Clone)]
+pub enum Access {
+    Caller(Caller),
+    /// A signed URL: no key; the handler checks the signature against the job.
+    Signed(Signature),
+}
+
+impl Access {
+    pub fn caller(&self) -> Option<&Caller> {
+        match self {
+            Access::Caller(caller) => Some(caller),
+            Access::Signed(_) => None,
+        }
+    }
+}
+
+/// The length of a request-rate window.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Remembers that keys exist: once one has been created, authentication stays required.
+#[derive(Default)]
+pub struct KeysSeen(AtomicBool);
+
+pub async fn authenticate(
+    State(runtime): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if !(path.starts_with("/v1/") || path == "/metrics") {
+        return next.run(request).await;
+    }
+    if let Some(signature) = signed_query(request.method(), path, request.uri().query()) {
+        request.extensions_mut().insert(Access::Signed(signature));
+        return next.run(request).await;
+    }
+    let caller = match identify(&runtime, request.headers()).await {
+        Ok(caller) => caller,
+        Err(error) => {
+            crate::telemetry::rejected("unauthenticated", "");
+            return error.into_response();
+        }
+    };
+    let mut quota_headers = Vec::new();
+    if let Some(tier) = caller.tier.clone() {
+        quota_headers.push((
+            header::HeaderName::from_static("ratelimit-policy"),
+            header_value(&policy(&tier)),
+        ));
+        if let Some(limit) = tier.requests_per_minute {
+            let now = Utc::now();
+            let window_start = window_start(now);
+            let count = match runtime
+                .store
+                .count_request(&caller.owner, window_start)
+                .await
+            {
+                Ok(count) => count,
+                Err(error) => return ApiError::from(error).into_response(),
+            };
+            let reset = seconds_until(window_start + RATE_WINDOW, now);
+            let remaining = limit.saturating_sub(count);
+            quota_headers.push((
+                header::HeaderName::from_static("ratelimit"),
+                header_value(&format!("\"requests\";r={remaining};t={reset}")),
+            ));
+            if count > limit {
+                crate::telemetry::rejected("rate-limited", caller.tier_label());
+                let mut error = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    format!(
+                        "tier `{}` allows {limit} requests per minute; try again in {reset} s",
+                        caller.tier_name
+                    ),
+                )
+                .with_retry_after(reset);
+                error.headers.extend(quota_headers);
+                return error.into_response();
+            }
+        }
+    }
+    request.extensions_mut().insert(Access::Caller(caller));
+    let mut response = next.run(request).await;
+    for (name, value) in quota_headers {
+        // A handler's own value (the jobs quota on a refused submit) wins.
+        if !response.headers().contains_key(&name) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): the tier's quotas.
+fn policy(tier: &Tier) -> String {
+    let mut policies = Vec::new();
+    if let Some(limit) = tier.requests_per_minute {
+        policies.push(format!(
+            "\"requests\";q={limit};w={}",
+            RATE_WINDOW.as_secs()
+        ));
+    }
+    if let Some(limit) = tier.jobs_per_window {
+        policies.push(format!("\"jobs\";q={limit};w={}", tier.window_seconds));
+    }
+    policies.join(", ")
+}
+
+fn window_start(now: DateTime<Utc>) -> DateTime<Utc> {
+    let width = RATE_WINDOW.as_millis() as i64;
+    let start = now.timestamp_millis() / width * width;
+    Utc.timestamp_millis_opt(start).single().unwrap_or(now)
+}
+
+/// Whole seconds from `now` until `then`, at least 1.
+pub fn seconds_until(then: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    let millis = (then - now).num_milliseconds().max(0) as u64;
+    millis.div_ceil(1000).max(1)
+}
+
+/// A `GET` of a result or output carrying `expires`, `kid` and `sig`.
+fn signed_query(method: &Method, path: &str, query: Option<&str>) -> Option<Signature> {
+    if method != Method::GET || !path.starts_with("/v1/jobs/") {
+        return None;
+    }
+    let query = query?;
+    let (mut expires, mut kid, mut sig) = (None, None, None);
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("expires", value)) => expires = Some(value),
+            Some(("kid", value)) => kid = Some(value),
+            Some(("sig", value)) => sig = Some(value),
+            _ => {}
+        }
+    }
+    // A URL with `sig` is a signed URL even when the rest is damaged: it must be refused
+    // as such (403), never fall back to key authentication.
+    sig?;
+    Some(Signature {
+        expires: expires.and_then(|v| v.parse().ok()).unwrap_or(0),
+        kid: kid.and_then(|v| v.parse().ok()).unwrap_or(0),
+        sig: sig.unwrap_or_default().to_owned(),
+    })
+}
+
+fn unauthorized(code: &'static str, detail: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, detail).with_header(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"batchgate\""),
+    )
+}
+
+/// The key presented with `Authorization: Bearer` or `X-API-Key`.
+fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let text = value.to_str().unwrap_or_default();
+        let key = text
+            .strip_prefix("Bearer ")
+            .or_else(|| text.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                unauthorized(
+                    "invalid-api-key",
+                    "the Authorization header must be `Bearer <key>`",
+                )
+            })?;
+        return Ok(Some(key));
+    }
+    match headers.get("x-api-key") {
+        Some(value) => Ok(Some(value.to_str().unwrap_or_default().trim())),
+        None => Ok(None),
+    }
+}
+
+async fn identify(runtime: &Runtime, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(presented) = presented_key(headers)? else {
+        if auth_required(runtime).await? {
+            return Err(unauthorized(
+                "api-key-required",
+                "this server requires an API key: `Authorization: Bearer <key>`",
+            ));
+        }
+        return Ok(Caller::anonymous(
+            &runtime.tiers,
+            runtime.settings.anonymous_tier.as_deref(),
+        ));
+    };
+    let invalid = || unauthorized("invalid-api-key", "the API key is not valid");
+    let id = keys::parse_id(presented).ok_or_else(invalid)?;
+    let record = runtime.store.find_key(id).await?.ok_or_else(invalid)?;
+    if !keys::matches(&record, presented) {
+        return Err(invalid());
+    }
+    if record.revoked_at.is_some() {
+        return Err(unauthorized("api-key-revoked", "the API key was revoked"));
+    }
+    runtime.keys_seen.0.store(true, Ordering::Relaxed);
+    let tier = runtime.tiers.get(&record.tier).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tier-unknown",
+            format!(
+                "the key's tier `{}` is not configured on this server",
+                record.tier
+            ),
+        )
+    })?;
+    Ok(Caller {
+        owner: record.id,
+        tier_name: record.tier,
+        tier: Some(tier),
+        admin: record.admin,
+    })
+}
+
+/// Is a key needed? Always with `auth = "required"`; with `auto`, once a key exists.
+pub async fn auth_required(runtime: &Runtime) -> Result<bool, ApiError> {
+    if runtime.settings.auth == AuthMode::Required || runtime.keys_seen.0.load(Ordering::Relaxed) {
+        return Ok(true);
+    }
+    let exists = runtime.store.has_keys().await?;
+    if exists {
+        runtime.keys_seen.0.store(true, Ordering::Relaxed);
+    }
+    Ok(exists)
+}
