@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeZone, Utc};
 
+use super::problem::ProblemCode;
 use super::{header_value, ApiError, AppState};
 use crate::app::Runtime;
 use crate::auth::signing::Signature;
@@ -58,7 +59,7 @@ pub async fn authenticate(
     let caller = match identify(&runtime, request.headers()).await {
         Ok(caller) => caller,
         Err(error) => {
-            crate::telemetry::rejected("unauthenticated", "");
+            crate::telemetry::rejected(error.code, "");
             return error.into_response();
         }
     };
@@ -101,8 +102,12 @@ pub async fn authenticate(
             }
         }
     }
+    let tier = caller.tier_label().to_owned();
     request.extensions_mut().insert(Access::Caller(caller));
     let mut response = next.run(request).await;
+    if let Some(ProblemCode(code)) = response.extensions().get::<ProblemCode>() {
+        crate::telemetry::rejected(code, &tier);
+    }
     for (name, value) in quota_headers {
         // A handler's own value (the jobs quota on a refused submit) wins.
         if !response.headers().contains_key(&name) {

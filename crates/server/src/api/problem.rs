@@ -26,6 +26,10 @@ pub struct ApiErrorBody {
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
+/// The problem code of an error response, as a response extension.
+#[derive(Debug, Clone, Copy)]
+pub struct ProblemCode(pub &'static str);
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
         ApiError(Box::new(ApiErrorBody {
@@ -171,6 +175,8 @@ impl IntoResponse for ApiError {
         for (name, value) in body.headers {
             headers.insert(name, value);
         }
+        // For the rejection metrics (counted where the caller's tier is known).
+        response.extensions_mut().insert(ProblemCode(body.code));
         response
     }
 }

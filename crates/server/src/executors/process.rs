@@ -77,9 +77,12 @@ pub async fn run(
         mut exit,
         stdout,
         stderr,
+        limits_applied_at_exec,
     } = spawned;
     let guard = GroupGuard(Some(group));
-    apply_rlimits(group, &spec.rlimits);
+    if !limits_applied_at_exec {
+        apply_rlimits(group, &spec.rlimits);
+    }
     // Lets a restarted server stop what a crashed one left running (see `reap_orphans`).
     let _ = tokio::fs::write(
         spec.workdir.join(PID_FILE),
@@ -151,6 +154,8 @@ struct Spawned {
     exit: oneshot::Receiver<std::io::Result<wait4::ResUse>>,
     stdout: tokio::process::ChildStdout,
     stderr: tokio::process::ChildStderr,
+    /// The limits were set before the program's first instruction (by `prlimit`).
+    limits_applied_at_exec: bool,
 }
 
 /// Kills the process group when dropped: no program outlives its attempt, even when the
@@ -165,10 +170,32 @@ impl Drop for GroupGuard {
     }
 }
 
+/// util-linux's `prlimit`, which sets limits on itself and then executes the program:
+/// the limits hold from the program's first instruction (a fork bomb cannot outrun
+/// them), without a `pre_exec` hook (no unsafe code).
+const PRLIMIT: &str = "/usr/bin/prlimit";
+
 async fn spawn(spec: &RunSpec) -> std::io::Result<Spawned> {
-    let mut command = std::process::Command::new(&spec.argv[0]);
+    let program = &spec.argv[0];
+    if !program_exists(program, &spec.env, &spec.workdir) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such program",
+        ));
+    }
+    let wrapper = std::path::Path::new(PRLIMIT).is_file();
+    let argv = if wrapper {
+        let mut argv = vec![PRLIMIT.to_owned()];
+        argv.extend(prlimit_options(&spec.rlimits));
+        argv.push("--".into());
+        argv.extend(spec.argv.iter().cloned());
+        argv
+    } else {
+        spec.argv.clone()
+    };
+    let mut command = std::process::Command::new(&argv[0]);
     command
-        .args(&spec.argv[1..])
+        .args(&argv[1..])
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.workdir)
@@ -212,7 +239,40 @@ async fn spawn(spec: &RunSpec) -> std::io::Result<Spawned> {
         exit,
         stdout,
         stderr,
+        limits_applied_at_exec: wrapper,
     })
+}
+
+/// Is `program` an executable file (a path, or a name found on the program's `PATH`)?
+fn program_exists(program: &str, env: &[(String, String)], workdir: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(&workdir.join(program));
+    }
+    let path = env
+        .iter()
+        .find(|(name, _)| name == "PATH")
+        .map_or("/usr/bin:/bin", |(_, value)| value.as_str());
+    std::env::split_paths(path).any(|dir| executable(&dir.join(program)))
+}
+
+/// `prlimit` options for the limits (soft = hard, so the program cannot raise them).
+fn prlimit_options(limits: &ResourceLimits) -> Vec<String> {
+    let mut options = vec!["--core=0".to_owned()];
+    let mut add = |name: &str, value: Option<u64>| {
+        if let Some(value) = value {
+            options.push(format!("--{name}={value}"));
+        }
+    };
+    add("cpu", limits.cpu_seconds);
+    add("as", limits.memory_bytes);
+    add("fsize", limits.file_size_bytes);
+    add("nofile", limits.open_files);
+    add("nproc", limits.processes);
+    options
 }
 
 /// Limits the program's resources right after it starts (prlimit(2) on its pid: no

@@ -102,6 +102,41 @@ format = "lines"
 [tools.example]
 
 [[tools]]
+name = "envdump"
+command = ["/usr/bin/env"]
+parameters = { type = "object", properties = { PATH = { type = "string" }, LD_PRELOAD = { type = "string" } } }
+[[tools.outputs]]
+name = "env"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
+name = "forkbomb"
+command = ["/bin/sh", "-c", "bomb() {{ bomb | bomb & }}; bomb; sleep 30"]
+limits.processes = 20
+limits.timeout_seconds = 3
+limits.kill_grace_seconds = 1
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
+name = "peek"
+command = ["/bin/sh", "-c", """
+echo "net: $(ls /sys/class/net | tr '\n' ' ' | sed 's/ $//')"
+echo "data: $(ls -A "$1/../.." | tr '\n' ' ' | sed 's/ $//')"
+if touch /etc/batchgate-escape 2>/dev/null; then echo "etc: writable"; else echo "etc: read-only"; fi
+""", "peek", "{workdir}"]
+[[tools.outputs]]
+name = "seen"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
 name = "small"
 command = ["cat", "{inputs.text}"]
 limits.max_request_bytes = 100
@@ -121,6 +156,7 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
+    pub runtime: std::sync::Arc<batchgate_server::Runtime>,
     _dir: tempfile::TempDir,
     shutdown: CancellationToken,
 }
@@ -160,6 +196,7 @@ pub async fn spawn_app_with(settings: &str) -> TestApp {
         .await
         .expect("the server starts");
     let address = format!("http://{}", application.local_addr());
+    let runtime = application.runtime();
     let shutdown = CancellationToken::new();
     tokio::spawn(application.run_until_stopped(shutdown.clone()));
     let client = reqwest::Client::builder()
@@ -170,12 +207,82 @@ pub async fn spawn_app_with(settings: &str) -> TestApp {
         address,
         client,
         data_dir,
+        runtime,
         _dir: dir,
         shutdown,
     }
 }
 
 impl TestApp {
+    /// Creates an API key in the server's store (as `batchgate keys create` does).
+    pub async fn create_key(&self, tier: &str, admin: bool) -> String {
+        let key = batchgate_server::auth::keys::generate("test", tier, admin, chrono::Utc::now());
+        self.runtime.store.create_key(&key.record).await.unwrap();
+        key.secret
+    }
+
+    /// A GET with `key` as a bearer token.
+    pub async fn get_as(&self, key: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn submit_as(&self, key: &str, tool: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/tools/{tool}/jobs")))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Submits with a key, checks the 202 and returns the status URL.
+    pub async fn submit_ok_as(&self, key: &str, tool: &str, body: &Value) -> String {
+        let response = self.submit_as(key, tool, body).await;
+        let status = response.status();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(status, 202, "{}", response.text().await.unwrap());
+        location.unwrap()
+    }
+
+    /// Polls with a key until the job ends; returns the final status document and the
+    /// `Location` of the 303.
+    pub async fn wait_as(&self, key: &str, location: &str) -> (JobStatus, String) {
+        let started = Instant::now();
+        loop {
+            let response = self.get_as(key, location).await;
+            if response.status() == 303 {
+                let target = response.headers()["location"].to_str().unwrap().to_owned();
+                return (response.json().await.unwrap(), target);
+            }
+            assert_eq!(response.status(), 200);
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the job did not end"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Job directories in the blob store.
+    pub fn blob_job_dirs(&self) -> Vec<String> {
+        match std::fs::read_dir(self.data_dir.join("blobs/jobs")) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

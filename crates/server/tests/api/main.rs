@@ -3,4 +3,5 @@
 mod helpers;
 mod lifecycle;
 mod meta;
+mod protection;
 mod submit;
