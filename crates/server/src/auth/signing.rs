@@ -38,12 +38,15 @@ pub enum Refused {
     Invalid,
 }
 
+/// Secrets by generation, newest first.
+type Secrets = Vec<(u32, Vec<u8>)>;
+
 /// The signing secrets, cached from the store.
 #[derive(Clone)]
 pub struct Signer {
     store: Arc<dyn JobStore>,
     /// Newest first: (generation, secret bytes).
-    secrets: Arc<RwLock<Vec<(u32, Vec<u8>)>>>,
+    secrets: Arc<RwLock<Secrets>>,
 }
 
 impl Signer {

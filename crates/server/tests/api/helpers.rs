@@ -419,3 +419,12 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str
     assert_eq!(body["status"], status);
     body
 }
+
+/// Skips a test whose requirement is missing, with a visible message; under
+/// `BATCHGATE_TEST_STRICT=1` (CI) the skip is a failure.
+pub fn skip(reason: &str) {
+    if std::env::var_os("BATCHGATE_TEST_STRICT").is_some() {
+        panic!("required for CI but missing: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}

@@ -76,7 +76,7 @@ async fn keys_turn_authentication_on_and_revocation_is_immediate() {
     let stored = app.runtime.store.find_key(&id).await.unwrap().unwrap();
     assert!(!stored.hash.contains(&key[20..]));
     let database = std::fs::read(app.data_dir.join("jobs.db")).unwrap();
-    let secret_part = key[key.len() - 64..].as_bytes();
+    let secret_part = &key.as_bytes()[key.len() - 64..];
     assert!(!database.windows(64).any(|w| w == secret_part));
 }
 
@@ -588,7 +588,7 @@ async fn slow_headers_huge_headers_and_unknown_encodings_are_refused() {
 #[tokio::test]
 async fn a_fork_bomb_is_contained_when_programs_run_as_their_own_users() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: run_as_uid needs root (the CI runs as root)");
+        crate::helpers::skip("run_as_uid needs the tests to run as root");
         return;
     }
     let app = spawn_app_with("run_as_uid = 61000").await;
@@ -641,7 +641,7 @@ fn processes_of_uid(uid: u32) -> usize {
 #[tokio::test]
 async fn the_sandbox_hides_the_network_and_the_servers_data() {
     if batchgate_server::executors::sandbox::find_bwrap().is_none() {
-        eprintln!("SKIPPED: bwrap is not installed (apt-get install bubblewrap; CI installs it)");
+        crate::helpers::skip("bwrap is not installed (apt-get install bubblewrap)");
         return;
     }
     let app = spawn_app_with("sandbox = \"bwrap\"").await;
