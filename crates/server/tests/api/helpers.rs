@@ -126,7 +126,7 @@ format = "lines"
 [[tools]]
 name = "peek"
 command = ["/bin/sh", "-c", """
-echo "net: $(ls /sys/class/net | tr '\n' ' ' | sed 's/ $//')"
+echo "net: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ' ' | sed 's/ $//')"
 echo "data: $(ls -A "$1/../.." | tr '\n' ' ' | sed 's/ $//')"
 if touch /etc/batchgate-escape 2>/dev/null; then echo "etc: writable"; else echo "etc: read-only"; fi
 """, "peek", "{workdir}"]
