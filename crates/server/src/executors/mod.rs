@@ -31,6 +31,9 @@ pub struct RunSpec {
     /// Where stdout and stderr are captured, and how many bytes of each are kept.
     pub stdout_path: PathBuf,
     pub stdout_cap: u64,
+    /// Stop the program once stdout passes its cap (stdout is an output, so the job fails
+    /// anyway); otherwise the excess is dropped and the program goes on.
+    pub stop_at_stdout_cap: bool,
     pub stderr_path: PathBuf,
     pub stderr_cap: u64,
     /// Run as this uid and gid (the server must be root).
@@ -55,6 +58,8 @@ pub enum Termination {
     Signaled(i32),
     TimedOut,
     Canceled,
+    /// Stopped because stdout (an output) passed its cap.
+    OutputTooLarge,
     /// The program could not be started.
     SpawnFailed {
         not_found: bool,

@@ -95,6 +95,7 @@ pub async fn run(
             .clone()
             .filter(|p| p.stream == ProgressStream::Both || p.stream == stream)
     };
+    let overflow = CancellationToken::new();
     let stdout_task = tokio::spawn(capture(
         stdout,
         tokio::fs::File::create(&spec.stdout_path).await?,
@@ -102,6 +103,7 @@ pub async fn run(
         progress_on(ProgressStream::Stdout),
         progress.clone(),
         false,
+        spec.stop_at_stdout_cap.then(|| overflow.clone()),
     ));
     let stderr_task = tokio::spawn(capture(
         stderr,
@@ -110,6 +112,7 @@ pub async fn run(
         progress_on(ProgressStream::Stderr),
         progress,
         true,
+        None,
     ));
 
     let (termination, usage) = tokio::select! {
@@ -128,6 +131,10 @@ pub async fn run(
         }
         () = cancel.cancelled() => {
             (Termination::Canceled, stop_group(group, &mut exit, spec.kill_grace).await)
+        }
+        () = overflow.cancelled() => {
+            // A program that writes without end is stopped, not drained until its timeout.
+            (Termination::OutputTooLarge, stop_group(group, &mut exit, spec.kill_grace).await)
         }
     };
     // The leader is gone; whatever it left behind in its group goes too, so no process
@@ -330,8 +337,9 @@ async fn join_capture(task: tokio::task::JoinHandle<(bool, String)>) -> (bool, S
     }
 }
 
-/// Copies a stream to `file` up to `cap` bytes (then drains and drops the rest), parses
-/// progress lines, and keeps the stream's tail. Returns (truncated, tail).
+/// Copies a stream to `file` up to `cap` bytes (then drains and drops the rest, and
+/// cancels `overflow` if given), parses progress lines, and keeps the stream's tail.
+/// Returns (truncated, tail).
 async fn capture(
     mut stream: impl AsyncRead + Unpin,
     file: tokio::fs::File,
@@ -339,6 +347,7 @@ async fn capture(
     progress: Option<ProgressSpec>,
     sender: watch::Sender<Option<Progress>>,
     keep_tail: bool,
+    overflow: Option<CancellationToken>,
 ) -> (bool, String) {
     let mut file = tokio::io::BufWriter::new(file);
     let mut written: u64 = 0;
@@ -355,6 +364,9 @@ async fn capture(
         let room = cap.saturating_sub(written) as usize;
         if room < chunk.len() {
             truncated = true;
+            if let Some(overflow) = &overflow {
+                overflow.cancel();
+            }
         }
         let kept = &chunk[..room.min(chunk.len())];
         // Flushed per chunk so that the logs of a running job can be read live.

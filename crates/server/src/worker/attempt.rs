@@ -402,6 +402,7 @@ async fn execute(
         },
         stderr_path: live_log(workdir, "stderr"),
         stderr_cap: tool.limits.max_log_bytes,
+        stop_at_stdout_cap: stdout_is_output,
         run_as,
     };
     if let Some(uid) = run_as {
@@ -532,6 +533,15 @@ fn classify(tool: &Tool, run: &RunOutcome) -> Option<AttemptOutcome> {
             None,
         ))),
         Termination::Canceled => Some(AttemptOutcome::Canceled),
+        Termination::OutputTooLarge => Some(AttemptOutcome::ProgramFailed(error(
+            "output-too-large",
+            format!(
+                "the program's output (stdout) is larger than the tool's limit of {} bytes; the program was stopped",
+                tool.limits.max_output_bytes
+            ),
+            None,
+            None,
+        ))),
         Termination::SpawnFailed { not_found, message } => {
             Some(AttemptOutcome::ProgramFailed(error(
                 if *not_found {

@@ -93,6 +93,18 @@ format = "lines"
 [tools.example]
 
 [[tools]]
+name = "endless"
+command = ["yes", "more output"]
+limits.max_output_bytes = 100000
+limits.timeout_seconds = 120
+limits.kill_grace_seconds = 1
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
 name = "crashing"
 command = ["/bin/sh", "-c", "kill -KILL $$"]
 [[tools.outputs]]

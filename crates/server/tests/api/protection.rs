@@ -539,6 +539,63 @@ async fn the_program_sees_only_its_environment_allowlist() {
 }
 
 #[tokio::test]
+async fn a_program_that_writes_without_end_is_stopped() {
+    let app = spawn_app().await;
+    let started = std::time::Instant::now();
+    let location = app.submit_ok("endless", &json!({})).await;
+    let status = app
+        .wait_until_done(&location, Duration::from_secs(20))
+        .await;
+    // Long before its 120 s timeout.
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(status.status, JobState::Failed);
+    let error = status.error.unwrap();
+    assert_eq!(error.code, "output-too-large");
+    assert!(error.message.contains("100000 bytes"), "{}", error.message);
+    // What was kept is capped.
+    let stdout = app
+        .get_text(&format!("{location}/logs?stream=stdout"))
+        .await;
+    assert!(stdout.len() <= 100_000, "{}", stdout.len());
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(
+        "max_connections = 2
+header_timeout_seconds = 30",
+    )
+    .await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        idle.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = reqwest::Client::new();
+    let blocked = client
+        .get(app.url("/healthz"))
+        .timeout(Duration::from_millis(700))
+        .send()
+        .await;
+    assert!(blocked.is_err(), "a third connection was served");
+    drop(idle);
+    let served = client
+        .get(app.url("/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+}
+
+#[tokio::test]
 async fn slow_headers_huge_headers_and_unknown_encodings_are_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app_with("header_timeout_seconds = 1").await;
