@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Resource, Rlimit, Signal};
@@ -95,6 +97,8 @@ pub async fn run(
             .clone()
             .filter(|p| p.stream == ProgressStream::Both || p.stream == stream)
     };
+    let peak_memory = Arc::new(AtomicU64::new(0));
+    let sampler = tokio::spawn(sample_peak_memory(group, peak_memory.clone()));
     let overflow = CancellationToken::new();
     let stdout_task = tokio::spawn(capture(
         stdout,
@@ -140,6 +144,8 @@ pub async fn run(
     // The leader is gone; whatever it left behind in its group goes too, so no process
     // of the attempt outlives it (and the capture pipes close).
     drop(guard);
+    sampler.abort();
+    let sampled_peak = Some(peak_memory.load(Ordering::Relaxed)).filter(|&bytes| bytes > 0);
     let (stdout_truncated, _) = join_capture(stdout_task).await;
     let (_, stderr_tail) = join_capture(stderr_task).await;
     Ok(RunOutcome {
@@ -150,8 +156,42 @@ pub async fn run(
         cpu_time: usage
             .as_ref()
             .map(|usage| usage.rusage.utime + usage.rusage.stime),
-        peak_memory_bytes: usage.as_ref().map(|usage| usage.rusage.maxrss),
+        peak_memory_bytes: sampled_peak,
     })
+}
+
+/// The program's peak resident memory, read from `/proc/<pid>/status` (`VmHWM`, the
+/// high-water mark of its own address space) every 50 ms while it runs. `wait4`'s
+/// `ru_maxrss` cannot be used: it keeps the high-water mark across `exec`, so it reports
+/// the server's own size at the fork. A program that ends before the first sample has no
+/// figure.
+async fn sample_peak_memory(pid: Pid, peak: Arc<AtomicU64>) {
+    let path = format!("/proc/{}/status", pid.as_raw_nonzero());
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        ticker.tick().await;
+        let Ok(status) = tokio::fs::read_to_string(&path).await else {
+            return;
+        };
+        let hwm = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            });
+        match hwm {
+            Some(kb) => {
+                peak.fetch_max(kb * 1024, Ordering::Relaxed);
+            }
+            // A zombie has no memory figures left.
+            None => return,
+        }
+    }
 }
 
 /// A started program: its process group (led by it), the end of its `wait4` (exit status

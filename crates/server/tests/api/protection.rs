@@ -471,10 +471,11 @@ async fn usage_and_metrics_count_every_attempt() {
     let app = spawn_app().await;
     let key = app.create_key("standard", false).await;
     let admin = app.create_key("standard", true).await;
+    // A run of a second, so that its memory is sampled while it runs.
     let input = json!({"inputs": {"records": [
         {"sensor": "a", "timestamp": "2024-01-01T00:00:00Z", "value": 1.5},
         {"sensor": "a", "timestamp": "2024-01-01T00:01:00Z", "value": 2.5}
-    ]}});
+    ]}, "parameters": {"delay_seconds": 1}});
     let location = app.submit_ok_as(&key, "analyzer", &input).await;
     app.wait_as(&key, &location).await;
     let (code, usage) = parse(app.get_as(&key, "/v1/usage").await).await;
