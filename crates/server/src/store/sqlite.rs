@@ -856,3 +856,44 @@ impl JobStore for SqliteJobStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    /// A database written by the first release (schema version 0, no `user_version`)
+    /// opens with its jobs intact and gains the new columns with their defaults.
+    #[tokio::test]
+    async fn a_first_release_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        {
+            let options = SqliteConnectOptions::from_str("sqlite:")
+                .unwrap()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = SqlitePool::connect_with(options).await.unwrap();
+            sqlx::raw_sql(V1).execute(&pool).await.unwrap();
+            sqlx::query(
+                "INSERT INTO jobs (id, owner, tool, tool_version, state, params, inputs, \
+                 created_at, max_attempts, run_after) \
+                 VALUES ('01a20055-d239-74ba-b2a6-d6af23a9a98b', '', 'sort', 1, 'queued', \
+                 '{}', '[]', 1, 3, 1)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = SqliteJobStore::open(&path).await.unwrap();
+        let id = Uuid::parse_str("01a20055-d239-74ba-b2a6-d6af23a9a98b").unwrap();
+        let job = store.get(id).await.unwrap().unwrap();
+        assert_eq!((job.tier.as_str(), job.priority), ("", 0));
+        assert_eq!(job.retention, Duration::from_secs(7 * 24 * 3600));
+        assert!(!store.has_keys().await.unwrap());
+        // Opening again applies nothing twice.
+        drop(store);
+        let store = SqliteJobStore::open(&path).await.unwrap();
+        assert!(store.get(id).await.unwrap().is_some());
+    }
+}
