@@ -1,7 +1,9 @@
 //! The binary's security switches: `batchgate keys`, the refusal to serve an open API on
 //! a public address, and logs that neither leak secrets nor can be forged.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -37,33 +39,32 @@ impl Server {
 }
 
 fn serve(data_dir: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_batchgate"))
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--workers",
-            "1",
-            "--data-dir",
-        ])
+    let mut command = common::batchgate(&[
+        "--log-format",
+        "json",
+        "serve",
+        "--workers",
+        "1",
+        "--data-dir",
+    ]);
+    command
         .arg(data_dir)
         .args(extra)
         .env("BATCHGATE_LOG", "debug")
         .env("BATCHGATE__RESULT_DELIVERY", "signed_url")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("batchgate listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+        .stderr(Stdio::piped());
+    let (child, address) = common::start(command);
     Server { child, address }
+}
+
+/// Starts `serve` on a public address (`0.0.0.0:0`) and stops it again: it started.
+fn starts_publicly(data_dir: &Path, extra: &[&str]) {
+    let mut command = common::batchgate(&["serve", "--listen", "0.0.0.0:0", "--data-dir"]);
+    command.arg(data_dir).args(extra).stderr(Stdio::null());
+    let (mut child, address) = common::start(command);
+    assert!(address.starts_with("http://0.0.0.0:"), "{address}");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]
@@ -116,46 +117,13 @@ fn an_open_server_is_refused_on_a_public_address() {
     assert!(stderr.contains("--insecure-open"));
 
     // With the explicit flag, or once a key exists, it starts.
-    let mut open = Command::new(env!("CARGO_BIN_EXE_batchgate"))
-        .args([
-            "serve",
-            "--listen",
-            "0.0.0.0:0",
-            "--insecure-open",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(open.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("batchgate listening on"), "{line}");
-    open.kill().unwrap();
-    open.wait().unwrap();
-    assert!(batchgate(
+    starts_publicly(dir.path(), &["--insecure-open"]);
+    let created = batchgate(
         dir.path(),
-        &["keys", "create", "--name", "a", "--tier", "free"]
-    )
-    .status
-    .success());
-    let mut keyed = Command::new(env!("CARGO_BIN_EXE_batchgate"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(keyed.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("batchgate listening on"), "{line}");
-    keyed.kill().unwrap();
-    keyed.wait().unwrap();
+        &["keys", "create", "--name", "a", "--tier", "free"],
+    );
+    assert!(created.status.success());
+    starts_publicly(dir.path(), &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

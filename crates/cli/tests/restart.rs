@@ -1,7 +1,8 @@
 //! The real binary, killed with SIGKILL while jobs run, then restarted on the same data
 //! directory: every accepted job ends in exactly one terminal state.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,31 +23,20 @@ impl Drop for Server {
 
 /// Starts `batchgate serve` on port 0 and reads the address it prints.
 fn start(data_dir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_batchgate"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--data-dir",
-        ])
+    let mut command = common::batchgate(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--data-dir",
+    ]);
+    command
         .arg(data_dir)
         .env("BATCHGATE__LEASE_SECONDS", "1")
         .env("BATCHGATE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the binary starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("batchgate listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+        .stderr(Stdio::inherit());
+    let (child, address) = common::start(command);
     Server { child, address }
 }
 

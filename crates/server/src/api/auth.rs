@@ -28,10 +28,16 @@ pub enum Access {
 }
 
 impl Access {
-    pub fn caller(&self) -> Option<&Caller> {
+    /// The caller of a key (or the anonymous caller). A signed URL opens only the result
+    /// and outputs it was made for; anywhere else it is refused (403).
+    pub fn caller(&self) -> Result<&Caller, ApiError> {
         match self {
-            Access::Caller(caller) => Some(caller),
-            Access::Signed(_) => None,
+            Access::Caller(caller) => Ok(caller),
+            Access::Signed(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "signed-url-invalid",
+                "a signed URL opens only the result and outputs it was made for",
+            )),
         }
     }
 }

@@ -124,7 +124,7 @@ pub async fn status(
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = require_caller(&access)?;
+    let caller = access.caller()?;
     let job = load(&runtime, caller, &id).await?;
     let mut status = job_status(&job);
     if job.state == JobState::Succeeded {
@@ -338,7 +338,7 @@ pub async fn logs(
     Path(id): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let job = load(&runtime, require_caller(&access)?, &id).await?;
+    let job = load(&runtime, access.caller()?, &id).await?;
     let streams: Vec<&str> = match query.stream.as_deref() {
         None => vec!["stdout", "stderr"],
         Some(stream @ ("stdout" | "stderr")) => vec![stream],
@@ -409,7 +409,7 @@ pub async fn delete(
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = load(&runtime, require_caller(&access)?, &id).await?;
+    let job = load(&runtime, access.caller()?, &id).await?;
     let now = Utc::now();
     if job.state.is_terminal() {
         crate::worker::reaper::purge(&runtime, job.id)
@@ -458,7 +458,7 @@ pub async fn list(
     Extension(access): Extension<Access>,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
-    let caller = require_caller(&access)?;
+    let caller = access.caller()?;
     let state = match params.status.as_deref() {
         None | Some("") => None,
         Some(text) => Some(JobState::parse(text).ok_or_else(|| {
@@ -514,15 +514,4 @@ pub async fn list(
         next,
     };
     Ok(([no_store()], Json(page)).into_response())
-}
-
-/// The routes a signed URL does not open need a caller; a signature there is refused.
-fn require_caller(access: &Access) -> Result<&Caller, ApiError> {
-    access.caller().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "signed-url-invalid",
-            "a signed URL opens only the result and outputs it was made for",
-        )
-    })
 }

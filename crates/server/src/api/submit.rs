@@ -64,15 +64,8 @@ pub async fn submit(
     Query(query): Query<Vec<(String, String)>>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let caller = access
-        .caller()
-        .cloned()
-        .ok_or_else(ApiError::job_not_found)?;
-    let result = submit_as(&runtime, &caller, &tool_ref, &query, request).await;
-    if let Err(error) = &result {
-        crate::telemetry::rejected(error.code, caller.tier_label());
-    }
-    result
+    // Refusals are counted by the auth middleware, which knows the caller's tier.
+    submit_as(&runtime, access.caller()?, &tool_ref, &query, request).await
 }
 
 async fn submit_as(

@@ -22,7 +22,7 @@ pub async fn usage(
     State(runtime): State<AppState>,
     Extension(access): Extension<Access>,
 ) -> Result<Response, ApiError> {
-    let caller = access.caller().ok_or_else(ApiError::job_not_found)?;
+    let caller = access.caller()?;
     let now = crate::jobs::now();
     let tier = caller.tier.clone();
     let window = tier
@@ -81,7 +81,7 @@ pub async fn metrics(
     State(runtime): State<AppState>,
     Extension(access): Extension<Access>,
 ) -> Result<Response, ApiError> {
-    let caller = access.caller().ok_or_else(ApiError::job_not_found)?;
+    let caller = access.caller()?;
     if !caller.admin && auth_required(&runtime).await? {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

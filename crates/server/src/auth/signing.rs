@@ -101,7 +101,8 @@ impl Signer {
 
     pub fn sign(&self, path: &str, job: Uuid, owner: &str, expires: i64) -> Signature {
         let (kid, secret) = self.current().expect("a signing secret is loaded");
-        let sig = hex::encode(mac(&secret, "GET", path, job, owner, expires, kid));
+        let message = message("GET", path, job, owner, expires, kid);
+        let sig = hex::encode(hmac(&secret, &message).finalize().into_bytes());
         Signature { expires, kid, sig }
     }
 
@@ -155,18 +156,10 @@ fn message(method: &str, path: &str, job: Uuid, owner: &str, expires: i64, kid: 
     message
 }
 
-fn mac(
-    secret: &[u8],
-    method: &str,
-    path: &str,
-    job: Uuid,
-    owner: &str,
-    expires: i64,
-    kid: u32,
-) -> Vec<u8> {
+fn hmac(secret: &[u8], message: &[u8]) -> HmacSha256 {
     let mut hmac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    hmac.update(&message(method, path, job, owner, expires, kid));
-    hmac.finalize().into_bytes().to_vec()
+    hmac.update(message);
+    hmac
 }
 
 #[cfg(test)]

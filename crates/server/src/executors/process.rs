@@ -306,26 +306,33 @@ fn program_exists(program: &str, env: &[(String, String)], workdir: &std::path::
     std::env::split_paths(path).any(|dir| executable(&dir.join(program)))
 }
 
-/// `prlimit` options for the limits (soft = hard, so the program cannot raise them).
-fn prlimit_options(limits: &ResourceLimits) -> Vec<String> {
-    let mut options = vec!["--core=0".to_owned()];
-    let mut add = |name: &str, value: Option<u64>| {
-        if let Some(value) = value {
-            options.push(format!("--{name}={value}"));
-        }
-    };
-    add("cpu", limits.cpu_seconds);
-    add("as", limits.memory_bytes);
-    add("fsize", limits.file_size_bytes);
-    add("nofile", limits.open_files);
-    add("nproc", limits.processes);
-    options
+/// The limits to set: (resource, `prlimit` option name, value). Soft = hard, so the
+/// program cannot raise them; no core dumps.
+fn limit_list(limits: &ResourceLimits) -> Vec<(Resource, &'static str, u64)> {
+    [
+        (Resource::Core, "core", Some(0)),
+        (Resource::Cpu, "cpu", limits.cpu_seconds),
+        (Resource::As, "as", limits.memory_bytes),
+        (Resource::Fsize, "fsize", limits.file_size_bytes),
+        (Resource::Nofile, "nofile", limits.open_files),
+        (Resource::Nproc, "nproc", limits.processes),
+    ]
+    .into_iter()
+    .filter_map(|(resource, name, value)| value.map(|value| (resource, name, value)))
+    .collect()
 }
 
-/// Limits the program's resources right after it starts (prlimit(2) on its pid: no
-/// `pre_exec` hook, hence no unsafe code; the program may run for microseconds before).
+fn prlimit_options(limits: &ResourceLimits) -> Vec<String> {
+    limit_list(limits)
+        .into_iter()
+        .map(|(_, name, value)| format!("--{name}={value}"))
+        .collect()
+}
+
+/// The fallback without `/usr/bin/prlimit`: prlimit(2) on the child right after it
+/// starts (the program may run for microseconds before its limits hold).
 fn apply_rlimits(pid: Pid, limits: &ResourceLimits) {
-    let set = |resource: Resource, value: u64| {
+    for (resource, _, value) in limit_list(limits) {
         let limit = Rlimit {
             current: Some(value),
             maximum: Some(value),
@@ -333,22 +340,6 @@ fn apply_rlimits(pid: Pid, limits: &ResourceLimits) {
         if let Err(error) = rustix::process::prlimit(Some(pid), resource, limit) {
             tracing::warn!(?resource, %error, "cannot set a resource limit");
         }
-    };
-    set(Resource::Core, 0);
-    if let Some(seconds) = limits.cpu_seconds {
-        set(Resource::Cpu, seconds);
-    }
-    if let Some(bytes) = limits.memory_bytes {
-        set(Resource::As, bytes);
-    }
-    if let Some(bytes) = limits.file_size_bytes {
-        set(Resource::Fsize, bytes);
-    }
-    if let Some(count) = limits.open_files {
-        set(Resource::Nofile, count);
-    }
-    if let Some(count) = limits.processes {
-        set(Resource::Nproc, count);
     }
 }
 

@@ -445,8 +445,9 @@ async fn hand_over(workdir: &Path, uid: u32) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || {
         let mut pending = vec![workdir.clone()];
         while let Some(path) = pending.pop() {
-            std::os::unix::fs::chown(&path, Some(uid), Some(uid))?;
-            if path.is_dir() {
+            // Nothing here is the program's yet, but links are never followed.
+            std::os::unix::fs::lchown(&path, Some(uid), Some(uid))?;
+            if std::fs::symlink_metadata(&path)?.is_dir() {
                 for entry in std::fs::read_dir(&path)? {
                     let entry = entry?;
                     if entry.file_name() != ".batchgate" || path != workdir {

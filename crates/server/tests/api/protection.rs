@@ -468,8 +468,9 @@ async fn retention_deletes_rows_data_and_blobs_together_and_never_unfinished_job
 
 #[tokio::test]
 async fn usage_and_metrics_count_every_attempt() {
-    let app = spawn_app().await;
-    let key = app.create_key("standard", false).await;
+    // A tier of this test alone, so that its metric series are not shared with others.
+    let app = spawn_app_with("[tiers.metered]\nconcurrent_jobs = 16").await;
+    let key = app.create_key("metered", false).await;
     let admin = app.create_key("standard", true).await;
     // A run of a second, so that its memory is sampled while it runs.
     let input = json!({"inputs": {"records": [
@@ -499,14 +500,18 @@ async fn usage_and_metrics_count_every_attempt() {
 
     let response = app.get_as(&key, "/metrics").await;
     assert_problem(response, 403, "admin-required").await;
+    let response = app.submit_as(&key, "no-such-tool", &json!({})).await;
+    assert_problem(response, 404, "tool-not-found").await;
     let metrics = app.get_as(&admin, "/metrics").await.text().await.unwrap();
     for expected in [
-        "batchgate_jobs_submitted_total{tool=\"analyzer\",tier=\"standard\"}",
-        "batchgate_attempts_total{tool=\"analyzer\",tier=\"standard\",outcome=\"succeeded\"}",
-        "batchgate_run_seconds_bucket{tool=\"analyzer\",tier=\"standard\"",
+        "batchgate_jobs_submitted_total{tool=\"analyzer\",tier=\"metered\"} 1\n",
+        "batchgate_attempts_total{tool=\"analyzer\",tier=\"metered\",outcome=\"succeeded\"} 1\n",
+        "batchgate_run_seconds_bucket{tool=\"analyzer\",tier=\"metered\"",
+        // Each refusal is counted once.
+        "batchgate_rejections_total{reason=\"tool-not-found\",tier=\"metered\"} 1\n",
+        "batchgate_rejections_total{reason=\"admin-required\",tier=\"metered\"} 1\n",
         "batchgate_queue_wait_seconds_bucket{tool=\"analyzer\"",
         "batchgate_jobs{tool=\"analyzer\",state=\"succeeded\"}",
-        "batchgate_rejections_total{reason=\"admin-required\"",
     ] {
         assert!(metrics.contains(expected), "missing {expected}:\n{metrics}");
     }
@@ -649,17 +654,29 @@ async fn a_fork_bomb_is_contained_when_programs_run_as_their_own_users() {
     let location = app.submit_ok("forkbomb", &json!({})).await;
     app.wait_for_state(&location, JobState::Running, Duration::from_secs(10))
         .await;
-    // The server keeps answering while the bomb runs.
+    // The bomb runs, held at its process limit, and the server keeps answering.
+    let mut most = 0;
     for _ in 0..5 {
         let started = std::time::Instant::now();
         assert_eq!(app.get_json("/healthz").await.0, 200);
         assert!(started.elapsed() < Duration::from_secs(2));
+        most = most.max(processes_of_uid(61000));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert!(
+        (5..=20).contains(&most),
+        "{most} processes of the bomb seen (limit 20)"
+    );
     let status = app
         .wait_until_done(&location, Duration::from_secs(30))
         .await;
     assert_eq!(status.status, JobState::Failed);
+    // It ends by its timeout, or earlier when the shell gives up on a refused fork.
+    let error = status.error.unwrap();
+    assert!(
+        ["timeout", "program-exit-status"].contains(&error.code.as_str()),
+        "{error:?}"
+    );
     // Nothing of it is left (zombies go once the system's init reaps them).
     let started = std::time::Instant::now();
     while processes_of_uid(61000) + processes_of_uid(61001) > 0 {
