@@ -103,7 +103,11 @@ pub struct JobLinks {
     pub result: String,
     pub outputs: Vec<OutputInfo>,
     pub logs: String,
+    /// Server-Sent Events of the job's state and progress changes.
+    pub events: String,
     pub cancel: String,
+    /// The job as a long-running-operation status resource (Azure SDK pollers).
+    pub operation: String,
 }
 
 /// The body of the status monitor and of every job listing.
@@ -130,6 +134,67 @@ pub struct JobStatus {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
     pub links: JobLinks,
+}
+
+/// One Server-Sent Event of `GET /v1/jobs/{id}/events` (its `data`). The SSE `id` is the
+/// event's sequence number: send it back as `Last-Event-ID` to resume after it; the SSE
+/// `event` is `kind`. The stream ends after the event of a terminal state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobEvent {
+    pub job_id: Uuid,
+    /// `state` (created, or state or attempt changed), `progress` or `cancel-requested`.
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub status: JobState,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// A failed job's error, or why a queued job is waiting for another attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
+    /// At a terminal state: where the status monitor redirects (the result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+/// `GET /v1/operations/{id}`: the job as a long-running-operation status resource, the
+/// shape the Azure SDK pollers (`Operation-Location`) read. Always `200`; `status` is
+/// `notStarted`, `running`, `succeeded`, `failed` or `canceled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    pub id: Uuid,
+    pub status: String,
+    pub created_date_time: DateTime<Utc>,
+    pub last_action_date_time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent_complete: Option<f64>,
+    /// Once succeeded: the absolute URL of the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<OperationError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OperationError {
+    pub code: String,
+    pub message: String,
+}
+
+impl Operation {
+    /// The operation status of a job state.
+    pub fn status_of(state: JobState) -> &'static str {
+        match state {
+            JobState::Queued => "notStarted",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+        }
+    }
 }
 
 /// A page of the caller's job history, newest first.

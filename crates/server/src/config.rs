@@ -36,6 +36,12 @@ pub struct Settings {
     pub retention_seconds: u64,
     /// Upper bound of the `Retry-After` estimate.
     pub retry_after_max_seconds: u64,
+    /// Upper bound of `Prefer: wait=N` on submit and on the status monitor.
+    pub max_wait_seconds: u64,
+    /// The server's URL as its clients reach it (e.g. `https://batch.example.org`), for
+    /// the absolute URLs some clients need (`Operation-Location`, `resourceLocation`).
+    /// Absent: taken from the request's `Host`.
+    pub public_url: Option<String>,
     /// `auto`: keys are required as soon as one exists; `required`: always.
     pub auth: AuthMode,
     /// Serve without keys on a non-loopback address (`--insecure-open`).
@@ -82,6 +88,8 @@ impl Default for Settings {
             default_timeout_seconds: 300,
             retention_seconds: 7 * 24 * 3600,
             retry_after_max_seconds: 60,
+            max_wait_seconds: 60,
+            public_url: None,
             auth: AuthMode::Auto,
             insecure_open: false,
             anonymous_tier: None,
@@ -223,6 +231,15 @@ impl Config {
             .map_err(|error| fail(error.to_string()))?;
         if settings.pending_status != 200 && settings.pending_status != 202 {
             return Err(fail("field `pending_status`: must be 200 or 202".into()));
+        }
+        if let Some(url) = &settings.public_url {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.ends_with('/') || url.contains(['?', '#', ' ']) {
+                return Err(fail(format!(
+                    "field `public_url`: `{url}` must be an http(s) URL without a trailing \
+                     slash, query or fragment, e.g. https://batch.example.org"
+                )));
+            }
         }
 
         // The demo names its program `@DEMO_BIN@/analyzer`; the settings above do not

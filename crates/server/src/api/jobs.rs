@@ -24,7 +24,7 @@ use crate::transforms::FieldFault;
 
 /// Loads a job the caller may see: another caller's job is absent (404), a purged one
 /// gone (410).
-async fn load(runtime: &Runtime, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+pub(super) async fn load(runtime: &Runtime, caller: &Caller, id: &str) -> Result<Job, ApiError> {
     let job = find(runtime, id)
         .await?
         .filter(|job| caller.can_see(&job.owner))
@@ -94,7 +94,7 @@ fn present(job: Job) -> Result<Job, ApiError> {
 
 /// The URL of a finished job's result or output: signed when results are delivered by
 /// signed URL.
-fn delivery_url(runtime: &Runtime, job: &Job, path: String) -> String {
+pub(super) fn delivery_url(runtime: &Runtime, job: &Job, path: String) -> String {
     if runtime.settings.result_delivery != ResultDelivery::SignedUrl {
         return path;
     }
@@ -107,10 +107,12 @@ fn delivery_url(runtime: &Runtime, job: &Job, path: String) -> String {
 ///
 /// While the job is queued or running: `200` (or `202` when the server is configured
 /// for the Durable Functions convention) with `Retry-After`. Once it has ended:
-/// `303 See Other` to its result.
+/// `303 See Other` to its result. With `Prefer: wait=N` the answer comes as soon as the
+/// job ends, or after N seconds (capped by `max_wait_seconds`), with
+/// `Preference-Applied`.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}",
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path), ("Prefer" = Option<String>, Header, description = "`wait=N`: answer when the job ends, within N seconds")),
     responses(
         (status = 200, description = "Pending", body = batchgate_protocol::JobStatus, headers(("Retry-After" = u64))),
         (status = 303, description = "Ended; `Location` is the result", body = batchgate_protocol::JobStatus),
@@ -123,19 +125,32 @@ pub async fn status(
     State(runtime): State<AppState>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = access.caller()?;
     let job = load(&runtime, caller, &id).await?;
-    let mut status = job_status(&job);
+    let Some(wait) = super::live::preferred_wait(&runtime, &headers) else {
+        return monitor(&runtime, &job).await;
+    };
+    let job = super::live::wait_for_end(&runtime, job, wait).await?;
+    let mut response = monitor(&runtime, &job).await?;
+    super::live::preference_applied(&mut response, wait);
+    Ok(response)
+}
+
+/// The status monitor's answer for a job: `303` to the result once it has ended, else
+/// the pending status with `Retry-After`.
+pub(super) async fn monitor(runtime: &Runtime, job: &Job) -> Result<Response, ApiError> {
+    let mut status = job_status(job);
     if job.state == JobState::Succeeded {
-        status.links.result = delivery_url(&runtime, &job, status.links.result);
+        status.links.result = delivery_url(runtime, job, status.links.result);
         for output in &mut status.links.outputs {
-            output.href = delivery_url(&runtime, &job, std::mem::take(&mut output.href));
+            output.href = delivery_url(runtime, job, std::mem::take(&mut output.href));
         }
     }
     let body = Json(status);
     if job.state.is_terminal() {
-        let location = delivery_url(&runtime, &job, format!("/v1/jobs/{}/result", job.id));
+        let location = delivery_url(runtime, job, format!("/v1/jobs/{}/result", job.id));
         return Ok((
             StatusCode::SEE_OTHER,
             [(header::LOCATION, header_value(&location)), no_store()],
@@ -144,7 +159,7 @@ pub async fn status(
             .into_response());
     }
     let status = StatusCode::from_u16(runtime.settings.pending_status).unwrap_or(StatusCode::OK);
-    let retry_after = retry_after_seconds(&runtime, &job).await;
+    let retry_after = retry_after_seconds(runtime, job).await;
     let mut response = (
         status,
         [(header::RETRY_AFTER, retry_after.into()), no_store()],

@@ -15,7 +15,7 @@ use super::{ApiError, AppState};
     paths(
         super::tools::list, super::tools::describe, super::submit::submit,
         super::jobs::status, super::jobs::result, super::jobs::output, super::jobs::logs,
-        super::jobs::delete, super::jobs::list, super::usage::usage, healthz, readyz
+        super::jobs::delete, super::jobs::list, super::live::events, super::live::operation, super::usage::usage, healthz, readyz
     ),
     tags((name = "jobs", description = "Submit jobs, poll them, fetch results"), (name = "tools", description = "The tool catalogue"), (name = "usage", description = "Costs and limits of the caller"))
 )]

@@ -2,6 +2,7 @@
 
 mod auth;
 mod jobs;
+mod live;
 mod meta;
 mod problem;
 mod serve;
@@ -39,6 +40,8 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/v1/jobs/{id}/result", get(jobs::result))
         .route("/v1/jobs/{id}/outputs/{name}", get(jobs::output))
         .route("/v1/jobs/{id}/logs", get(jobs::logs))
+        .route("/v1/jobs/{id}/events", get(live::events))
+        .route("/v1/operations/{id}", get(live::operation))
         .route("/v1/usage", get(usage::usage))
         .route("/metrics", get(usage::metrics))
         .route("/healthz", get(meta::healthz))
@@ -101,6 +104,8 @@ fn job_status(job: &Job) -> JobStatus {
                 })
                 .collect(),
             logs: format!("{base}/logs"),
+            events: format!("{base}/events"),
+            operation: format!("/v1/operations/{}", job.id),
             cancel: base.clone(),
             self_: base,
         },

@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::auth::{seconds_until, Access};
-use super::{header_value, job_status, retry_after_seconds, ApiError, AppState};
+use super::{header_value, job_status, live, retry_after_seconds, ApiError, AppState};
 use crate::app::Runtime;
 use crate::auth::Caller;
 use crate::blobs::JobKeys;
@@ -40,11 +40,13 @@ use crate::transforms::{pointer_token, FieldFault, Format};
     post,
     path = "/v1/tools/{tool}/jobs",
     params(("tool" = String, Path, description = "`name` (newest version) or `name@version`"),
-           ("Idempotency-Key" = Option<String>, Header, description = "Same key and body → the same job")),
+           ("Idempotency-Key" = Option<String>, Header, description = "Same key and body → the same job"),
+           ("Prefer" = Option<String>, Header, description = "`wait=N`: if the job ends within N seconds, answer like the status monitor (`303`)")),
     request_body(content = batchgate_protocol::SubmitRequest, description = "Inputs and parameters"),
     responses(
-        (status = 202, description = "Accepted; poll `Location`", body = batchgate_protocol::JobStatus,
-         headers(("Location" = String), ("Retry-After" = u64))),
+        (status = 202, description = "Accepted; poll `Location` (or `Operation-Location`)", body = batchgate_protocol::JobStatus,
+         headers(("Location" = String), ("Operation-Location" = String), ("Retry-After" = u64))),
+        (status = 303, description = "With `Prefer: wait=N`: the job ended in time; `Location` is its result", body = batchgate_protocol::JobStatus),
         (status = 400, description = "Malformed body", body = batchgate_protocol::Problem),
         (status = 401, description = "No valid API key", body = batchgate_protocol::Problem),
         (status = 403, description = "The key's tier may not use this tool", body = batchgate_protocol::Problem),
@@ -64,8 +66,35 @@ pub async fn submit(
     Query(query): Query<Vec<(String, String)>>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let headers = request.headers().clone();
+    let uri = request.uri().clone();
     // Refusals are counted by the auth middleware, which knows the caller's tier.
-    submit_as(&runtime, access.caller()?, &tool_ref, &query, request).await
+    let job = submit_as(&runtime, access.caller()?, &tool_ref, &query, request).await?;
+    let operation = format!(
+        "{}/v1/operations/{}",
+        live::public_base(&runtime, &headers, &uri),
+        job.id
+    );
+    let mut response = match live::preferred_wait(&runtime, &headers) {
+        None => accepted(&runtime, &job).await?,
+        Some(wait) => {
+            // The job is stored whatever happens now: a failed wait still answers 202.
+            let waited = live::wait_for_end(&runtime, job.clone(), wait)
+                .await
+                .unwrap_or(job);
+            let mut response = if waited.state.is_terminal() {
+                super::jobs::monitor(&runtime, &waited).await?
+            } else {
+                accepted(&runtime, &waited).await?
+            };
+            live::preference_applied(&mut response, wait);
+            response
+        }
+    };
+    response
+        .headers_mut()
+        .insert("operation-location", header_value(&operation));
+    Ok(response)
 }
 
 async fn submit_as(
@@ -74,7 +103,7 @@ async fn submit_as(
     tool_ref: &str,
     query: &[(String, String)],
     request: Request,
-) -> Result<Response, ApiError> {
+) -> Result<Job, ApiError> {
     let tool = runtime.tools.resolve(tool_ref).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -211,7 +240,7 @@ async fn submit_as(
             .find_by_idempotency_key(&caller.owner, key)
             .await?
         {
-            return replay(runtime, existing, &request_hash, &tool).await;
+            return replay(existing, &request_hash, &tool);
         }
     }
 
@@ -273,7 +302,7 @@ async fn submit_as(
         Inserted::Existing(existing) => {
             // Another request with the same key won the race.
             let _ = runtime.blobs.delete_prefix(&JobKeys::job(id)).await;
-            return replay(runtime, *existing, &request_hash, &tool).await;
+            return replay(*existing, &request_hash, &tool);
         }
         Inserted::Refused(refusal) => {
             // A concurrent request took the last place: nothing of this one stays.
@@ -284,7 +313,7 @@ async fn submit_as(
     runtime.wakeup.job_queued();
     crate::telemetry::submitted(&job.tool, &job.tier);
     tracing::info!(job_id = %id, tool = %tool.id(), key = %caller.owner, "job accepted");
-    accepted(runtime, &job).await
+    Ok(job)
 }
 
 /// The quota checks made with the insert.
@@ -371,12 +400,7 @@ fn quota_error(caller: &Caller, refusal: &Refusal) -> ApiError {
 
 /// The answer to a repeated idempotent request: the original job, or 422 when the body
 /// differs.
-async fn replay(
-    runtime: &Runtime,
-    existing: Job,
-    request_hash: &str,
-    tool: &Tool,
-) -> Result<Response, ApiError> {
+fn replay(existing: Job, request_hash: &str, tool: &Tool) -> Result<Job, ApiError> {
     let same_tool = existing.tool == tool.name && existing.tool_version == tool.version;
     if !same_tool || existing.request_hash.as_deref() != Some(request_hash) {
         return Err(ApiError::new(
@@ -385,7 +409,7 @@ async fn replay(
             "this Idempotency-Key was already used with a different request",
         ));
     }
-    accepted(runtime, &existing).await
+    Ok(existing)
 }
 
 async fn accepted(runtime: &Runtime, job: &Job) -> Result<Response, ApiError> {

@@ -62,6 +62,53 @@ pub struct StoredOutput {
     pub size: u64,
 }
 
+/// What kind of change an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The job was created, or its state or attempt changed.
+    State,
+    /// A cancel was asked for while it runs.
+    CancelRequested,
+    /// Only its progress changed.
+    Progress,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::State => "state",
+            EventKind::CancelRequested => "cancel-requested",
+            EventKind::Progress => "progress",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventKind> {
+        [
+            EventKind::State,
+            EventKind::CancelRequested,
+            EventKind::Progress,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+    }
+}
+
+/// One entry of a job's event log: the job as it was after one change. Recorded by the
+/// store with the change itself, numbered by `seq` (increasing over all jobs, never
+/// reused), so a reader resumes after the last `seq` it saw without losing one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEvent {
+    pub seq: u64,
+    pub job_id: Uuid,
+    pub kind: EventKind,
+    pub at: DateTime<Utc>,
+    pub state: JobState,
+    pub attempt: u32,
+    pub progress: Option<Progress>,
+    pub error: Option<JobError>,
+    pub cancel_requested: bool,
+}
+
 /// The current time at the precision the stores keep (milliseconds), so that a job
 /// reads back exactly as it was written.
 pub fn now() -> DateTime<Utc> {

@@ -5,6 +5,7 @@
 //! `WHERE` clause carries the expected state (and, for a running job, the attempt
 //! number), so a stale worker can never overwrite a newer attempt's outcome.
 
+pub mod changes;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -16,7 +17,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use crate::auth::keys::ApiKey;
-use crate::jobs::{Job, JobError, JobState, Progress, StoredOutput};
+use crate::jobs::{Job, JobError, JobEvent, JobState, Progress, StoredOutput};
+pub use changes::{Changes, Subscription};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -218,6 +220,13 @@ pub trait JobStore: Send + Sync {
         version: u32,
     ) -> Result<Option<Duration>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Job `id`'s events after `after` (a `seq`), oldest first, at most `limit`. A purged
+    /// job has none.
+    async fn events(&self, id: Uuid, after: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError>;
+    /// Wake-ups after each change this store commits (and, for a shared database, that
+    /// other processes announce).
+    fn changes(&self) -> &std::sync::Arc<Changes>;
 
     // API keys.
     async fn create_key(&self, key: &ApiKey) -> Result<(), StoreError>;

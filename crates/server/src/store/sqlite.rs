@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,14 +18,15 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
+use super::changes::Changes;
 use super::{
     lease_lost_error, Admission, ApiKey, AttemptUsage, Completion, Heartbeat, Inserted, JobStore,
     ListQuery, Refusal, Standing, StoreError, UsageTotals,
 };
-use crate::jobs::{Job, JobError, JobState, Progress};
+use crate::jobs::{EventKind, Job, JobError, JobEvent, JobState, Progress};
 
 /// Migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -111,12 +113,57 @@ CREATE INDEX attempts_owner ON attempts (owner, finished_at);
 CREATE INDEX attempts_finished ON attempts (finished_at);
 "#;
 
+/// The event log of every job, written by triggers so that no change of state, attempt,
+/// progress or cancel flag can be made without its event, whichever statement makes it.
+const V3: &str = r#"
+CREATE TABLE job_events (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id           TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    at               INTEGER NOT NULL,
+    state            TEXT NOT NULL,
+    attempt          INTEGER NOT NULL,
+    progress         TEXT,
+    error            TEXT,
+    cancel_requested INTEGER NOT NULL
+);
+CREATE INDEX job_events_job ON job_events (job_id, seq);
+INSERT INTO job_events (job_id, kind, at, state, attempt, progress, error, cancel_requested)
+    SELECT id, 'state', COALESCE(finished_at, started_at, created_at), state, attempt,
+           progress, error, cancel_requested
+    FROM jobs WHERE purged_at IS NULL ORDER BY created_at, id;
+CREATE TRIGGER job_events_created AFTER INSERT ON jobs
+BEGIN
+    INSERT INTO job_events (job_id, kind, at, state, attempt, progress, error, cancel_requested)
+    VALUES (NEW.id, 'state', NEW.created_at, NEW.state, NEW.attempt, NEW.progress, NEW.error,
+            NEW.cancel_requested);
+END;
+CREATE TRIGGER job_events_changed AFTER UPDATE OF state, attempt, progress, cancel_requested ON jobs
+WHEN NEW.state IS NOT OLD.state OR NEW.attempt IS NOT OLD.attempt
+  OR NEW.progress IS NOT OLD.progress OR NEW.cancel_requested IS NOT OLD.cancel_requested
+BEGIN
+    INSERT INTO job_events (job_id, kind, at, state, attempt, progress, error, cancel_requested)
+    VALUES (NEW.id,
+            CASE WHEN NEW.state IS NOT OLD.state OR NEW.attempt IS NOT OLD.attempt THEN 'state'
+                 WHEN NEW.cancel_requested IS NOT OLD.cancel_requested THEN 'cancel-requested'
+                 ELSE 'progress' END,
+            CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER),
+            NEW.state, NEW.attempt, NEW.progress, NEW.error, NEW.cancel_requested);
+END;
+CREATE TRIGGER job_events_purged AFTER UPDATE OF purged_at ON jobs
+WHEN OLD.purged_at IS NULL AND NEW.purged_at IS NOT NULL
+BEGIN
+    DELETE FROM job_events WHERE job_id = NEW.id;
+END;
+"#;
+
 pub struct SqliteJobStore {
     pool: SqlitePool,
     /// Request counters: committed without waiting for the disk (`synchronous =
     /// NORMAL`), as losing the last second of counts in a power cut is harmless and a
     /// rate limit must not cost an fsync per request.
     counters: SqlitePool,
+    changes: Arc<Changes>,
 }
 
 impl SqliteJobStore {
@@ -139,7 +186,11 @@ impl SqliteJobStore {
             .connect_with(options.synchronous(SqliteSynchronous::Normal))
             .await
             .map_err(unavailable)?;
-        Ok(SqliteJobStore { pool, counters })
+        Ok(SqliteJobStore {
+            pool,
+            counters,
+            changes: Changes::new(),
+        })
     }
 }
 
@@ -244,6 +295,28 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
         idempotency_key: row.try_get("idempotency_key").map_err(get_err)?,
         request_hash: row.try_get("request_hash").map_err(get_err)?,
         purged_at: optional_time(row.try_get("purged_at").map_err(get_err)?)?,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<JobEvent, StoreError> {
+    let get_err = |error: sqlx::Error| StoreError::Corrupt(error.to_string());
+    let job_id: String = row.try_get("job_id").map_err(get_err)?;
+    let kind: String = row.try_get("kind").map_err(get_err)?;
+    let state: String = row.try_get("state").map_err(get_err)?;
+    let progress: Option<String> = row.try_get("progress").map_err(get_err)?;
+    let error: Option<String> = row.try_get("error").map_err(get_err)?;
+    Ok(JobEvent {
+        seq: row.try_get::<i64, _>("seq").map_err(get_err)? as u64,
+        job_id: Uuid::parse_str(&job_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        kind: EventKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("event kind {kind}")))?,
+        at: time(row.try_get("at").map_err(get_err)?)?,
+        state: JobState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("state {state}")))?,
+        attempt: row.try_get::<i64, _>("attempt").map_err(get_err)? as u32,
+        progress: progress.as_deref().map(from_json::<Progress>).transpose()?,
+        error: error.as_deref().map(from_json::<JobError>).transpose()?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested").map_err(get_err)? != 0,
     })
 }
 
@@ -460,7 +533,11 @@ impl JobStore for SqliteJobStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
-        row.as_ref().map(job_from_row).transpose()
+        let job = row.as_ref().map(job_from_row).transpose()?;
+        if let Some(job) = &job {
+            self.changes.notify(job.id);
+        }
+        Ok(job)
     }
 
     async fn heartbeat(
@@ -481,6 +558,9 @@ impl JobStore for SqliteJobStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;
+        if row.is_some() && progress.is_some() {
+            self.changes.notify(id);
+        }
         Ok(match row {
             Some(row) => Heartbeat::Held {
                 cancel_requested: row.try_get::<i64, _>(0).map_err(unavailable)? != 0,
@@ -510,7 +590,11 @@ impl JobStore for SqliteJobStore {
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(result.rows_affected() == 1)
+        let changed = result.rows_affected() == 1;
+        if changed {
+            self.changes.notify(id);
+        }
+        Ok(changed)
     }
 
     async fn requeue(
@@ -531,7 +615,11 @@ impl JobStore for SqliteJobStore {
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(result.rows_affected() == 1)
+        let changed = result.rows_affected() == 1;
+        if changed {
+            self.changes.notify(id);
+        }
+        Ok(changed)
     }
 
     async fn request_cancel(
@@ -554,6 +642,7 @@ impl JobStore for SqliteJobStore {
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
+        self.changes.notify(id);
         self.get(id).await
     }
 
@@ -567,7 +656,11 @@ impl JobStore for SqliteJobStore {
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(result.rows_affected() == 1)
+        let changed = result.rows_affected() == 1;
+        if changed {
+            self.changes.notify(id);
+        }
+        Ok(changed)
     }
 
     async fn mark_cleaned(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
@@ -635,7 +728,12 @@ impl JobStore for SqliteJobStore {
                 .execute(&self.pool)
                 .await
                 .map_err(unavailable)?;
-            recovered += result.rows_affected();
+            if result.rows_affected() == 1 {
+                recovered += 1;
+                if let Ok(id) = Uuid::parse_str(&id) {
+                    self.changes.notify(id);
+                }
+            }
         }
         Ok(recovered)
     }
@@ -846,6 +944,24 @@ impl JobStore for SqliteJobStore {
             bytes_in: get(5)?,
             bytes_out: get(6)?,
         })
+    }
+
+    async fn events(&self, id: Uuid, after: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, job_id, kind, at, state, attempt, progress, error, cancel_requested \
+             FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(id.to_string())
+        .bind(after.min(i64::MAX as u64) as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    fn changes(&self) -> &Arc<Changes> {
+        &self.changes
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

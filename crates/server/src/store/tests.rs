@@ -233,6 +233,107 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+        async fn every_change_is_logged_once_in_order_and_wakes_subscribers() {
+            use crate::jobs::EventKind;
+            let store = $make;
+            let job = crate::store::tests::new_job("t", None);
+            let other = crate::store::tests::new_job("t", None);
+            let mut woken = store.changes().subscribe(job.id);
+            store.insert(&job, &Admission::default()).await.unwrap();
+            let now = chrono::Utc::now();
+            let lease = now + chrono::Duration::seconds(60);
+            store.claim(now, lease, &[]).await.unwrap().unwrap();
+            tokio::time::timeout(std::time::Duration::from_secs(1), woken.changed())
+                .await
+                .expect("a claim wakes the job's subscribers");
+            let progress = Progress {
+                percent: Some(10.0),
+                message: None,
+            };
+            store
+                .heartbeat(job.id, 1, lease, Some(&progress))
+                .await
+                .unwrap();
+            // The same progress again, and a heartbeat without any: no event.
+            store
+                .heartbeat(job.id, 1, lease, Some(&progress))
+                .await
+                .unwrap();
+            store.heartbeat(job.id, 1, lease, None).await.unwrap();
+            store.request_cancel(job.id, now).await.unwrap();
+            let error = crate::store::lease_lost_error(1, false);
+            store.requeue(job.id, 1, now, &error).await.unwrap();
+            store.claim(now, lease, &[]).await.unwrap().unwrap();
+            store
+                .complete(
+                    job.id,
+                    2,
+                    &crate::store::tests::completion(JobState::Succeeded),
+                )
+                .await
+                .unwrap();
+            // A stale attempt's completion changes nothing, so it logs nothing.
+            store
+                .complete(
+                    job.id,
+                    1,
+                    &crate::store::tests::completion(JobState::Failed),
+                )
+                .await
+                .unwrap();
+            store.insert(&other, &Admission::default()).await.unwrap();
+            let events = store.events(job.id, 0, 100).await.unwrap();
+            let p = Some(progress);
+            let seen: Vec<_> = events
+                .iter()
+                .map(|e| {
+                    (
+                        e.kind,
+                        e.state,
+                        e.attempt,
+                        e.progress.clone(),
+                        e.cancel_requested,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                seen,
+                vec![
+                    (EventKind::State, JobState::Queued, 0, None, false),
+                    (EventKind::State, JobState::Running, 1, None, false),
+                    (EventKind::Progress, JobState::Running, 1, p.clone(), false),
+                    (
+                        EventKind::CancelRequested,
+                        JobState::Running,
+                        1,
+                        p.clone(),
+                        true
+                    ),
+                    (EventKind::State, JobState::Queued, 1, p.clone(), true),
+                    (EventKind::State, JobState::Running, 2, None, true),
+                    (EventKind::State, JobState::Succeeded, 2, None, false),
+                ]
+            );
+            assert!(events.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+            assert!(events.iter().all(|e| e.job_id == job.id));
+            assert_eq!(
+                events[4].error.as_ref().map(|e| e.code.as_str()),
+                Some("worker-lost")
+            );
+            // Resuming after an event gives exactly the rest.
+            let rest = store.events(job.id, events[2].seq, 100).await.unwrap();
+            assert_eq!(rest, events[3..].to_vec());
+            assert_eq!(
+                store.events(job.id, events[6].seq, 100).await.unwrap(),
+                vec![]
+            );
+            assert_eq!(store.events(other.id, 0, 100).await.unwrap().len(), 1);
+            // Purging deletes the log with the data.
+            assert!(store.mark_purged(job.id, now).await.unwrap());
+            assert_eq!(store.events(job.id, 0, 100).await.unwrap(), vec![]);
+        }
+
+        #[tokio::test]
         async fn cancel_of_queued_is_immediate_and_purge_needs_terminal() {
             let store = $make;
             let job = crate::store::tests::new_job("t", None);

@@ -295,6 +295,13 @@ impl TestApp {
         }
     }
 
+    /// The typed client (`crates/client`) pointed at this server.
+    pub fn api(&self, key: Option<&str>) -> batchgate_client::Client {
+        batchgate_client::Client::new(&self.address)
+            .unwrap()
+            .with_key(key.map(str::to_owned))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

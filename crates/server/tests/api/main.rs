@@ -2,6 +2,7 @@
 
 mod helpers;
 mod lifecycle;
+mod live;
 mod meta;
 mod protection;
 mod submit;

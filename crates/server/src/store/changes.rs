@@ -1,0 +1,112 @@
+//! Wake-ups for whoever waits on one job (an event stream, a `Prefer: wait`): the store
+//! calls `notify` after every committed change of a job; a waiter subscribes *before* it
+//! reads, so no change between its read and its wait is missed.
+//!
+//! This only carries "something changed"; what changed is read from the store (its event
+//! log), so a lost or merged wake-up costs latency, never data. Waiters also re-read on a
+//! timer, which covers changes made by another process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+#[derive(Debug, Default)]
+pub struct Changes {
+    watched: Mutex<HashMap<Uuid, watch::Sender<()>>>,
+}
+
+impl Changes {
+    pub fn new() -> Arc<Changes> {
+        Arc::new(Changes::default())
+    }
+
+    /// Wakes the subscribers of job `id`, if any.
+    pub fn notify(&self, id: Uuid) {
+        let watched = self.watched.lock().expect("changes lock");
+        if let Some(sender) = watched.get(&id) {
+            sender.send_replace(());
+        }
+    }
+
+    /// A subscription to job `id`'s changes from now on.
+    pub fn subscribe(self: &Arc<Self>, id: Uuid) -> Subscription {
+        let mut watched = self.watched.lock().expect("changes lock");
+        let receiver = watched
+            .entry(id)
+            .or_insert_with(|| watch::channel(()).0)
+            .subscribe();
+        Subscription {
+            changes: self.clone(),
+            id,
+            receiver,
+        }
+    }
+
+    /// How many jobs have subscribers (for tests and metrics).
+    pub fn watched(&self) -> usize {
+        self.watched.lock().expect("changes lock").len()
+    }
+}
+
+pub struct Subscription {
+    changes: Arc<Changes>,
+    id: Uuid,
+    receiver: watch::Receiver<()>,
+}
+
+impl Subscription {
+    /// Waits until the job changed since the subscription began or since the last call
+    /// returned.
+    pub async fn changed(&mut self) {
+        if self.receiver.changed().await.is_err() {
+            // The sender lives as long as a subscription exists; never here.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut watched = self.changes.watched.lock().expect("changes lock");
+        // This receiver is still alive while dropping: it is the last one at 1.
+        if watched
+            .get(&self.id)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            watched.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_change_after_subscribing_wakes_and_the_last_subscriber_cleans_up() {
+        let changes = Changes::new();
+        let id = Uuid::now_v7();
+        let other = Uuid::now_v7();
+        changes.notify(id); // nobody listens: nothing kept
+        assert_eq!(changes.watched(), 0);
+        let mut first = changes.subscribe(id);
+        let second = changes.subscribe(id);
+        let waited = tokio::time::timeout(Duration::from_millis(50), first.changed()).await;
+        assert!(waited.is_err(), "no change yet");
+        changes.notify(other);
+        let waited = tokio::time::timeout(Duration::from_millis(50), first.changed()).await;
+        assert!(waited.is_err(), "another job's change does not wake");
+        changes.notify(id);
+        tokio::time::timeout(Duration::from_secs(1), first.changed())
+            .await
+            .expect("woken");
+        drop(first);
+        assert_eq!(changes.watched(), 1);
+        drop(second);
+        assert_eq!(changes.watched(), 0);
+    }
+}
