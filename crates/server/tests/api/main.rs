@@ -1,5 +1,6 @@
 //! End-to-end tests: the real server on port 0, real HTTP, real child processes.
 
+mod clients;
 mod helpers;
 mod lifecycle;
 mod live;

@@ -1,0 +1,43 @@
+//! Clients that are not ours, against the real server: the Azure SDK's generic poller
+//! (Python `azure-core`) and the web UI in a real browser (Chromium driven by
+//! `playwright-core`). Each is gated by an environment variable naming what it needs, and
+//! skips visibly without it (`.ci/run` sets them all).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::helpers::{skip, spawn_app};
+
+fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs a client program to its end on a blocking thread and fails with its output.
+async fn run_client(mut command: Command) {
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("the client program starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the client failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+}
+
+#[tokio::test]
+async fn the_azure_sdk_poller_drives_jobs_to_their_result_and_raises_for_failures() {
+    let Some(python) = std::env::var_os("BATCHGATE_TEST_PYTHON") else {
+        return skip("BATCHGATE_TEST_PYTHON (a python3 with azure-core) is not set");
+    };
+    let app = spawn_app().await;
+    let mut command = Command::new(python);
+    command
+        .arg(repository().join("tests/python/azure_lro.py"))
+        .arg(&app.address)
+        .arg(repository().join("examples/request.json"));
+    run_client(command).await;
+}
