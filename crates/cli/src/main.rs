@@ -1,4 +1,7 @@
-//! The `batchgate` binary: `serve`, `check-config`, `--version`.
+//! The `batchgate` binary: the server (`serve`, `keys`, `check-config`) and its client
+//! (`submit`, `wait`, `jobs`, `logs`, … in `remote.rs`).
+
+mod remote;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +15,11 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "batchgate",
     version,
-    about = "Legacy command-line batch programs behind an asynchronous HTTP API"
+    about = "Legacy command-line batch programs behind an asynchronous HTTP API",
+    after_help = "Client commands read the server's URL and key from --url/--key, \
+BATCHGATE_URL/BATCHGATE_KEY, or `url`/`key` in ~/.config/batchgate/client.toml.\n\
+Exit codes: 0 done, 1 job failed, 3 job canceled, 64 usage error, 65 refused by the server, \
+69 server unreachable or unavailable, 130 interrupted (the job keeps running)."
 )]
 struct Cli {
     /// Log format on stderr: `text` or `json` (one JSON object per line).
@@ -23,6 +30,8 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    #[command(flatten)]
+    remote: remote::Remote,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,10 +119,22 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the built-in demo configuration (a starting point for your own).
     DemoConfig,
+    #[command(flatten)]
+    Remote(remote::RemoteCommand),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(remote::EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BATCHGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,sqlx=warn"));
     let logs = tracing_subscriber::fmt()
@@ -180,6 +201,7 @@ fn main() -> ExitCode {
             print!("{}", batchgate_server::demo::CONFIG);
             ExitCode::SUCCESS
         }
+        Command::Remote(command) => remote::run(command, &cli.remote),
     }
 }
 
