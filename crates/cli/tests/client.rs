@@ -71,7 +71,7 @@ fn submit_wait_writes_outputs_or_prints_the_result() {
     let server = serve();
     let out = server._dir.path().join("out");
     let input = format!("records={}", records());
-    let (code, _, stderr) = run(&mut client(
+    let (code, _, stderr) = run(client(
         &server,
         &[
             "submit",
@@ -117,8 +117,9 @@ fn submit_wait_writes_outputs_or_prints_the_result() {
         4,
         "a header and three jobs: {stdout}"
     );
-    let (code, _, stderr) = run(&mut client(&server, &["download", &id, "insights", "-o"])
-        .arg(server._dir.path().join("again")));
+    let (code, _, stderr) =
+        run(client(&server, &["download", &id, "insights", "-o"])
+            .arg(server._dir.path().join("again")));
     assert_eq!(code, 0, "{stderr}");
     assert!(server._dir.path().join("again/insights.csv").exists());
 }
