@@ -157,6 +157,10 @@ pub struct JobEvent {
     /// At a terminal state: where the status monitor redirects (the result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// At a terminal state: the job's status document, as the status monitor's `303`
+    /// carries it (with the outputs' links).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Box<JobStatus>>,
 }
 
 /// `GET /v1/operations/{id}`: the job as a long-running-operation status resource, the

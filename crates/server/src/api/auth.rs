@@ -55,7 +55,8 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    if !(path.starts_with("/v1/") || path == "/metrics") {
+    // The JavaScript client is public like the web UI that loads it.
+    if !(path.starts_with("/v1/") || path == "/metrics") || path == "/v1/client.js" {
         return next.run(request).await;
     }
     if let Some(signature) = signed_query(request.method(), path, request.uri().query()) {

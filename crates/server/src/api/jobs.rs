@@ -5,7 +5,7 @@ use axum::extract::{Extension, OriginalUri, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use batchgate_protocol::JobPage;
+use batchgate_protocol::{JobPage, JobStatus};
 use chrono::Utc;
 use serde::Deserialize;
 use tokio_util::io::ReaderStream;
@@ -138,9 +138,9 @@ pub async fn status(
     Ok(response)
 }
 
-/// The status monitor's answer for a job: `303` to the result once it has ended, else
-/// the pending status with `Retry-After`.
-pub(super) async fn monitor(runtime: &Runtime, job: &Job) -> Result<Response, ApiError> {
+/// A job's status document with its result and output links as callers get them
+/// (signed when results are delivered by signed URL).
+pub(super) fn presented_status(runtime: &Runtime, job: &Job) -> JobStatus {
     let mut status = job_status(job);
     if job.state == JobState::Succeeded {
         status.links.result = delivery_url(runtime, job, status.links.result);
@@ -148,7 +148,13 @@ pub(super) async fn monitor(runtime: &Runtime, job: &Job) -> Result<Response, Ap
             output.href = delivery_url(runtime, job, std::mem::take(&mut output.href));
         }
     }
-    let body = Json(status);
+    status
+}
+
+/// The status monitor's answer for a job: `303` to the result once it has ended, else
+/// the pending status with `Retry-After`.
+pub(super) async fn monitor(runtime: &Runtime, job: &Job) -> Result<Response, ApiError> {
+    let body = Json(presented_status(runtime, job));
     if job.state.is_terminal() {
         let location = delivery_url(runtime, job, format!("/v1/jobs/{}/result", job.id));
         return Ok((

@@ -188,7 +188,7 @@ impl Follow {
             if let Some(event) = self.pending.pop_front() {
                 self.after = event.seq;
                 self.ended = event.state.is_terminal();
-                return Some(self.to_sse(&event));
+                return Some(self.to_sse(&event).await);
             }
             let waited = tokio::select! {
                 _ = self.changes.changed() => true,
@@ -218,7 +218,7 @@ impl Follow {
         }
     }
 
-    fn to_sse(&self, event: &JobEvent) -> Event {
+    async fn to_sse(&self, event: &JobEvent) -> Event {
         let location = event.state.is_terminal().then(|| {
             delivery_url(
                 &self.runtime,
@@ -226,6 +226,14 @@ impl Follow {
                 format!("/v1/jobs/{}/result", self.job.id),
             )
         });
+        // The final event carries the final document (outputs and their links).
+        let job = match event.state.is_terminal() {
+            true => match self.runtime.store.get(self.job.id).await {
+                Ok(Some(job)) => Some(Box::new(super::jobs::presented_status(&self.runtime, &job))),
+                _ => None,
+            },
+            false => None,
+        };
         let body = WireEvent {
             job_id: event.job_id,
             kind: event.kind.as_str().to_owned(),
@@ -236,6 +244,7 @@ impl Follow {
             error: event.error.clone(),
             cancel_requested: event.cancel_requested,
             location,
+            job,
         };
         Event::default()
             .id(event.seq.to_string())

@@ -72,27 +72,46 @@ pub async fn docs() -> Html<&'static str> {
     Html(include_str!("docs.html"))
 }
 
-pub async fn index(State(runtime): State<AppState>) -> Html<String> {
-    let tools: String = runtime
-        .tools
-        .latest()
-        .map(|tool| {
-            format!(
-                "<li><a href=\"/v1/tools/{name}\"><code>{name}</code></a> (v{version}): {title}</li>",
-                name = html_escape(&tool.name),
-                version = tool.version,
-                title = html_escape(&tool.title)
-            )
-        })
-        .collect();
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>batchgate</title></head>\
-         <body style=\"font-family: system-ui, sans-serif; max-width: 48rem; margin: 2rem auto\">\
-         <h1>batchgate</h1><p>Legacy batch programs behind an asynchronous HTTP API.</p>\
-         <h2>Tools</h2><ul>{tools}</ul>\
-         <p><a href=\"/docs\">API reference</a> · <a href=\"/openapi.json\">OpenAPI</a> · \
-         <a href=\"/v1/jobs\">job history</a></p></body></html>"
-    ))
+/// The web UI and the JavaScript client: files of `web/`, embedded in the binary.
+pub async fn index() -> Response {
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("../../../../web/index.html"),
+    )
+}
+
+pub async fn ui_script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../../../web/app.js"),
+    )
+}
+
+pub async fn ui_style() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../../../../web/style.css"),
+    )
+}
+
+pub async fn client_script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../../../web/client.js"),
+    )
+}
+
+fn asset(media_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, media_type),
+            // Revalidated each time, so an upgraded server never runs an old script.
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {
@@ -101,11 +120,4 @@ pub async fn not_found(uri: Uri) -> ApiError {
         "not-found",
         format!("no resource at {}", uri.path()),
     )
-}
-
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

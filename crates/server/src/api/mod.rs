@@ -49,6 +49,9 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/openapi.json", get(meta::openapi))
         .route("/docs", get(meta::docs))
         .route("/", get(meta::index))
+        .route("/ui/app.js", get(meta::ui_script))
+        .route("/ui/style.css", get(meta::ui_style))
+        .route("/v1/client.js", get(meta::client_script))
         .fallback(meta::not_found)
         // Bodies are streamed and capped by the submit handler itself (per tool, and
         // after decompression), so axum's buffered-body default does not apply.

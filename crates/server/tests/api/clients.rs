@@ -41,3 +41,27 @@ async fn the_azure_sdk_poller_drives_jobs_to_their_result_and_raises_for_failure
         .arg(repository().join("examples/request.json"));
     run_client(command).await;
 }
+
+#[tokio::test]
+async fn the_web_ui_runs_cancels_and_downloads_jobs_in_a_real_browser() {
+    let Some(chromium) = std::env::var_os("BATCHGATE_TEST_BROWSER") else {
+        return skip("BATCHGATE_TEST_BROWSER (a Chromium binary) is not set");
+    };
+    let scripts = repository().join("tests/browser");
+    if !scripts.join("node_modules/playwright-core").exists() {
+        return skip("playwright-core is not installed: npm ci --prefix tests/browser");
+    }
+    let app = spawn_app().await;
+    let key = app.create_key("standard", false).await;
+    let screenshots = repository().join("target/ui-screenshots");
+    let mut command = Command::new("node");
+    command
+        .current_dir(&scripts)
+        .arg("ui.mjs")
+        .arg(&app.address)
+        .arg(&key)
+        .arg(&screenshots)
+        .env("BATCHGATE_CHROMIUM", chromium);
+    run_client(command).await;
+    assert!(screenshots.join("03-result.png").exists());
+}

@@ -28,7 +28,28 @@ async fn health_readiness_openapi_and_docs() {
         "the docs page loads nothing from elsewhere"
     );
     let index = app.get_text("/").await;
-    assert!(index.contains("analyzer"));
+    assert!(
+        index.contains("/ui/app.js") && !index.contains("https://"),
+        "{index}"
+    );
+    for (path, media_type) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+        ("/v1/client.js", "text/javascript"),
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let served = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(served.starts_with(media_type), "{path}: {served}");
+        let text = response.text().await.unwrap();
+        assert!(
+            !text.contains("https://"),
+            "{path} loads nothing from elsewhere"
+        );
+    }
     assert_problem(
         app.client.get(app.url("/nowhere")).send().await.unwrap(),
         404,
