@@ -33,7 +33,7 @@ fn start(data_dir: &Path) -> Server {
     ]);
     command
         .arg(data_dir)
-        .env("BATCHGATE__LEASE_SECONDS", "1")
+        .env("BATCHGATE__LEASE_SECONDS", "2")
         .env("BATCHGATE_LOG", "warn")
         .stderr(Stdio::inherit());
     let (child, address) = common::start(command);
@@ -104,7 +104,9 @@ async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
             if code == 303 {
                 assert_eq!(status["status"], "succeeded", "{status}");
                 let attempt = status["attempt"].as_u64().unwrap();
-                assert!((1..=2).contains(&attempt), "{status}");
+                // 2 for a killed attempt; 3 when, on a loaded machine, a heartbeat came
+                // later than the short test lease (a lost lease is retried by design).
+                assert!((1..=3).contains(&attempt), "{status}");
                 if attempt == 2 {
                     retried += 1;
                 }
