@@ -94,7 +94,11 @@ try {
   await page.selectOption('#history-filters select[name="status"]', "canceled");
   await page.click('#history-filters button[type="submit"]');
   await page.waitForURL(/status=canceled/);
-  await page.locator("#history tbody tr").first().waitFor();
+  // The page is re-rendered after the URL changes: wait for the filtered table.
+  await page.waitForFunction(() => {
+    const shown = [...document.querySelectorAll("#history tbody [data-state]")];
+    return shown.length > 0 && shown.every((cell) => cell.dataset.state === "canceled");
+  }, null, { timeout: 10_000 }).catch(() => {});
   const states = await page.locator("#history tbody [data-state]").allTextContents();
   if (all < 2) failures.push(`history shows ${all} jobs`);
   if (states.length !== 1 || states[0] !== "canceled") failures.push(`filtered history: ${states}`);
