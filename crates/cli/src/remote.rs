@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use batchgate_client::{
-    Cancel, Client, Error, JobEvent, JobFilter, JobState, JobStatus, Poll, Submission,
+    finished, Cancel, Client, Error, JobEvent, JobFilter, JobState, JobStatus, Poll, Progress,
+    Submission,
 };
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -462,36 +463,30 @@ async fn follow(client: &Client, id: &str, bar: &ProgressBar) -> Result<Poll, Er
         }
         let poll = client.poll(id, None).await?;
         show_status(bar, &poll.status);
-        match poll.status.status {
-            JobState::Succeeded => return Ok(poll),
-            JobState::Failed => return Err(Error::JobFailed(Box::new(poll.status))),
-            JobState::Canceled => return Err(Error::JobCanceled(Box::new(poll.status))),
-            JobState::Queued | JobState::Running => {
-                // The stream broke: reconnect after a pause.
-                tokio::time::sleep(Duration::from_millis(500 << failures.min(4))).await;
-            }
+        if let Some(outcome) = finished(poll) {
+            return outcome;
         }
+        // The stream broke: reconnect after a pause.
+        tokio::time::sleep(Duration::from_millis(500 << failures.min(4))).await;
     }
 }
 
-fn show_event(bar: &ProgressBar, event: &JobEvent) {
-    let percent = event.progress.as_ref().and_then(|p| p.percent);
-    bar.set_position(percent.unwrap_or(0.0).clamp(0.0, 100.0) as u64);
+fn show(bar: &ProgressBar, state: JobState, attempt: u32, progress: Option<&Progress>) {
+    let percent = progress.and_then(|p| p.percent).unwrap_or(0.0);
+    bar.set_position(percent.clamp(0.0, 100.0) as u64);
     bar.set_message(describe(
-        event.status,
-        event.attempt,
-        event.progress.as_ref().and_then(|p| p.message.as_deref()),
+        state,
+        attempt,
+        progress.and_then(|p| p.message.as_deref()),
     ));
 }
 
+fn show_event(bar: &ProgressBar, event: &JobEvent) {
+    show(bar, event.status, event.attempt, event.progress.as_ref());
+}
+
 fn show_status(bar: &ProgressBar, status: &JobStatus) {
-    let percent = status.progress.as_ref().and_then(|p| p.percent);
-    bar.set_position(percent.unwrap_or(0.0).clamp(0.0, 100.0) as u64);
-    bar.set_message(describe(
-        status.status,
-        status.attempt,
-        status.progress.as_ref().and_then(|p| p.message.as_deref()),
-    ));
+    show(bar, status.status, status.attempt, status.progress.as_ref());
 }
 
 fn describe(state: JobState, attempt: u32, message: Option<&str>) -> String {

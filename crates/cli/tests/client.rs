@@ -59,6 +59,18 @@ fn run(command: &mut Command) -> (i32, String, String) {
     )
 }
 
+/// Submits the demo analyzer@2 made to last `seconds`, without waiting; returns the id.
+fn submit_slow(server: &Server, seconds: u32) -> String {
+    let input = format!("records={}", records());
+    let delay = format!("delay_seconds={seconds}");
+    let (code, stdout, stderr) = run(&mut client(
+        server,
+        &["submit", "analyzer@2", "-i", &input, "-p", &delay],
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    stdout.trim().to_owned()
+}
+
 fn records() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples/records.csv")
@@ -143,18 +155,7 @@ fn exit_codes_tell_failed_canceled_refused_unreachable_and_usage_apart() {
     assert!(stderr.contains("'abc' is not a number"), "{stderr}");
 
     let input = format!("records={}", records());
-    let (_, stdout, _) = run(&mut client(
-        &server,
-        &[
-            "submit",
-            "analyzer@2",
-            "-i",
-            &input,
-            "-p",
-            "delay_seconds=30",
-        ],
-    ));
-    let id = stdout.trim().to_owned();
+    let id = submit_slow(&server, 30);
     let (code, _, _) = run(&mut client(&server, &["cancel", &id]));
     assert_eq!(code, 0);
     let (code, _, stderr) = run(&mut client(&server, &["wait", &id]));
@@ -263,19 +264,7 @@ fn the_config_file_names_the_server_and_logs_follow_a_job() {
     assert_eq!(code, 0);
     assert!(stdout.contains("analyzer"), "{stdout}");
 
-    let input = format!("records={}", records());
-    let (_, stdout, _) = run(&mut client(
-        &server,
-        &[
-            "submit",
-            "analyzer@2",
-            "-i",
-            &input,
-            "-p",
-            "delay_seconds=2",
-        ],
-    ));
-    let id = stdout.trim().to_owned();
+    let id = submit_slow(&server, 2);
     let (code, stdout, _) = run(&mut client(
         &server,
         &["logs", &id, "--follow", "--stream", "stdout"],

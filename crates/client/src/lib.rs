@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use batchgate_protocol::{
-    JobEvent, JobPage, JobState, JobStatus, Problem, SubmitRequest, ToolCatalogue, ToolDescription,
-    Usage,
+    JobEvent, JobPage, JobState, JobStatus, Problem, Progress, SubmitRequest, ToolCatalogue,
+    ToolDescription, Usage,
 };
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -321,15 +321,14 @@ impl Client {
                 Err(error) => return Err(error),
             };
             on_poll(&poll.status);
-            match poll.status.status {
-                JobState::Succeeded => return Ok(poll),
-                JobState::Failed => return Err(Error::JobFailed(Box::new(poll.status))),
-                JobState::Canceled => return Err(Error::JobCanceled(Box::new(poll.status))),
-                JobState::Queued | JobState::Running => {}
+            let waited = poll.waited;
+            let retry_after = poll.retry_after;
+            if let Some(outcome) = finished(poll) {
+                return outcome;
             }
-            let retry_after = poll.retry_after.unwrap_or(Duration::from_secs(1));
+            let retry_after = retry_after.unwrap_or(Duration::from_secs(1));
             hint = retry_after;
-            if !poll.waited {
+            if !waited {
                 // The server did not hold the request: wait as long as it asked.
                 tokio::time::sleep(retry_after.min(self.max_poll)).await;
             }
@@ -491,6 +490,17 @@ impl Client {
                 }
             },
         ))
+    }
+}
+
+/// What a poll means for someone waiting: `None` while the job is pending; the poll once
+/// it succeeded; `JobFailed` or `JobCanceled` once it ended otherwise.
+pub fn finished(poll: Poll) -> Option<Result<Poll>> {
+    match poll.status.status {
+        JobState::Queued | JobState::Running => None,
+        JobState::Succeeded => Some(Ok(poll)),
+        JobState::Failed => Some(Err(Error::JobFailed(Box::new(poll.status)))),
+        JobState::Canceled => Some(Err(Error::JobCanceled(Box::new(poll.status)))),
     }
 }
 
