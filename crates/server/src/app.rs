@@ -40,6 +40,9 @@ pub struct Runtime {
     /// `bwrap`, when programs run sandboxed.
     pub sandbox: Option<PathBuf>,
     pub data_dir: PathBuf,
+    /// Cancelled when the server begins to shut down: long answers (event streams,
+    /// `Prefer: wait`) end early so that the drain does not wait for them.
+    pub stopping: CancellationToken,
 }
 
 impl Runtime {
@@ -91,6 +94,7 @@ impl Runtime {
             uids,
             sandbox,
             data_dir,
+            stopping: CancellationToken::new(),
         })
     }
 }
@@ -198,6 +202,12 @@ impl Application {
             self.runtime.clone(),
             shutdown.clone(),
         ));
+        let stopping = self.runtime.stopping.clone();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            signal.cancelled().await;
+            stopping.cancel();
+        });
         let router = crate::api::router(self.runtime.clone());
         let served = crate::api::serve(
             self.listener,

@@ -81,6 +81,8 @@ pub(super) async fn wait_for_end(
         tokio::select! {
             _ = changes.changed() => {}
             _ = tokio::time::sleep(pause) => {}
+            // Shutting down: answer now with the job as it is.
+            _ = runtime.stopping.cancelled() => return Ok(current),
         }
     }
 }
@@ -193,6 +195,9 @@ impl Follow {
             let waited = tokio::select! {
                 _ = self.changes.changed() => true,
                 _ = tokio::time::sleep(RECHECK) => false,
+                // Shutting down: end the stream; the client resumes elsewhere with
+                // Last-Event-ID.
+                _ = self.runtime.stopping.cancelled() => return None,
             };
             match self
                 .runtime

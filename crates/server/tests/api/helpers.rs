@@ -295,6 +295,11 @@ impl TestApp {
         }
     }
 
+    /// Begins the server's shutdown (as SIGTERM does).
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
     /// The typed client (`crates/client`) pointed at this server.
     pub fn api(&self, key: Option<&str>) -> batchgate_client::Client {
         batchgate_client::Client::new(&self.address)

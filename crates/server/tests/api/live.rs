@@ -377,3 +377,40 @@ async fn another_callers_job_has_no_events() {
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     app.api(Some(&alice)).cancel(id).await.unwrap();
 }
+
+#[tokio::test]
+async fn open_streams_end_when_the_server_shuts_down() {
+    let app = spawn_app().await;
+    let client = app.api(None);
+    let job = client
+        .submit("sleeper", &Submission::default())
+        .await
+        .unwrap()
+        .status;
+    let mut stream = Box::pin(client.events(&job.id.to_string(), None).await.unwrap());
+    let (_, first) = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.status, JobState::Queued);
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        let id = job.id.to_string();
+        async move { client.poll(&id, Some(Duration::from_secs(60))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = Instant::now();
+    app.stop();
+    // The stream closes without a terminal event (a client resumes elsewhere), and the
+    // held poll is answered, long before the drain's deadline.
+    let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(5), stream.collect::<Vec<_>>())
+        .await
+        .expect("the stream ends at shutdown");
+    assert!(rest
+        .iter()
+        .all(|item| !item.as_ref().is_ok_and(|(_, e)| e.status.is_terminal())));
+    let poll = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the held poll is answered at shutdown")
+        .unwrap()
+        .unwrap();
+    assert!(!poll.status.status.is_terminal());
+    assert!(stopped.elapsed() < Duration::from_secs(5));
+}
