@@ -58,6 +58,9 @@ try {
   await page.click("#submit-job");
   await page.waitForURL(/#\/jobs\/[0-9a-f-]{36}$/);
   await page.locator('#job-state [data-state="succeeded"]').waitFor({ timeout: 30_000 });
+  // The result is fetched after the final state is shown.
+  await page.locator('#result table[data-output="insights"] tbody tr').nth(1).waitFor({ timeout: 10_000 })
+    .catch(() => {});
   const rows = await page.locator('#result table[data-output="insights"] tbody tr').count();
   if (rows < 2) failures.push(`the result table has ${rows} rows`);
   await page.screenshot({ path: join(shots, "03-result.png"), fullPage: true });
