@@ -190,6 +190,15 @@ function inputBlock(input) {
       h("input", { id: `${id}-file`, name: `file:${input.name}`, type: "file", accept: (input.media_types ?? []).join(",") })));
 }
 
+/** Pasted records (a JSON array) are sent as JSON, as in a JSON body; other text as the
+ * input's own media type. */
+function pastedType(text, input) {
+  if (/^\s*\[/.test(text)) {
+    try { JSON.parse(text); return "application/json"; } catch { /* not JSON: the file's text */ }
+  }
+  return input.media_types?.[0] ?? "text/plain";
+}
+
 function markFaults(form, problem) {
   for (const element of form.querySelectorAll(".invalid")) element.classList.remove("invalid");
   for (const element of form.querySelectorAll(".fault")) element.remove();
@@ -243,7 +252,7 @@ async function toolPage(reference) {
         const file = form.elements.namedItem(`file:${input.name}`)?.files[0];
         const text = form.elements.namedItem(`input:${input.name}`)?.value;
         if (file) body.append(input.name, file, file.name);
-        else if (text) body.append(input.name, new Blob([text], { type: input.media_types?.[0] ?? "text/plain" }), input.name);
+        else if (text) body.append(input.name, new Blob([text], { type: pastedType(text, input) }), input.name);
       }
       body.append("parameters", new Blob([JSON.stringify(parameters)], { type: "application/json" }));
       init = { body, headers: headers() };
@@ -252,11 +261,7 @@ async function toolPage(reference) {
       for (const input of tool.inputs) {
         const text = form.elements.namedItem(`input:${input.name}`)?.value ?? "";
         if (!text.trim()) continue;
-        let value = text;
-        if (/^\s*\[/.test(text)) {
-          try { value = JSON.parse(text); } catch { value = text; }
-        }
-        inputs[input.name] = value;
+        inputs[input.name] = pastedType(text, input) === "application/json" ? JSON.parse(text) : text;
       }
       init = { body: JSON.stringify({ inputs, parameters }), headers: headers({ "Content-Type": "application/json" }) };
     }

@@ -61,7 +61,7 @@ function headersOf(init) {
 /** POSTs a job; returns its status document (the body of the 202). */
 export async function submit(url, init = {}) {
   const response = await fetch(url, { method: "POST", ...init });
-  if (response.status !== 202 && response.status !== 303 && !response.ok) {
+  if (!response.ok) {
     throw await problemOf(response);
   }
   return response.json();

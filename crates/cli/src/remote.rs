@@ -542,24 +542,11 @@ async fn download(
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| usage(format!("{}: {e}", dir.display())))?;
-    let id = status.id.to_string();
     for output in outputs {
-        let path = dir.join(format!("{}{}", output.name, extension(&output.media_type)));
-        let size = client.download(&id, &output.name, &path).await?;
+        let (path, size) = client.save_output(output, dir).await?;
         eprintln!("wrote {} ({size} bytes)", path.display());
     }
     Ok(())
-}
-
-fn extension(media_type: &str) -> &'static str {
-    match media_type.split(';').next().unwrap_or("").trim() {
-        "text/csv" => ".csv",
-        "text/tab-separated-values" => ".tsv",
-        "application/json" => ".json",
-        "application/x-ndjson" | "application/jsonl" => ".jsonl",
-        "text/plain" => ".txt",
-        _ => "",
-    }
 }
 
 async fn logs(client: &Client, id: &str, follow: bool, stream: Option<&str>) -> Result<(), Exit> {

@@ -256,13 +256,16 @@ fn the_config_file_names_the_server_and_logs_follow_a_job() {
         format!("url = \"{}\"\n", server.address),
     )
     .unwrap();
-    let mut command = common::batchgate(&["tools"]);
+    // Submitted with no URL but the file's; the job is then found on this server.
+    let input = format!("records={}", records());
+    let mut command = common::batchgate(&["submit", "analyzer", "-i", &input]);
     command
         .env_remove("BATCHGATE_URL")
         .env("XDG_CONFIG_HOME", &config);
     let (code, stdout, _) = run(&mut command);
     assert_eq!(code, 0);
-    assert!(stdout.contains("analyzer"), "{stdout}");
+    let (code, _, stderr) = run(&mut client(&server, &["status", stdout.trim()]));
+    assert_eq!(code, 0, "the job is on the configured server: {stderr}");
 
     let id = submit_slow(&server, 2);
     let (code, stdout, _) = run(&mut client(

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use batchgate_protocol::{
-    JobEvent, JobPage, JobState, JobStatus, Problem, Progress, SubmitRequest, ToolCatalogue,
-    ToolDescription, Usage,
+    JobEvent, JobPage, JobState, JobStatus, OutputInfo, Problem, Progress, SubmitRequest,
+    ToolCatalogue, ToolDescription, Usage,
 };
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -373,13 +373,33 @@ impl Client {
             .find(|output| output.name == name)
             .map(|output| output.href.clone())
             .unwrap_or_else(|| format!("/v1/jobs/{}/outputs/{}", segment(id), segment(name)));
-        let response = refuse(self.send(self.request(Method::GET, &href)).await?).await?;
+        let (_, size) = self.fetch_to(&href, |_| path.to_owned()).await?;
+        Ok(size)
+    }
+
+    /// Writes an output (from a job's `links.outputs`) into `dir` under the file name the
+    /// server gives it (`insights.csv`); returns the path and the size.
+    pub async fn save_output(&self, output: &OutputInfo, dir: &Path) -> Result<(PathBuf, u64)> {
+        self.fetch_to(&output.href, |response| {
+            dir.join(attachment_name(response.headers()).unwrap_or_else(|| output.name.clone()))
+        })
+        .await
+    }
+
+    /// Streams a GET answer into a file: written beside it and renamed, so a broken
+    /// download leaves no half file.
+    async fn fetch_to(
+        &self,
+        href: &str,
+        path_for: impl FnOnce(&Response) -> PathBuf,
+    ) -> Result<(PathBuf, u64)> {
+        let response = refuse(self.send(self.request(Method::GET, href)).await?).await?;
         let url = strip_query(response.url().as_str());
+        let path = path_for(&response);
         let file_error = |source| Error::File {
-            path: path.to_owned(),
+            path: path.clone(),
             source,
         };
-        // Written beside the target and renamed, so a broken download leaves no half file.
         let partial = path.with_extension("partial");
         let mut file = tokio::fs::File::create(&partial)
             .await
@@ -395,10 +415,10 @@ impl Client {
             written += chunk.len() as u64;
         }
         file.sync_all().await.map_err(file_error)?;
-        tokio::fs::rename(&partial, path)
+        tokio::fs::rename(&partial, &path)
             .await
             .map_err(file_error)?;
-        Ok(written)
+        Ok((path, written))
     }
 
     /// The program's output so far (`stream`: `stdout`, `stderr`, or both).
@@ -571,11 +591,14 @@ async fn multipart(submission: &Submission) -> Result<reqwest::multipart::Form> 
         form = form.part(name.clone(), part);
     }
     for (name, value) in &submission.inputs {
-        let text = match value {
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
+        // A string is the file's text; records (an array) go as JSON, as in a JSON body.
+        let part = match value {
+            Value::String(text) => Part::text(text.clone()),
+            other => Part::text(other.to_string())
+                .mime_str("application/json")
+                .map_err(|error| Error::Config(error.to_string()))?,
         };
-        form = form.text(name.clone(), text);
+        form = form.part(name.clone(), part);
     }
     if !submission.parameters.is_empty() {
         let parameters = Part::text(Value::Object(submission.parameters.clone()).to_string())
@@ -658,6 +681,15 @@ async fn poll_of(response: Response) -> Result<Poll> {
     })
 }
 
+/// The file name of `Content-Disposition: attachment; filename="…"`, if it is a plain
+/// name (no directory part, not hidden).
+fn attachment_name(headers: &HeaderMap) -> Option<String> {
+    let disposition = text(headers, header::CONTENT_DISPOSITION)?;
+    let name = disposition.split("filename=\"").nth(1)?.split('"').next()?;
+    let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
+    plain.then(|| name.to_owned())
+}
+
 fn text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
     headers
         .get(name)
@@ -678,6 +710,25 @@ mod tests {
         assert_eq!(segment("analyzer@2"), "analyzer@2");
         assert_eq!(segment("../x y"), "..%2Fx%20y");
         assert_eq!(segment(".."), "%2E%2E");
+    }
+
+    #[test]
+    fn only_a_plain_attachment_name_is_used() {
+        let named = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_str(value).unwrap(),
+            );
+            attachment_name(&headers)
+        };
+        assert_eq!(
+            named("attachment; filename=\"insights.csv\"").as_deref(),
+            Some("insights.csv")
+        );
+        assert_eq!(named("attachment; filename=\"../etc/passwd\""), None);
+        assert_eq!(named("attachment; filename=\".bashrc\""), None);
+        assert_eq!(named("attachment"), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::auth::Access;
 use super::jobs::{delivery_url, load};
 use super::{header_value, no_store, retry_after_seconds, ApiError, AppState};
 use crate::app::Runtime;
-use crate::jobs::{Job, JobEvent};
+use crate::jobs::{Job, JobEvent, JobState};
 use crate::store::Subscription;
 
 /// How often a waiter re-reads the store even without a wake-up (changes made by
@@ -280,7 +280,8 @@ pub async fn operation(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let job = load(&runtime, access.caller()?, &id).await?;
-    let job = match preferred_wait(&runtime, &headers) {
+    let wait = preferred_wait(&runtime, &headers);
+    let job = match wait {
         Some(wait) => wait_for_end(&runtime, job, wait).await?,
         None => job,
     };
@@ -292,27 +293,29 @@ pub async fn operation(
         created_date_time: job.created_at,
         last_action_date_time: job.finished_at.or(job.started_at).unwrap_or(job.created_at),
         percent_complete: match job.state {
-            crate::jobs::JobState::Succeeded => Some(100.0),
+            JobState::Succeeded => Some(100.0),
             _ => job.progress.as_ref().and_then(|p| p.percent),
         },
-        resource_location: (job.state == crate::jobs::JobState::Succeeded)
-            .then(|| format!("{base}{result}")),
+        resource_location: (job.state == JobState::Succeeded).then(|| format!("{base}{result}")),
         error: job
             .error
             .as_ref()
-            .filter(|_| job.state == crate::jobs::JobState::Failed)
+            .filter(|_| job.state == JobState::Failed)
             .map(|error| OperationError {
                 code: error.code.clone(),
                 message: error.message.clone(),
             })
             .or_else(|| {
-                (job.state == crate::jobs::JobState::Canceled).then(|| OperationError {
+                (job.state == JobState::Canceled).then(|| OperationError {
                     code: "job-canceled".into(),
                     message: "the job was canceled".into(),
                 })
             }),
     };
     let mut response = (StatusCode::OK, [no_store()], Json(body)).into_response();
+    if let Some(wait) = wait {
+        preference_applied(&mut response, wait);
+    }
     if !job.state.is_terminal() {
         let retry_after = retry_after_seconds(&runtime, &job).await;
         response

@@ -149,6 +149,25 @@ format = "lines"
 [tools.example]
 
 [[tools]]
+name = "pair"
+command = ["cat", "{inputs.notes}", "{inputs.points}"]
+[[tools.inputs]]
+name = "notes"
+format = "raw"
+media_types = ["text/plain"]
+[[tools.inputs]]
+name = "points"
+format = "csv"
+columns = ["x", "y"]
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+inputs.notes = "hello"
+inputs.points = [{ x = 1, y = 2 }]
+
+[[tools]]
 name = "small"
 command = ["cat", "{inputs.text}"]
 limits.max_request_bytes = 100

@@ -311,6 +311,20 @@ async fn the_client_submits_waits_and_reports_each_poll() {
     let text = std::fs::read_to_string(&target).unwrap();
     assert_eq!(size as usize, text.len());
     assert!(text.contains("s1,alert"), "{text}");
+    // A file and records in one upload: the records go as a JSON part, as in a JSON body.
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "from a file\n").unwrap();
+    let mixed = Submission {
+        files: vec![("notes".into(), notes)],
+        inputs: serde_json::from_value(json!({"points": [{"x": 3, "y": 4}]})).unwrap(),
+        ..Submission::default()
+    };
+    let paired = client
+        .submit_and_wait("pair", &mixed, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(paired.result["out"], json!(["from a file", "x,y", "3,4"]));
+
     let page = client
         .jobs(&JobFilter {
             status: Some(JobState::Succeeded),
@@ -319,7 +333,7 @@ async fn the_client_submits_waits_and_reports_each_poll() {
         })
         .await
         .unwrap();
-    assert_eq!(page.jobs[0].id, done.status.id);
+    assert_eq!(page.jobs[0].id, paired.status.id);
     assert!(page.next_cursor.is_some());
 }
 

@@ -440,7 +440,15 @@ async fn retention_deletes_rows_data_and_blobs_together_and_never_unfinished_job
         assert!(started.elapsed() < Duration::from_secs(10), "never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Row and blobs went together; the running job kept its data.
+    // Row and blobs went together; the running job kept its data. The row answers 410
+    // first (purge order: mark, delete blobs, mark cleaned), so give the reaper the moment
+    // it needs to finish deleting.
+    let purge_started = std::time::Instant::now();
+    while app.blob_job_dirs().contains(&status.id.to_string())
+        && purge_started.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let dirs = app.blob_job_dirs();
     assert!(!dirs.contains(&status.id.to_string()));
     let running_status = app.get_as(&key, &running).await;
