@@ -1,0 +1,138 @@
+//! `claim_us`: the cost of one claim (the worker's "take the oldest due job" step) with a
+//! short and with a very long queue, against the store itself.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use batchgate_server::jobs::{Job, JobState, StoredInput};
+use batchgate_server::store::sqlite::SqliteJobStore;
+use batchgate_server::store::{Admission, Inserted, JobStore};
+use serde_json::json;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::{emit, percentile, round, sorted, Failure};
+
+pub async fn claim_cost(sizes: &[u64], samples: usize) -> Result<(), Failure> {
+    let mut p99s = Vec::new();
+    for &queued in sizes {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("jobs.db");
+        let store = SqliteJobStore::open(&path).await?;
+        let template = queued_job();
+        match store.insert(&template, &Admission::default()).await? {
+            Inserted::Created => {}
+            other => return Err(format!("the template job was not stored: {other:?}").into()),
+        }
+        let filling = Instant::now();
+        fill(&path, &template.id, queued - 1).await?;
+        let filled = filling.elapsed();
+
+        let now = chrono::Utc::now();
+        let lease = now + chrono::Duration::seconds(60);
+        let mut latencies = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let start = Instant::now();
+            let claimed = store.claim(now, lease, &[]).await?;
+            latencies.push(start.elapsed().as_secs_f64() * 1e6);
+            if claimed.is_none() {
+                return Err("a claim found no job in a full queue".into());
+            }
+        }
+        let latencies = sorted(latencies);
+        let p99 = percentile(&latencies, 0.99);
+        p99s.push(p99);
+        emit(
+            "claim_us",
+            p99,
+            "us",
+            json!({ "percentile": "p99", "queued": queued, "p50_us": round(percentile(&latencies, 0.5)),
+                    "claims": samples, "store": "sqlite", "fill_s": round(filled.as_secs_f64()) }),
+        );
+    }
+    if let (Some(first), Some(last)) = (p99s.first(), p99s.last()) {
+        emit(
+            "claim_us_ratio",
+            last / first,
+            "ratio",
+            json!({ "of": format!("p99 at {} queued / p99 at {} queued",
+                sizes.last().unwrap_or(&0), sizes.first().unwrap_or(&0)) }),
+        );
+    }
+    Ok(())
+}
+
+fn queued_job() -> Job {
+    let now = batchgate_server::jobs::now();
+    Job {
+        id: Uuid::now_v7(),
+        owner: String::new(),
+        tier: String::new(),
+        priority: 0,
+        retention: Duration::from_secs(3600),
+        tool: "copy".into(),
+        tool_version: 1,
+        state: JobState::Queued,
+        params: serde_json::Map::new(),
+        inputs: vec![StoredInput {
+            name: "data".into(),
+            size: 100,
+        }],
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        expires_at: None,
+        attempt: 0,
+        max_attempts: 3,
+        lease_until: None,
+        run_after: now,
+        progress: None,
+        error: None,
+        outputs: vec![],
+        cancel_requested: false,
+        idempotency_key: None,
+        request_hash: None,
+        purged_at: None,
+    }
+}
+
+/// Copies the template job `count` times under new ids in one transaction (through the
+/// store's own triggers and indexes), far faster than `count` durable inserts.
+async fn fill(path: &Path, template: &Uuid, count: u64) -> Result<(), Failure> {
+    let options = SqliteConnectOptions::from_str("sqlite:")?
+        .filename(path)
+        .pragma("synchronous", "OFF");
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('jobs')")
+        .fetch_all(&pool)
+        .await?
+        .iter()
+        .map(|row| row.get::<String, _>(0))
+        .collect();
+    let select: Vec<String> = columns
+        .iter()
+        .map(|column| match column.as_str() {
+            // Valid UUID text, ordered after the template (ids break run_after ties).
+            "id" => "printf('ffffffff-0000-7000-8000-%012x', n.i)".to_owned(),
+            other => format!("t.{other}"),
+        })
+        .collect();
+    let sql = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+         INSERT INTO jobs ({}) SELECT {} FROM n, jobs AS t WHERE t.id = ?",
+        columns.join(", "),
+        select.join(", ")
+    );
+    sqlx::query(&sql)
+        .bind(count as i64)
+        .bind(template.to_string())
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    Ok(())
+}
