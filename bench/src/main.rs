@@ -292,6 +292,7 @@ media_types = ["application/octet-stream"]
 name = "copy"
 path = "copy.bin"
 format = "raw"
+result = false
 
 [[tools.outputs]]
 name = "started"

@@ -86,7 +86,7 @@ impl Runtime {
             keys_seen: KeysSeen::default(),
             store,
             blobs: Arc::new(blobs),
-            executor: Arc::new(LocalExecutor),
+            executor: Arc::new(LocalExecutor::new(&data_dir)),
             work_root,
             staging_root,
             wakeup: Wakeup::default(),

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod blobs;
 pub mod config;
 pub mod demo;
+pub mod embedded;
 pub mod executors;
 pub mod jobs;
 pub mod store;

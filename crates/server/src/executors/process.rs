@@ -54,11 +54,12 @@ pub fn reap_orphans(work_root: &std::path::Path) -> usize {
 
 pub async fn run(
     spec: RunSpec,
+    limits: Option<&std::path::Path>,
     progress: watch::Sender<Option<Progress>>,
     cancel: CancellationToken,
 ) -> Result<RunOutcome, ExecutorError> {
     let started = Instant::now();
-    let spawned = match spawn(&spec).await {
+    let spawned = match spawn(&spec, limits).await {
         Ok(spawned) => spawned,
         Err(error) => {
             return Ok(RunOutcome {
@@ -201,7 +202,7 @@ struct Spawned {
     exit: oneshot::Receiver<std::io::Result<wait4::ResUse>>,
     stdout: tokio::process::ChildStdout,
     stderr: tokio::process::ChildStderr,
-    /// The limits were set before the program's first instruction (by `prlimit`).
+    /// The limits were set before the program's first instruction (or there were none).
     limits_applied_at_exec: bool,
 }
 
@@ -217,12 +218,11 @@ impl Drop for GroupGuard {
     }
 }
 
-/// util-linux's `prlimit`, which sets limits on itself and then executes the program:
-/// the limits hold from the program's first instruction (a fork bomb cannot outrun
-/// them), without a `pre_exec` hook (no unsafe code).
-const PRLIMIT: &str = "/usr/bin/prlimit";
-
-async fn spawn(spec: &RunSpec) -> std::io::Result<Spawned> {
+/// Starts the program. With `limits` (`batchgate-limits`, see `launcher/limits.c`), that
+/// small static program sets the limits on itself and then executes the program: they
+/// hold from its first instruction (a fork bomb cannot outrun them), without a
+/// `pre_exec` hook (no unsafe code).
+async fn spawn(spec: &RunSpec, limits: Option<&std::path::Path>) -> std::io::Result<Spawned> {
     let program = &spec.argv[0];
     if !program_exists(program, &spec.env, &spec.workdir) {
         return Err(std::io::Error::new(
@@ -230,10 +230,12 @@ async fn spawn(spec: &RunSpec) -> std::io::Result<Spawned> {
             "no such program",
         ));
     }
-    let wrapper = std::path::Path::new(PRLIMIT).is_file();
-    let argv = if wrapper {
-        let mut argv = vec![PRLIMIT.to_owned()];
-        argv.extend(prlimit_options(&spec.rlimits));
+    let options = launcher_options(&spec.rlimits);
+    // Nothing to set: the program starts directly (one exec instead of two).
+    let wrapper = limits.filter(|_| !options.is_empty());
+    let argv = if let Some(wrapper) = wrapper {
+        let mut argv = vec![wrapper.to_string_lossy().into_owned()];
+        argv.extend(options.iter().cloned());
         argv.push("--".into());
         argv.extend(spec.argv.iter().cloned());
         argv
@@ -286,7 +288,7 @@ async fn spawn(spec: &RunSpec) -> std::io::Result<Spawned> {
         exit,
         stdout,
         stderr,
-        limits_applied_at_exec: wrapper,
+        limits_applied_at_exec: wrapper.is_some() || options.is_empty(),
     })
 }
 
@@ -306,11 +308,15 @@ fn program_exists(program: &str, env: &[(String, String)], workdir: &std::path::
     std::env::split_paths(path).any(|dir| executable(&dir.join(program)))
 }
 
-/// The limits to set: (resource, `prlimit` option name, value). Soft = hard, so the
+/// The limits to set: (resource, `batchgate-limits` name, value). Soft = hard, so the
 /// program cannot raise them; no core dumps.
 fn limit_list(limits: &ResourceLimits) -> Vec<(Resource, &'static str, u64)> {
     [
-        (Resource::Core, "core", Some(0)),
+        (
+            Resource::Core,
+            "core",
+            (!server_forbids_core_dumps()).then_some(0),
+        ),
         (Resource::Cpu, "cpu", limits.cpu_seconds),
         (Resource::As, "as", limits.memory_bytes),
         (Resource::Fsize, "fsize", limits.file_size_bytes),
@@ -322,14 +328,28 @@ fn limit_list(limits: &ResourceLimits) -> Vec<(Resource, &'static str, u64)> {
     .collect()
 }
 
-fn prlimit_options(limits: &ResourceLimits) -> Vec<String> {
+/// Sets the server's own core-dump limit to zero, once: a dump of the server would hold
+/// its secrets, and every program it starts inherits the limit, so no program needs a
+/// wrapper only to forbid core dumps. False if the limit could not be set.
+fn server_forbids_core_dumps() -> bool {
+    static FORBIDDEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORBIDDEN.get_or_init(|| {
+        let zero = Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        };
+        rustix::process::setrlimit(Resource::Core, zero).is_ok()
+    })
+}
+
+fn launcher_options(limits: &ResourceLimits) -> Vec<String> {
     limit_list(limits)
         .into_iter()
-        .map(|(_, name, value)| format!("--{name}={value}"))
+        .map(|(_, name, value)| format!("{name}={value}"))
         .collect()
 }
 
-/// The fallback without `/usr/bin/prlimit`: prlimit(2) on the child right after it
+/// The fallback without `batchgate-limits`: prlimit(2) on the child right after it
 /// starts (the program may run for microseconds before its limits hold).
 fn apply_rlimits(pid: Pid, limits: &ResourceLimits) {
     for (resource, _, value) in limit_list(limits) {

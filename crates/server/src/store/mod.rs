@@ -5,7 +5,9 @@
 //! `WHERE` clause carries the expected state (and, for a running job, the attempt
 //! number), so a stale worker can never overwrite a newer attempt's outcome.
 
+pub mod cache;
 pub mod changes;
+pub mod durable;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,8 @@
 //! `SqliteJobStore`: the embedded default, one file in the data directory.
 //!
-//! WAL mode with `synchronous = FULL`, so a committed job survives a power cut (the 202
-//! is sent after the commit). Timestamps are stored as Unix milliseconds; structured
+//! WAL mode; one writer connection; every write a caller is told about (a job accepted
+//! with 202, a result, a cancel, a purge, a key) is fsynced before the call returns, with
+//! concurrent writers sharing the fsync (`durable.rs`), so it survives a power cut. Timestamps are stored as Unix milliseconds; structured
 //! fields as JSON text.
 
 use std::path::Path;
@@ -18,7 +19,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
+use super::cache::{FinishedJobs, KeysExist};
 use super::changes::Changes;
+use super::durable::WalSync;
 use super::{
     lease_lost_error, Admission, ApiKey, AttemptUsage, Completion, Heartbeat, Inserted, JobStore,
     ListQuery, Refusal, Standing, StoreError, UsageTotals,
@@ -158,12 +161,20 @@ END;
 "#;
 
 pub struct SqliteJobStore {
+    /// Reads. WAL readers never wait for the writer.
     pool: SqlitePool,
-    /// Request counters: committed without waiting for the disk (`synchronous =
-    /// NORMAL`), as losing the last second of counts in a power cut is harmless and a
-    /// rate limit must not cost an fsync per request.
-    counters: SqlitePool,
+    /// Every write, through one connection: SQLite allows one writer at a time, and
+    /// writers of the same process queueing here (an async wait) instead of on the
+    /// database lock (SQLite's busy handler sleeps 1–100 ms) is what lets the worker
+    /// keep up with a burst of submits.
+    writer: SqlitePool,
+    /// Makes the writer's commits durable, shared between concurrent writers. Writes
+    /// whose loss in a power cut is harmless (a claim, a heartbeat, a request counter,
+    /// usage records) do not wait for it; the next durable write covers them anyway.
+    wal: WalSync,
     changes: Arc<Changes>,
+    finished: FinishedJobs,
+    keys_exist: KeysExist,
 }
 
 impl SqliteJobStore {
@@ -175,22 +186,32 @@ impl SqliteJobStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options.clone())
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
             .await
             .map_err(unavailable)?;
-        migrate(&pool).await?;
-        let counters = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options.synchronous(SqliteSynchronous::Normal))
+        migrate(&writer).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
             .await
             .map_err(unavailable)?;
         Ok(SqliteJobStore {
             pool,
-            counters,
+            writer,
+            wal: WalSync::new(path),
             changes: Changes::new(),
+            finished: FinishedJobs::default(),
+            keys_exist: KeysExist::default(),
         })
+    }
+}
+
+impl SqliteJobStore {
+    /// Waits until every commit so far is on disk (see `durable.rs`).
+    async fn durable(&self) -> Result<(), StoreError> {
+        self.wal.sync().await.map_err(unavailable)
     }
 }
 
@@ -376,10 +397,11 @@ impl JobStore for SqliteJobStore {
         .bind(concurrent)
         .bind(&job.owner)
         .bind(concurrent)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         if result.rows_affected() == 1 {
+            self.durable().await?;
             return Ok(Inserted::Created);
         }
         if let Some(key) = job.idempotency_key.as_deref() {
@@ -456,12 +478,19 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        if let Some(job) = self.finished.get(id) {
+            return Ok(Some(job));
+        }
         let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
-        row.as_ref().map(job_from_row).transpose()
+        let job = row.as_ref().map(job_from_row).transpose()?;
+        if let Some(job) = &job {
+            self.finished.offer(job);
+        }
+        Ok(job)
     }
 
     async fn find_by_idempotency_key(
@@ -530,7 +559,7 @@ impl JobStore for SqliteJobStore {
             statement = statement.bind(tool);
         }
         let row = statement
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await
             .map_err(unavailable)?;
         let job = row.as_ref().map(job_from_row).transpose()?;
@@ -555,7 +584,7 @@ impl JobStore for SqliteJobStore {
         .bind(progress.map(json))
         .bind(id.to_string())
         .bind(attempt as i64)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await
         .map_err(unavailable)?;
         if row.is_some() && progress.is_some() {
@@ -587,11 +616,13 @@ impl JobStore for SqliteJobStore {
         .bind(completion.expires_at.map(millis))
         .bind(id.to_string())
         .bind(attempt as i64)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         let changed = result.rows_affected() == 1;
         if changed {
+            self.durable().await?;
+            self.finished.forget(id);
             self.changes.notify(id);
         }
         Ok(changed)
@@ -612,11 +643,13 @@ impl JobStore for SqliteJobStore {
         .bind(json(error))
         .bind(id.to_string())
         .bind(attempt as i64)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         let changed = result.rows_affected() == 1;
         if changed {
+            self.durable().await?;
+            self.finished.forget(id);
             self.changes.notify(id);
         }
         Ok(changed)
@@ -634,14 +667,15 @@ impl JobStore for SqliteJobStore {
         )
         .bind(millis(now))
         .bind(&id_text)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'")
             .bind(&id_text)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(unavailable)?;
+        self.durable().await?;
         self.changes.notify(id);
         self.get(id).await
     }
@@ -653,11 +687,13 @@ impl JobStore for SqliteJobStore {
         )
         .bind(millis(now))
         .bind(id.to_string())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         let changed = result.rows_affected() == 1;
         if changed {
+            self.durable().await?;
+            self.finished.forget(id);
             self.changes.notify(id);
         }
         Ok(changed)
@@ -667,7 +703,7 @@ impl JobStore for SqliteJobStore {
         sqlx::query("UPDATE jobs SET cleaned_at = ? WHERE id = ? AND purged_at IS NOT NULL")
             .bind(millis(now))
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -725,7 +761,7 @@ impl JobStore for SqliteJobStore {
                 .bind(&id)
                 .bind(attempt as i64)
                 .bind(millis(now))
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(unavailable)?;
             if result.rows_affected() == 1 {
@@ -734,6 +770,9 @@ impl JobStore for SqliteJobStore {
                     self.changes.notify(id);
                 }
             }
+        }
+        if recovered > 0 {
+            self.durable().await?;
         }
         Ok(recovered)
     }
@@ -784,9 +823,11 @@ impl JobStore for SqliteJobStore {
         .bind(key.admin as i64)
         .bind(millis(key.created_at))
         .bind(key.revoked_at.map(millis))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
+        self.durable().await?;
+        self.keys_exist.record(true);
         Ok(())
     }
 
@@ -812,17 +853,22 @@ impl JobStore for SqliteJobStore {
             sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
                 .bind(millis(now))
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(unavailable)?;
+        self.durable().await?;
         Ok(result.rows_affected() == 1)
     }
 
     async fn has_keys(&self) -> Result<bool, StoreError> {
+        if let Some(known) = self.keys_exist.known() {
+            return Ok(known);
+        }
         let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM api_keys LIMIT 1")
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
+        self.keys_exist.record(found.is_some());
         Ok(found.is_some())
     }
 
@@ -838,7 +884,7 @@ impl JobStore for SqliteJobStore {
         )
         .bind(subject)
         .bind(millis(window_start))
-        .fetch_one(&self.counters)
+        .fetch_one(&self.writer)
         .await
         .map_err(unavailable)?;
         Ok(count as u64)
@@ -847,7 +893,7 @@ impl JobStore for SqliteJobStore {
     async fn prune_request_counts(&self, before: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM request_counts WHERE window_start < ?")
             .bind(millis(before))
-            .execute(&self.counters)
+            .execute(&self.writer)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -879,9 +925,10 @@ impl JobStore for SqliteJobStore {
         )
         .bind(secret)
         .bind(millis(now))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(unavailable)?;
+        self.durable().await?;
         Ok(id as u32)
     }
 
@@ -905,7 +952,7 @@ impl JobStore for SqliteJobStore {
         .bind(usage.max_rss_bytes.map(|v| v as i64))
         .bind(usage.bytes_in as i64)
         .bind(usage.bytes_out as i64)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         Ok(())

@@ -114,6 +114,15 @@ format = "lines"
 [tools.example]
 
 [[tools]]
+name = "limits"
+command = ["cat", "/proc/self/limits"]
+[[tools.outputs]]
+name = "limits"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
 name = "envdump"
 command = ["/usr/bin/env"]
 parameters = { type = "object", properties = { PATH = { type = "string" }, LD_PRELOAD = { type = "string" } } }

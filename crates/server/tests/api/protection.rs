@@ -552,6 +552,31 @@ async fn the_program_sees_only_its_environment_allowlist() {
     assert!(!lines.contains("evil"));
 }
 
+/// A tool that declares no limits is started without a wrapper, yet cannot dump core
+/// (the server forbade core dumps for itself and its children).
+#[tokio::test]
+async fn a_program_without_declared_limits_cannot_dump_core() {
+    let app = spawn_app().await;
+    let location = app.submit_ok("limits", &json!({})).await;
+    let status = app
+        .wait_until_done(&location, Duration::from_secs(20))
+        .await;
+    assert_eq!(status.status, JobState::Succeeded);
+    let (_, result) = app.get_json(&format!("{location}/result")).await;
+    let core = result["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|line| line.as_str())
+        .find(|line| line.starts_with("Max core file size"))
+        .unwrap()
+        .split_whitespace()
+        .skip(4)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(core, ["0", "0"], "soft and hard core limits");
+}
+
 #[tokio::test]
 async fn a_program_that_writes_without_end_is_stopped() {
     let app = spawn_app().await;
