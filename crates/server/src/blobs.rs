@@ -37,6 +37,8 @@ pub trait BlobStore: Send + Sync {
     /// Stores the local file `source` under `key`, durably. The source may be moved.
     async fn put_file(&self, key: &str, source: &Path) -> Result<u64, BlobError>;
     async fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError>;
+    /// Stores a copy of the blob `from` under `to`, durably; returns its size.
+    async fn copy(&self, from: &str, to: &str) -> Result<u64, BlobError>;
     /// Copies the blob into the local file `target` (for a work directory).
     async fn copy_to_file(&self, key: &str, target: &Path) -> Result<u64, BlobError>;
     async fn open(&self, key: &str) -> Result<BlobReader, BlobError>;
@@ -148,6 +150,21 @@ impl BlobStore for LocalBlobStore {
         Ok(())
     }
 
+    /// A hard link: blobs are never modified in place (every write is a new file renamed
+    /// over the key), so two keys may share one file, and no inode or data is copied.
+    async fn copy(&self, from: &str, to: &str) -> Result<u64, BlobError> {
+        let (source, target) = (self.path(from)?, self.path(to)?);
+        Self::prepare_parent(&target).await?;
+        let _ = fs::remove_file(&target).await;
+        if fs::hard_link(&source, &target).await.is_err() {
+            fs::copy(&source, &target).await.map_err(not_found(from))?;
+            sync_path(&target).await?;
+        } else if let Some(parent) = target.parent() {
+            fs::File::open(parent).await?.sync_all().await?;
+        }
+        Ok(fs::metadata(&target).await?.len())
+    }
+
     async fn copy_to_file(&self, key: &str, target: &Path) -> Result<u64, BlobError> {
         let source = self.path(key)?;
         Ok(fs::copy(&source, target).await.map_err(not_found(key))?)
@@ -211,6 +228,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(std::fs::read(&copy).unwrap(), b"hello");
+        // A blob copied under a second key outlives the first key's deletion and is not
+        // changed when the first key is written again.
+        assert_eq!(
+            blobs
+                .copy("jobs/a/inputs/data", "jobs/a/attempts/1/outputs/out")
+                .await
+                .unwrap(),
+            5
+        );
+        blobs
+            .put_bytes("jobs/a/inputs/data", b"other")
+            .await
+            .unwrap();
+        blobs.delete_prefix("jobs/a/inputs").await.unwrap();
+        assert_eq!(
+            blobs.read("jobs/a/attempts/1/outputs/out").await.unwrap(),
+            b"hello"
+        );
         blobs.delete_prefix("jobs/a").await.unwrap();
         assert!(blobs
             .read("jobs/a/result.json")

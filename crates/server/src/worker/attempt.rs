@@ -598,17 +598,11 @@ async fn collect_outputs(
                         ),
                     );
                 }
-                let bytes = runtime
-                    .blobs
-                    .read(&JobKeys::log(id, attempt, "stdout"))
-                    .await
-                    .map_err(|error| format!("read stdout: {error}"))?;
                 runtime
                     .blobs
-                    .put_bytes(&key, &bytes)
+                    .copy(&JobKeys::log(id, attempt, "stdout"), &key)
                     .await
-                    .map_err(|error| format!("store output: {error}"))?;
-                bytes.len() as u64
+                    .map_err(|error| format!("store output: {error}"))?
             }
             OutputSource::File => {
                 let path = &output_paths[&output.name];
