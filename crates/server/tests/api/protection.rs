@@ -552,10 +552,11 @@ async fn the_program_sees_only_its_environment_allowlist() {
     assert!(!lines.contains("evil"));
 }
 
-/// A tool that declares no limits is started without a wrapper, yet cannot dump core
+/// A tool that declares no limits still gets the default open-files limit (set by
+/// `batchgate-limits` before its first instruction, soft = hard) and cannot dump core
 /// (the server forbade core dumps for itself and its children).
 #[tokio::test]
-async fn a_program_without_declared_limits_cannot_dump_core() {
+async fn a_program_without_declared_limits_gets_the_defaults_and_cannot_dump_core() {
     let app = spawn_app().await;
     let location = app.submit_ok("limits", &json!({})).await;
     let status = app
@@ -563,18 +564,22 @@ async fn a_program_without_declared_limits_cannot_dump_core() {
         .await;
     assert_eq!(status.status, JobState::Succeeded);
     let (_, result) = app.get_json(&format!("{location}/result")).await;
-    let core = result["limits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|line| line.as_str())
-        .find(|line| line.starts_with("Max core file size"))
-        .unwrap()
-        .split_whitespace()
-        .skip(4)
-        .take(2)
-        .collect::<Vec<_>>();
-    assert_eq!(core, ["0", "0"], "soft and hard core limits");
+    let limit = |name: &str, words: usize| {
+        result["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|line| line.as_str())
+            .find(|line| line.starts_with(name))
+            .unwrap()
+            .split_whitespace()
+            .skip(words)
+            .take(2)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(limit("Max core file size", 4), ["0", "0"], "core dumps");
+    assert_eq!(limit("Max open files", 3), ["1024", "1024"], "open files");
 }
 
 #[tokio::test]
