@@ -8,7 +8,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::KeysSeen;
 use crate::auth::signing::Signer;
 use crate::auth::Tiers;
 use crate::blobs::{BlobStore, LocalBlobStore};
@@ -26,7 +25,6 @@ pub struct Runtime {
     pub tools: ToolRegistry,
     pub tiers: Tiers,
     pub signer: Signer,
-    pub keys_seen: KeysSeen,
     pub store: Arc<dyn JobStore>,
     pub blobs: Arc<dyn BlobStore>,
     pub executor: Arc<dyn Executor>,
@@ -83,7 +81,6 @@ impl Runtime {
             tools: config.tools,
             tiers: config.tiers,
             signer,
-            keys_seen: KeysSeen::default(),
             store,
             blobs: Arc::new(blobs),
             executor: Arc::new(LocalExecutor::new(&data_dir)),

@@ -3,7 +3,6 @@
 //! the anonymous caller of an open server), or a signed URL to be checked by the handler
 //! against the job it names.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -44,10 +43,6 @@ impl Access {
 
 /// The length of a request-rate window.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
-
-/// Remembers that keys exist: once one has been created, authentication stays required.
-#[derive(Default)]
-pub struct KeysSeen(AtomicBool);
 
 pub async fn authenticate(
     State(runtime): State<AppState>,
@@ -227,7 +222,6 @@ async fn identify(runtime: &Runtime, headers: &HeaderMap) -> Result<Caller, ApiE
     if record.revoked_at.is_some() {
         return Err(unauthorized("api-key-revoked", "the API key was revoked"));
     }
-    runtime.keys_seen.0.store(true, Ordering::Relaxed);
     let tier = runtime.tiers.get(&record.tier).ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -246,14 +240,8 @@ async fn identify(runtime: &Runtime, headers: &HeaderMap) -> Result<Caller, ApiE
     })
 }
 
-/// Is a key needed? Always with `auth = "required"`; with `auto`, once a key exists.
+/// Is a key needed? Always with `auth = "required"`; with `auto`, once a key exists
+/// (the store remembers that, so this costs no query per request).
 pub async fn auth_required(runtime: &Runtime) -> Result<bool, ApiError> {
-    if runtime.settings.auth == AuthMode::Required || runtime.keys_seen.0.load(Ordering::Relaxed) {
-        return Ok(true);
-    }
-    let exists = runtime.store.has_keys().await?;
-    if exists {
-        runtime.keys_seen.0.store(true, Ordering::Relaxed);
-    }
-    Ok(exists)
+    Ok(runtime.settings.auth == AuthMode::Required || runtime.store.has_keys().await?)
 }

@@ -24,7 +24,6 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::Runtime;
 use crate::jobs::{Job, JobState};
-pub use auth::KeysSeen;
 pub use problem::ApiError;
 pub use serve::serve;
 

@@ -837,6 +837,9 @@ impl JobStore for SqliteJobStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
+        if row.is_some() {
+            self.keys_exist.record(true);
+        }
         row.as_ref().map(key_from_row).transpose()
     }
 
