@@ -51,6 +51,22 @@ struct StoreArgs {
     /// The server's data directory (default ./batchgate-data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The server's job store: `sqlite` or a PostgreSQL URL (overrides the configuration).
+    #[arg(long, env = "BATCHGATE_STORE")]
+    store: Option<String>,
+}
+
+/// Where replicas and workers share their state.
+#[derive(clap::Args)]
+struct SharedArgs {
+    /// Job store: `sqlite` (in the data directory) or a PostgreSQL URL shared by every
+    /// replica and worker (overrides the configuration).
+    #[arg(long, env = "BATCHGATE_STORE")]
+    store: Option<String>,
+    /// Blob storage: `local` (in the data directory) or a directory every replica and
+    /// worker shares (overrides the configuration).
+    #[arg(long, env = "BATCHGATE_BLOBS")]
+    blobs: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -107,10 +123,27 @@ enum Command {
         /// Serve the API only; jobs are run by `batchgate worker` processes elsewhere.
         #[arg(long)]
         no_worker: bool,
+        #[command(flatten)]
+        shared: SharedArgs,
         /// Serve without API keys on a non-loopback address (anyone who can reach it may
         /// submit jobs).
         #[arg(long)]
         insecure_open: bool,
+    },
+    /// Run jobs from the shared store without serving the API (scale-out: any number of
+    /// these, on any number of hosts, beside `serve --no-worker` replicas).
+    Worker {
+        /// Tool declarations and settings (TOML); without it, the built-in demo.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Where work directories are kept (default ./batchgate-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Jobs run at once (default: the number of cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        #[command(flatten)]
+        shared: SharedArgs,
     },
     /// Manage API keys.
     #[command(subcommand)]
@@ -153,6 +186,7 @@ fn main() -> ExitCode {
             data_dir,
             workers,
             no_worker,
+            shared,
             insecure_open,
         } => {
             let source = config.map_or(ConfigSource::Demo, ConfigSource::File);
@@ -160,6 +194,8 @@ fn main() -> ExitCode {
                 listen,
                 data_dir,
                 workers,
+                store: shared.store,
+                blobs: shared.blobs,
                 insecure_open: insecure_open.then_some(true),
             };
             let config = match Config::load(&source, &overrides) {
@@ -174,6 +210,33 @@ fn main() -> ExitCode {
                 .build()
                 .expect("a tokio runtime");
             runtime.block_on(serve(config, !no_worker))
+        }
+        Command::Worker {
+            config,
+            data_dir,
+            workers,
+            shared,
+        } => {
+            let source = config.map_or(ConfigSource::Demo, ConfigSource::File);
+            let overrides = Overrides {
+                data_dir,
+                workers,
+                store: shared.store,
+                blobs: shared.blobs,
+                ..Overrides::default()
+            };
+            let config = match Config::load(&source, &overrides) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(78);
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            runtime.block_on(worker(config))
         }
         Command::CheckConfig { file } => {
             match Config::load(&ConfigSource::File(file.clone()), &Overrides::default()) {
@@ -205,18 +268,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config, with_worker: bool) -> ExitCode {
-    let application = match Application::build(config, with_worker).await {
-        Ok(application) => application,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let address = application.local_addr();
-    // Scripts and tests read this line to find the port (with --listen 127.0.0.1:0).
-    println!("batchgate listening on http://{address}");
-    tracing::info!(%address, "batchgate serving");
+/// Cancelled on SIGTERM or Ctrl-C.
+fn stop_on_signal() -> CancellationToken {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -230,6 +283,33 @@ async fn serve(config: Config, with_worker: bool) -> ExitCode {
         tracing::info!("shutting down");
         signal.cancel();
     });
+    shutdown
+}
+
+async fn worker(config: Config) -> ExitCode {
+    let shutdown = stop_on_signal();
+    match batchgate_server::app::run_worker(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config, with_worker: bool) -> ExitCode {
+    let application = match Application::build(config, with_worker).await {
+        Ok(application) => application,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let address = application.local_addr();
+    // Scripts and tests read this line to find the port (with --listen 127.0.0.1:0).
+    println!("batchgate listening on http://{address}");
+    tracing::info!(%address, "batchgate serving");
+    let shutdown = stop_on_signal();
     match application.run_until_stopped(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -246,6 +326,7 @@ fn load_for_store(store: &StoreArgs) -> Result<Config, ExitCode> {
         .map_or(ConfigSource::Demo, ConfigSource::File);
     let overrides = Overrides {
         data_dir: store.data_dir.clone(),
+        store: store.store.clone(),
         ..Overrides::default()
     };
     Config::load(&source, &overrides).map_err(|error| {

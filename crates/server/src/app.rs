@@ -14,10 +14,11 @@ use crate::blobs::{BlobStore, LocalBlobStore};
 use crate::config::{AuthMode, Config, SandboxMode, Settings};
 use crate::executors::local::LocalExecutor;
 use crate::executors::Executor;
+use crate::store::postgres::PgJobStore;
 use crate::store::sqlite::SqliteJobStore;
 use crate::store::JobStore;
 use crate::tools::ToolRegistry;
-use crate::worker::{RunningJobs, UidPool, Wakeup};
+use crate::worker::{RunningJobs, UidPool};
 
 /// Everything the API handlers and the workers share.
 pub struct Runtime {
@@ -32,7 +33,6 @@ pub struct Runtime {
     pub work_root: PathBuf,
     /// Request bodies being received, before the job is committed.
     pub staging_root: PathBuf,
-    pub wakeup: Wakeup,
     pub running: RunningJobs,
     pub uids: UidPool,
     /// `bwrap`, when programs run sandboxed.
@@ -41,28 +41,47 @@ pub struct Runtime {
     /// Cancelled when the server begins to shut down: long answers (event streams,
     /// `Prefer: wait`) end early so that the drain does not wait for them.
     pub stopping: CancellationToken,
+    /// Held while this process runs jobs in `work_root` (see `lock_work_root`).
+    _work_lock: Option<std::fs::File>,
 }
 
 impl Runtime {
-    pub async fn open(config: Config) -> Result<Runtime, StartError> {
+    /// `serves_api`: this process receives uploads (it owns the staging directory);
+    /// `runs_jobs`: it runs programs (it owns the work directory). A `serve --no-worker`
+    /// and a `worker` may share one data directory without disturbing each other.
+    pub async fn open(
+        config: Config,
+        serves_api: bool,
+        runs_jobs: bool,
+    ) -> Result<Runtime, StartError> {
         let settings = config.settings;
         crate::telemetry::handle();
         let data_dir = std::path::absolute(&settings.data_dir)?;
         std::fs::create_dir_all(&data_dir)?;
         let store = open_store(&settings).await?;
         let signer = Signer::load(store.clone()).await?;
-        let blobs = LocalBlobStore::open(&data_dir.join("blobs")).await?;
+        let blobs = open_blobs(&settings, &data_dir).await?;
         let work_root = data_dir.join("work");
         let staging_root = data_dir.join("staging");
         // Whatever a previous process left half-done here is abandoned: uploads that were
         // never acknowledged, and work directories of attempts that will be re-run.
-        let _ = std::fs::remove_dir_all(&staging_root);
-        let orphans = crate::executors::process::reap_orphans(&work_root);
-        if orphans > 0 {
-            tracing::warn!(
-                orphans,
-                "stopped programs left running by a previous server"
-            );
+        if serves_api {
+            let _ = std::fs::remove_dir_all(&staging_root);
+        }
+        std::fs::create_dir_all(&work_root)?;
+        let work_lock = if runs_jobs {
+            Some(lock_work_root(&work_root)?)
+        } else {
+            None
+        };
+        if runs_jobs {
+            let orphans = crate::executors::process::reap_orphans(&work_root);
+            if orphans > 0 {
+                tracing::warn!(
+                    orphans,
+                    "stopped programs left running by a previous server"
+                );
+            }
         }
         std::fs::create_dir_all(&staging_root)?;
         std::fs::create_dir_all(&work_root)?;
@@ -82,16 +101,16 @@ impl Runtime {
             tiers: config.tiers,
             signer,
             store,
-            blobs: Arc::new(blobs),
+            blobs,
             executor: Arc::new(LocalExecutor::new(&data_dir)),
             work_root,
             staging_root,
-            wakeup: Wakeup::default(),
             running: RunningJobs::default(),
             uids,
             sandbox,
             data_dir,
             stopping: CancellationToken::new(),
+            _work_lock: work_lock,
         })
     }
 }
@@ -99,11 +118,41 @@ impl Runtime {
 /// The job store a configuration names (also for `batchgate keys`, beside a running
 /// server).
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn JobStore>, StartError> {
+    if settings.store != "sqlite" {
+        return Ok(Arc::new(PgJobStore::open(&settings.store).await?));
+    }
     let data_dir = std::path::absolute(&settings.data_dir)?;
     std::fs::create_dir_all(&data_dir)?;
     Ok(Arc::new(
         SqliteJobStore::open(&data_dir.join("jobs.db")).await?,
     ))
+}
+
+/// One process runs jobs in a work directory: at start it stops the programs a previous
+/// process left running there, which must never be another live worker's.
+fn lock_work_root(work_root: &std::path::Path) -> Result<std::fs::File, StartError> {
+    let file = std::fs::File::create(work_root.join(".lock"))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| {
+            format!(
+                "another batchgate process runs jobs in {}; give each worker its own data_dir",
+                work_root.display()
+            )
+        },
+    )?;
+    Ok(file)
+}
+
+/// The blob store the settings name.
+async fn open_blobs(
+    settings: &Settings,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn BlobStore>, StartError> {
+    let root = match settings.blobs.as_str() {
+        "local" => data_dir.join("blobs"),
+        shared => PathBuf::from(shared),
+    };
+    Ok(Arc::new(LocalBlobStore::open(&root).await?))
 }
 
 /// Programs run as other users need the server to be root, and must be able to reach
@@ -164,7 +213,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config, with_worker: bool) -> Result<Application, StartError> {
         let listen = config.settings.listen;
-        let runtime = Arc::new(Runtime::open(config).await?);
+        let runtime = Arc::new(Runtime::open(config, true, with_worker).await?);
         check_open_access(&runtime).await?;
         let listener = TcpListener::bind(listen)
             .await
@@ -215,9 +264,39 @@ impl Application {
         .await;
         shutdown.cancel();
         reaper.abort();
-        for worker in workers {
-            worker.abort();
-        }
+        crate::worker::drain(&self.runtime, workers).await;
         served
+    }
+}
+
+/// `batchgate worker`: runs jobs from the shared store, without serving the API, until
+/// `shutdown`; then lets running jobs finish (or hands them back) and returns.
+pub async fn run_worker(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let runtime = Arc::new(Runtime::open(config, false, true).await?);
+    let count = runtime.settings.worker_count();
+    tracing::info!(workers = count, store = %runtime.store_label(), "worker started");
+    let workers = crate::worker::spawn_pool(runtime.clone(), count, shutdown.clone());
+    shutdown.cancelled().await;
+    runtime.stopping.cancel();
+    crate::worker::drain(&runtime, workers).await;
+    Ok(())
+}
+
+impl Runtime {
+    /// The store for logs: `sqlite` or the PostgreSQL URL without its password.
+    pub fn store_label(&self) -> String {
+        redact_url(&self.settings.store)
+    }
+}
+
+/// A URL without the password it may carry.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if scheme < at => {
+            let user_info = &url[scheme + 3..at];
+            let user = user_info.split(':').next().unwrap_or_default();
+            format!("{}://{user}@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
     }
 }

@@ -21,6 +21,15 @@ use crate::tools::{Tool, ToolDefaults, ToolError, ToolRegistry};
 pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Where job state is kept: `sqlite` (a file in the data directory, the default) or a
+    /// PostgreSQL URL (`postgres://user@host/db`) shared by replicas and workers.
+    pub store: String,
+    /// Where inputs, outputs and logs are kept: `local` (the data directory, the default)
+    /// or an absolute path to a directory that every replica and worker shares.
+    pub blobs: String,
+    /// On SIGTERM, running jobs get this long to finish; the rest are handed back to the
+    /// queue for another worker.
+    pub shutdown_grace_seconds: u64,
     /// Jobs run at once by the embedded worker; 0 means the number of cores.
     pub workers: usize,
     /// A running attempt's lease; a worker renews it every third of this.
@@ -80,6 +89,9 @@ impl Default for Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./batchgate-data"),
+            store: "sqlite".into(),
+            blobs: "local".into(),
+            shutdown_grace_seconds: 30,
             workers: 0,
             lease_seconds: 30.0,
             pending_status: 200,
@@ -178,6 +190,10 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blobs: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure_open: Option<bool>,
@@ -231,6 +247,21 @@ impl Config {
             .map_err(|error| fail(error.to_string()))?;
         if settings.pending_status != 200 && settings.pending_status != 202 {
             return Err(fail("field `pending_status`: must be 200 or 202".into()));
+        }
+        let store = settings.store.as_str();
+        if store != "sqlite"
+            && !store.starts_with("postgres://")
+            && !store.starts_with("postgresql://")
+        {
+            return Err(fail(
+                "field `store`: must be `sqlite` or a PostgreSQL URL (postgres://user@host/db)"
+                    .into(),
+            ));
+        }
+        if settings.blobs != "local" && !settings.blobs.starts_with('/') {
+            return Err(fail(
+                "field `blobs`: must be `local` or an absolute directory path".into(),
+            ));
         }
         if let Some(url) = &settings.public_url {
             let scheme_ok = url.starts_with("http://") || url.starts_with("https://");

@@ -310,7 +310,6 @@ async fn submit_as(
             return Err(quota_error(caller, &refusal));
         }
     }
-    runtime.wakeup.job_queued();
     crate::telemetry::submitted(&job.tool, &job.tier);
     tracing::info!(job_id = %id, tool = %tool.id(), key = %caller.owner, "job accepted");
     Ok(job)

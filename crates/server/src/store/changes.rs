@@ -2,19 +2,23 @@
 //! calls `notify` after every committed change of a job; a waiter subscribes *before* it
 //! reads, so no change between its read and its wait is missed.
 //!
+//! It also wakes idle workers when a job becomes claimable (`job_queued`).
+//!
 //! This only carries "something changed"; what changed is read from the store (its event
 //! log), so a lost or merged wake-up costs latency, never data. Waiters also re-read on a
-//! timer, which covers changes made by another process.
+//! timer. A store shared by several processes (PostgreSQL) feeds the changes the others
+//! announce into the same registry.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 #[derive(Debug, Default)]
 pub struct Changes {
     watched: Mutex<HashMap<Uuid, watch::Sender<()>>>,
+    queued: Notify,
 }
 
 impl Changes {
@@ -28,6 +32,16 @@ impl Changes {
         if let Some(sender) = watched.get(&id) {
             sender.send_replace(());
         }
+    }
+
+    /// A job became claimable: wakes one idle worker (or the next one to wait).
+    pub fn job_queued(&self) {
+        self.queued.notify_one();
+    }
+
+    /// Waits until a job is queued (a wake-up, not a promise: the claim may find none).
+    pub async fn queued(&self) {
+        self.queued.notified().await;
     }
 
     /// A subscription to job `id`'s changes from now on.

@@ -1,5 +1,6 @@
-//! Durable job state behind one trait. `sqlite` is the embedded default; every backend
-//! runs the same conformance suite (`tests.rs`).
+//! Durable job state behind one trait. `sqlite` is the embedded default, `postgres` the
+//! store shared by many replicas and workers; both run the same conformance suite
+//! (`tests.rs`).
 //!
 //! Architecture invariant: every state change is a single conditional `UPDATE` whose
 //! `WHERE` clause carries the expected state (and, for a running job, the attempt
@@ -8,6 +9,7 @@
 pub mod cache;
 pub mod changes;
 pub mod durable;
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;

@@ -402,6 +402,7 @@ impl JobStore for SqliteJobStore {
         .map_err(unavailable)?;
         if result.rows_affected() == 1 {
             self.durable().await?;
+            self.changes.job_queued();
             return Ok(Inserted::Created);
         }
         if let Some(key) = job.idempotency_key.as_deref() {
@@ -651,6 +652,7 @@ impl JobStore for SqliteJobStore {
             self.durable().await?;
             self.finished.forget(id);
             self.changes.notify(id);
+            self.changes.job_queued();
         }
         Ok(changed)
     }
@@ -768,6 +770,9 @@ impl JobStore for SqliteJobStore {
                 recovered += 1;
                 if let Ok(id) = Uuid::parse_str(&id) {
                     self.changes.notify(id);
+                }
+                if !final_attempt {
+                    self.changes.job_queued();
                 }
             }
         }

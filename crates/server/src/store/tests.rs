@@ -643,6 +643,96 @@ macro_rules! conformance {
     };
 }
 
+/// Behaviour across several store instances sharing one database (replicas and workers
+/// in other processes). `$pair` makes two instances on one fresh database.
+macro_rules! shared_database {
+    ($pair:expr) => {
+        #[tokio::test]
+        async fn concurrent_claims_from_two_instances_never_take_the_same_job() {
+            let (a, b) = $pair;
+            let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+            let mut ids = std::collections::BTreeSet::new();
+            for _ in 0..120 {
+                let job = crate::store::tests::new_job("t", None);
+                ids.insert(job.id);
+                a.insert(&job, &Admission::default()).await.unwrap();
+            }
+            let mut claimers = Vec::new();
+            for index in 0..8 {
+                let a = a.clone();
+                let b = b.clone();
+                claimers.push(tokio::spawn(async move {
+                    let mut claimed = Vec::new();
+                    loop {
+                        let now = chrono::Utc::now();
+                        let lease = now + chrono::Duration::seconds(60);
+                        let job = if index % 2 == 0 {
+                            a.claim(now, lease, &[]).await.unwrap()
+                        } else {
+                            b.claim(now, lease, &[]).await.unwrap()
+                        };
+                        match job {
+                            Some(job) => claimed.push(job.id),
+                            None => break claimed,
+                        }
+                    }
+                }));
+            }
+            let mut claimed = Vec::new();
+            for claimer in claimers {
+                claimed.extend(claimer.await.unwrap());
+            }
+            let unique: std::collections::BTreeSet<_> = claimed.iter().copied().collect();
+            assert_eq!(unique.len(), claimed.len(), "a job was claimed twice");
+            assert_eq!(unique, ids, "every job was claimed");
+        }
+
+        #[tokio::test]
+        async fn quotas_hold_across_instances() {
+            let (a, b) = $pair;
+            let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+            let admission = Admission {
+                window: Some((7, crate::jobs::now() - chrono::Duration::minutes(5))),
+                concurrent: Some(5),
+            };
+            let mut inserts = Vec::new();
+            for index in 0..24 {
+                let a = a.clone();
+                let b = b.clone();
+                let admission = admission.clone();
+                inserts.push(tokio::spawn(async move {
+                    let job = crate::store::tests::new_job("t", None);
+                    let store: &dyn JobStore = if index % 2 == 0 { &*a } else { &*b };
+                    matches!(
+                        store.insert(&job, &admission).await.unwrap(),
+                        Inserted::Created
+                    )
+                }));
+            }
+            let mut created = 0;
+            for insert in inserts {
+                created += usize::from(insert.await.unwrap());
+            }
+            assert_eq!(created, 5, "the concurrent-jobs quota admitted {created}");
+            // The same idempotency key through both instances: one job.
+            let first = crate::store::tests::new_job("u", Some("same"));
+            let mut second = crate::store::tests::new_job("u", Some("same"));
+            second.owner = first.owner.clone();
+            let none = Admission::default();
+            let (one, two) = tokio::join!(a.insert(&first, &none), b.insert(&second, &none));
+            let created = [one.unwrap(), two.unwrap()]
+                .iter()
+                .filter(|inserted| matches!(inserted, Inserted::Created))
+                .count();
+            assert_eq!(created, 1);
+            // Request counters are shared.
+            let window = crate::jobs::now();
+            assert_eq!(a.count_request("k", window).await.unwrap(), 1);
+            assert_eq!(b.count_request("k", window).await.unwrap(), 2);
+        }
+    };
+}
+
 mod sqlite {
     use super::super::sqlite::SqliteJobStore;
     use super::super::*;
@@ -661,4 +751,115 @@ mod sqlite {
         Box::leak(Box::new(dir));
         store
     });
+
+    shared_database!({
+        let (store, dir) = fresh().await;
+        let other = SqliteJobStore::open(&dir.path().join("jobs.db"))
+            .await
+            .unwrap();
+        Box::leak(Box::new(dir));
+        (store, other)
+    });
+}
+
+/// The same suite against PostgreSQL, each test in a schema of its own. Runs when
+/// `BATCHGATE_TEST_PG_URL` names a server (CI sets it), and skips visibly otherwise.
+mod postgres {
+    use std::str::FromStr;
+
+    use super::super::postgres::PgJobStore;
+    use super::super::*;
+
+    async fn fresh() -> Option<PgJobStore> {
+        Some(PgJobStore::connect(fresh_schema().await?).await.unwrap())
+    }
+
+    /// Connection options for a new, empty schema.
+    async fn fresh_schema() -> Option<sqlx::postgres::PgConnectOptions> {
+        let url = match std::env::var("BATCHGATE_TEST_PG_URL") {
+            Ok(url) => url,
+            Err(_) => {
+                if std::env::var_os("BATCHGATE_TEST_STRICT").is_some() {
+                    panic!("required for CI but missing: BATCHGATE_TEST_PG_URL");
+                }
+                eprintln!("SKIPPED: set BATCHGATE_TEST_PG_URL to run the PostgreSQL store tests");
+                return None;
+            }
+        };
+        let schema = format!("test_{}", uuid::Uuid::now_v7().simple());
+        let admin = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        Some(
+            sqlx::postgres::PgConnectOptions::from_str(&url)
+                .unwrap()
+                .options([("search_path", schema.as_str())]),
+        )
+    }
+
+    conformance!(match fresh().await {
+        Some(store) => store,
+        None => return,
+    });
+
+    shared_database!({
+        let Some(options) = fresh_schema().await else {
+            return;
+        };
+        // Both migrate at once: the advisory lock lets one do it.
+        let (a, b) = tokio::join!(
+            PgJobStore::connect(options.clone()),
+            PgJobStore::connect(options)
+        );
+        (a.unwrap(), b.unwrap())
+    });
+
+    /// A change committed through one instance wakes the other's waiters and idle
+    /// workers (LISTEN/NOTIFY), as it would in another process.
+    #[tokio::test]
+    async fn changes_made_elsewhere_wake_this_instance() {
+        let Some(options) = fresh_schema().await else {
+            return;
+        };
+        let a = PgJobStore::connect(options.clone()).await.unwrap();
+        let b = PgJobStore::connect(options).await.unwrap();
+        let job = crate::store::tests::new_job("t", None);
+        let mut woken = b.changes().subscribe(job.id);
+        let idle_worker = b.changes().queued();
+        a.insert(&job, &Admission::default()).await.unwrap();
+        let wait = std::time::Duration::from_secs(2);
+        tokio::time::timeout(wait, idle_worker)
+            .await
+            .expect("a job queued through one instance wakes the other's workers");
+        tokio::time::timeout(wait, woken.changed())
+            .await
+            .expect("the insert wakes the job's subscribers elsewhere");
+        let now = chrono::Utc::now();
+        a.claim(now, now + chrono::Duration::seconds(60), &[])
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(wait, woken.changed())
+            .await
+            .expect("the claim wakes the job's subscribers elsewhere");
+        // A finished job cached by one instance is forgotten when another purges it.
+        a.complete(
+            job.id,
+            1,
+            &crate::store::tests::completion(JobState::Succeeded),
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(wait, woken.changed()).await.unwrap();
+        assert_eq!(
+            b.get(job.id).await.unwrap().unwrap().state,
+            JobState::Succeeded
+        );
+        assert!(a.mark_purged(job.id, now).await.unwrap());
+        tokio::time::timeout(wait, woken.changed()).await.unwrap();
+        assert!(b.get(job.id).await.unwrap().unwrap().purged_at.is_some());
+    }
 }

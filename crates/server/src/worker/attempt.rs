@@ -117,7 +117,18 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         discard_attempt(&runtime, id, attempt_number).await;
         "discarded"
     } else {
-        let decision = jobs::decide(outcome, attempt_number, &tool.retry, rand_fraction());
+        let decision = if matches!(outcome, AttemptOutcome::Canceled)
+            && runtime.running.handing_back()
+        {
+            // Stopped by this worker's shutdown, not by the caller: another worker runs it.
+            tracing::info!(job_id = %id, attempt = attempt_number, "handing the job back to the queue");
+            Decision::Retry {
+                delay: Duration::ZERO,
+                error: worker_stopped_error(attempt_number),
+            }
+        } else {
+            jobs::decide(outcome, attempt_number, &tool.retry, rand_fraction())
+        };
         finish(&runtime, &job, decision, outputs).await
     };
     if let Err(error) = tokio::fs::remove_dir_all(&workdir).await {
@@ -127,6 +138,18 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
     }
     drop(uid);
     account(&runtime, &job, label, attempt_ended, &measured).await;
+}
+
+fn worker_stopped_error(attempt: u32) -> JobError {
+    JobError {
+        code: "worker-stopped".into(),
+        message: format!(
+            "the worker running attempt {attempt} was shut down; the job was queued again"
+        ),
+        exit_code: None,
+        signal: None,
+        stderr_tail: None,
+    }
 }
 
 /// What an attempt cost, measured as it runs.

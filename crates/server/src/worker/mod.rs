@@ -5,21 +5,23 @@ pub mod attempt;
 pub mod reaper;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::app::Runtime;
 
 /// Cancel tokens of the attempts running in this process, so that `DELETE` stops a
-/// local program at once instead of at its next heartbeat.
+/// local program at once instead of at its next heartbeat, and a shutdown can hand the
+/// attempts back.
 #[derive(Default)]
 pub struct RunningJobs {
     tokens: Mutex<HashMap<Uuid, CancellationToken>>,
+    handing_back: AtomicBool,
 }
 
 impl RunningJobs {
@@ -44,22 +46,32 @@ impl RunningJobs {
         }
     }
 
+    /// Stops every attempt running here; their jobs go back to the queue (the process is
+    /// shutting down and the grace period is over).
+    pub fn hand_back_all(&self) -> usize {
+        self.handing_back.store(true, Ordering::SeqCst);
+        let tokens = self.lock();
+        for token in tokens.values() {
+            token.cancel();
+        }
+        tokens.len()
+    }
+
+    /// True once `hand_back_all` was called: a stopped attempt is handed back, not
+    /// canceled.
+    pub fn handing_back(&self) -> bool {
+        self.handing_back.load(Ordering::SeqCst)
+    }
+
+    /// Attempts running here.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
         self.tokens
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// Wakes idle workers when a job is queued (in-process notification, not polling).
-#[derive(Default)]
-pub struct Wakeup {
-    notify: Notify,
-}
-
-impl Wakeup {
-    pub fn job_queued(&self) {
-        self.notify.notify_one();
     }
 }
 
@@ -130,7 +142,8 @@ async fn worker_loop(
             }
         }
         tokio::select! {
-            () = runtime.wakeup.notify.notified() => {}
+            // The store wakes a worker when a job is queued, here or in another process.
+            () = runtime.store.changes().queued() => {}
             // Retries and lease recoveries become due without a notification.
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
             () = shutdown.cancelled() => break,
@@ -161,6 +174,40 @@ async fn try_execute_next(
     Ok(ExecutionOutcome::Executed)
 }
 
+/// After `shutdown`: waits for the worker loops (each finishing its attempt) for the
+/// grace period, then hands the remaining attempts back to the queue and waits for them
+/// to record it (bounded: a lease that is not handed back expires anyway).
+pub async fn drain(runtime: &Runtime, mut workers: Vec<tokio::task::JoinHandle<()>>) {
+    if workers.is_empty() {
+        return;
+    }
+    let running = runtime.running.count();
+    if running > 0 {
+        tracing::info!(
+            running,
+            grace_s = runtime.settings.shutdown_grace_seconds,
+            "waiting for running jobs to finish"
+        );
+    }
+    let all = futures_util::future::join_all(workers.iter_mut());
+    let grace = Duration::from_secs(runtime.settings.shutdown_grace_seconds);
+    if tokio::time::timeout(grace, all).await.is_ok() {
+        return;
+    }
+    let handed = runtime.running.hand_back_all();
+    tracing::warn!(
+        handed,
+        "grace period over: handing running jobs back to the queue"
+    );
+    let all = futures_util::future::join_all(workers.iter_mut());
+    if tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .is_err()
+    {
+        tracing::error!("running jobs did not stop; their leases will expire");
+    }
+}
+
 async fn recovery_loop(runtime: Arc<Runtime>, shutdown: CancellationToken) {
     let period = (runtime.settings.lease() / 3).max(Duration::from_millis(100));
     loop {
@@ -168,9 +215,6 @@ async fn recovery_loop(runtime: Arc<Runtime>, shutdown: CancellationToken) {
             Ok(0) => {}
             Ok(count) => {
                 tracing::info!(count, "recovered jobs whose worker stopped responding");
-                for _ in 0..count {
-                    runtime.wakeup.job_queued();
-                }
             }
             Err(error) => tracing::warn!(%error, "lease recovery failed"),
         }

@@ -1,0 +1,1021 @@
+//! `PgJobStore`: the scale-out store. Any number of API replicas and workers, on any
+//! number of hosts, share one PostgreSQL database.
+//!
+//! - Claims take the first due queued row with `FOR UPDATE SKIP LOCKED`, through a partial
+//!   index on queued rows, so concurrent workers never wait for one another and a claim
+//!   costs the same however many finished jobs the table holds.
+//! - Every change of a job is logged by a trigger (like SQLite's) that also announces it
+//!   with `NOTIFY`; each store instance `LISTEN`s and feeds what others announce into its
+//!   `Changes` registry: event streams, `Prefer: wait` and idle workers in one process wake
+//!   up on changes made in another.
+//! - Quota checks take a per-owner transaction-scoped advisory lock, so two replicas cannot
+//!   both admit the last job of a window; idempotency keys are a unique index; request
+//!   counters are upserts. All of it holds across replicas.
+//! - Commits are durable when they return (`synchronous_commit` as the server has it; keep
+//!   it `on`).
+//!
+//! Tables live in the connection's `search_path` (`?options=-csearch_path%3Dname` in the
+//! URL picks a schema); the migrations run under an advisory lock, so replicas that start
+//! together apply them once.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::cache::{FinishedJobs, KeysExist};
+use super::changes::Changes;
+use super::{
+    lease_lost_error, Admission, ApiKey, AttemptUsage, Completion, Heartbeat, Inserted, JobStore,
+    ListQuery, Refusal, Standing, StoreError, UsageTotals,
+};
+use crate::jobs::{EventKind, Job, JobError, JobEvent, JobState, Progress, StoredOutput};
+
+/// Migrations, applied in order; `batchgate_schema.version` counts those applied.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// An arbitrary constant: the advisory lock that serialises migrations.
+const MIGRATION_LOCK: i64 = 0x6261_7463_6867_6174; // "batchgat"
+
+const V1: &str = r#"
+CREATE TABLE jobs (
+    id               UUID PRIMARY KEY,
+    owner            TEXT NOT NULL,
+    tier             TEXT NOT NULL,
+    priority         INTEGER NOT NULL,
+    retention_ms     BIGINT NOT NULL,
+    tool             TEXT NOT NULL,
+    tool_version     BIGINT NOT NULL,
+    state            TEXT NOT NULL,
+    params           JSONB NOT NULL,
+    inputs           JSONB NOT NULL,
+    created_at       TIMESTAMPTZ NOT NULL,
+    started_at       TIMESTAMPTZ,
+    finished_at      TIMESTAMPTZ,
+    expires_at       TIMESTAMPTZ,
+    attempt          BIGINT NOT NULL DEFAULT 0,
+    max_attempts     BIGINT NOT NULL,
+    lease_until      TIMESTAMPTZ,
+    run_after        TIMESTAMPTZ NOT NULL,
+    progress         JSONB,
+    error            JSONB,
+    outputs          JSONB NOT NULL DEFAULT '[]',
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    idempotency_key  TEXT,
+    request_hash     TEXT,
+    purged_at        TIMESTAMPTZ,
+    cleaned_at       TIMESTAMPTZ
+);
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_queue ON jobs (priority DESC, run_after, id) WHERE state = 'queued';
+CREATE INDEX jobs_leases ON jobs (lease_until) WHERE state = 'running';
+CREATE INDEX jobs_history ON jobs (owner, id);
+CREATE INDEX jobs_runs ON jobs (tool, tool_version, finished_at) WHERE state = 'succeeded';
+CREATE INDEX jobs_owner_created ON jobs (owner, created_at);
+CREATE INDEX jobs_active ON jobs (owner) WHERE state IN ('queued', 'running');
+CREATE INDEX jobs_expiry ON jobs (expires_at) WHERE purged_at IS NULL AND expires_at IS NOT NULL;
+CREATE INDEX jobs_unclean ON jobs (purged_at) WHERE purged_at IS NOT NULL AND cleaned_at IS NULL;
+
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    hash        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    tier        TEXT NOT NULL,
+    admin       BOOLEAN NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL,
+    revoked_at  TIMESTAMPTZ
+);
+CREATE TABLE request_counts (
+    subject      TEXT NOT NULL,
+    window_start TIMESTAMPTZ NOT NULL,
+    count        BIGINT NOT NULL,
+    PRIMARY KEY (subject, window_start)
+);
+CREATE TABLE signing_secrets (
+    id          BIGSERIAL PRIMARY KEY,
+    secret      TEXT NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE attempts (
+    job_id        UUID NOT NULL,
+    attempt       BIGINT NOT NULL,
+    owner         TEXT NOT NULL,
+    tier          TEXT NOT NULL,
+    tool          TEXT NOT NULL,
+    tool_version  BIGINT NOT NULL,
+    started_at    TIMESTAMPTZ NOT NULL,
+    finished_at   TIMESTAMPTZ NOT NULL,
+    outcome       TEXT NOT NULL,
+    wall_ms       BIGINT NOT NULL,
+    cpu_ms        BIGINT,
+    max_rss_bytes BIGINT,
+    bytes_in      BIGINT NOT NULL,
+    bytes_out     BIGINT NOT NULL,
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE INDEX attempts_owner ON attempts (owner, finished_at);
+CREATE INDEX attempts_finished ON attempts (finished_at);
+
+-- The event log. A job's row lock orders its changes, so its events' `seq` follow commit
+-- order (readers resume after the last `seq` they saw, per job).
+CREATE TABLE job_events (
+    seq              BIGSERIAL PRIMARY KEY,
+    job_id           UUID NOT NULL,
+    kind             TEXT NOT NULL,
+    at               TIMESTAMPTZ NOT NULL,
+    state            TEXT NOT NULL,
+    attempt          BIGINT NOT NULL,
+    progress         JSONB,
+    error            JSONB,
+    cancel_requested BOOLEAN NOT NULL
+);
+CREATE INDEX job_events_job ON job_events (job_id, seq);
+
+-- Payload: the job id, then `q` when it is (again) claimable.
+CREATE FUNCTION batchgate_job_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    event_kind TEXT;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        event_kind := 'state';
+    ELSIF NEW.purged_at IS NOT NULL AND OLD.purged_at IS NULL THEN
+        DELETE FROM job_events WHERE job_id = NEW.id;
+        PERFORM pg_notify('batchgate_changes', NEW.id::text);
+        RETURN NULL;
+    ELSIF NEW.state IS DISTINCT FROM OLD.state OR NEW.attempt IS DISTINCT FROM OLD.attempt THEN
+        event_kind := 'state';
+    ELSIF NEW.cancel_requested IS DISTINCT FROM OLD.cancel_requested THEN
+        event_kind := 'cancel-requested';
+    ELSIF NEW.progress IS DISTINCT FROM OLD.progress THEN
+        event_kind := 'progress';
+    ELSE
+        RETURN NULL;
+    END IF;
+    INSERT INTO job_events (job_id, kind, at, state, attempt, progress, error, cancel_requested)
+    VALUES (NEW.id, event_kind,
+            CASE WHEN TG_OP = 'INSERT' THEN NEW.created_at ELSE clock_timestamp() END,
+            NEW.state, NEW.attempt, NEW.progress, NEW.error, NEW.cancel_requested);
+    PERFORM pg_notify('batchgate_changes',
+                      NEW.id::text || CASE WHEN NEW.state = 'queued' THEN ' q' ELSE '' END);
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER jobs_changed AFTER INSERT OR UPDATE ON jobs
+    FOR EACH ROW EXECUTE FUNCTION batchgate_job_changed();
+"#;
+
+/// Connections per store instance (the listener takes one more).
+const POOL_SIZE: u32 = 16;
+
+pub struct PgJobStore {
+    pool: PgPool,
+    changes: Arc<Changes>,
+    finished: Arc<FinishedJobs>,
+    keys_exist: KeysExist,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgJobStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PgJobStore {
+    /// Connects to `url` (`postgres://…`), applies the migrations and starts listening for
+    /// the changes other processes make.
+    pub async fn open(url: &str) -> Result<PgJobStore, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|error| StoreError::Unavailable(format!("bad PostgreSQL URL: {error}")))?;
+        PgJobStore::connect(options).await
+    }
+
+    pub async fn connect(options: PgConnectOptions) -> Result<PgJobStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        migrate(&pool).await?;
+        let changes = Changes::new();
+        let finished = Arc::new(FinishedJobs::default());
+        let mut listener = PgListener::connect_with(&pool).await.map_err(unavailable)?;
+        listener
+            .listen("batchgate_changes")
+            .await
+            .map_err(unavailable)?;
+        let listener = tokio::spawn(listen(listener, changes.clone(), finished.clone()));
+        Ok(PgJobStore {
+            pool,
+            changes,
+            finished,
+            keys_exist: KeysExist::default(),
+            listener,
+        })
+    }
+}
+
+/// Feeds announced changes into `changes` until the store is dropped. After a lost
+/// connection the listener reconnects; what was announced meanwhile is lost, which waiters
+/// and workers cover by reading again on their timers.
+async fn listen(mut listener: PgListener, changes: Arc<Changes>, finished: Arc<FinishedJobs>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                let mut parts = notification.payload().split(' ');
+                let Some(Ok(id)) = parts.next().map(Uuid::parse_str) else {
+                    continue;
+                };
+                finished.forget(id);
+                changes.notify(id);
+                if parts.next() == Some("q") {
+                    changes.job_queued();
+                }
+            }
+            Ok(None) => {
+                tracing::warn!("lost the PostgreSQL notification connection; reconnecting");
+                // Anything might have been queued meanwhile.
+                changes.job_queued();
+            }
+            Err(error) => {
+                tracing::warn!(%error, "PostgreSQL notifications unavailable; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS batchgate_schema (version BIGINT NOT NULL)")
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM batchgate_schema")
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let applied = applied.unwrap_or(0);
+    if applied as usize > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the database is at schema version {applied}, newer than this server ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for migration in &MIGRATIONS[applied as usize..] {
+        sqlx::raw_sql(migration)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    sqlx::query("DELETE FROM batchgate_schema")
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    sqlx::query("INSERT INTO batchgate_schema (version) VALUES ($1)")
+        .bind(MIGRATIONS.len() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn corrupt(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(error.to_string())
+}
+
+fn state(text: &str) -> Result<JobState, StoreError> {
+    JobState::parse(text).ok_or_else(|| StoreError::Corrupt(format!("state {text}")))
+}
+
+fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
+    let progress: Option<Json<Progress>> = row.try_get("progress").map_err(corrupt)?;
+    let error: Option<Json<JobError>> = row.try_get("error").map_err(corrupt)?;
+    Ok(Job {
+        id: row.try_get("id").map_err(corrupt)?,
+        owner: row.try_get("owner").map_err(corrupt)?,
+        tier: row.try_get("tier").map_err(corrupt)?,
+        priority: row.try_get("priority").map_err(corrupt)?,
+        retention: Duration::from_millis(
+            row.try_get::<i64, _>("retention_ms")
+                .map_err(corrupt)?
+                .max(0) as u64,
+        ),
+        tool: row.try_get("tool").map_err(corrupt)?,
+        tool_version: row.try_get::<i64, _>("tool_version").map_err(corrupt)? as u32,
+        state: state(row.try_get("state").map_err(corrupt)?)?,
+        params: row.try_get::<Json<_>, _>("params").map_err(corrupt)?.0,
+        inputs: row.try_get::<Json<_>, _>("inputs").map_err(corrupt)?.0,
+        created_at: row.try_get("created_at").map_err(corrupt)?,
+        started_at: row.try_get("started_at").map_err(corrupt)?,
+        finished_at: row.try_get("finished_at").map_err(corrupt)?,
+        expires_at: row.try_get("expires_at").map_err(corrupt)?,
+        attempt: row.try_get::<i64, _>("attempt").map_err(corrupt)? as u32,
+        max_attempts: row.try_get::<i64, _>("max_attempts").map_err(corrupt)? as u32,
+        lease_until: row.try_get("lease_until").map_err(corrupt)?,
+        run_after: row.try_get("run_after").map_err(corrupt)?,
+        progress: progress.map(|json| json.0),
+        error: error.map(|json| json.0),
+        outputs: row
+            .try_get::<Json<Vec<StoredOutput>>, _>("outputs")
+            .map_err(corrupt)?
+            .0,
+        cancel_requested: row.try_get("cancel_requested").map_err(corrupt)?,
+        idempotency_key: row.try_get("idempotency_key").map_err(corrupt)?,
+        request_hash: row.try_get("request_hash").map_err(corrupt)?,
+        purged_at: row.try_get("purged_at").map_err(corrupt)?,
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<JobEvent, StoreError> {
+    let kind: String = row.try_get("kind").map_err(corrupt)?;
+    let progress: Option<Json<Progress>> = row.try_get("progress").map_err(corrupt)?;
+    let error: Option<Json<JobError>> = row.try_get("error").map_err(corrupt)?;
+    Ok(JobEvent {
+        seq: row.try_get::<i64, _>("seq").map_err(corrupt)? as u64,
+        job_id: row.try_get("job_id").map_err(corrupt)?,
+        kind: EventKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("event kind {kind}")))?,
+        at: row.try_get("at").map_err(corrupt)?,
+        state: state(row.try_get("state").map_err(corrupt)?)?,
+        attempt: row.try_get::<i64, _>("attempt").map_err(corrupt)? as u32,
+        progress: progress.map(|json| json.0),
+        error: error.map(|json| json.0),
+        cancel_requested: row.try_get("cancel_requested").map_err(corrupt)?,
+    })
+}
+
+fn key_from_row(row: &PgRow) -> Result<ApiKey, StoreError> {
+    Ok(ApiKey {
+        id: row.try_get("id").map_err(corrupt)?,
+        hash: row.try_get("hash").map_err(corrupt)?,
+        name: row.try_get("name").map_err(corrupt)?,
+        tier: row.try_get("tier").map_err(corrupt)?,
+        admin: row.try_get("admin").map_err(corrupt)?,
+        created_at: row.try_get("created_at").map_err(corrupt)?,
+        revoked_at: row.try_get("revoked_at").map_err(corrupt)?,
+    })
+}
+
+#[async_trait]
+impl JobStore for PgJobStore {
+    async fn insert(&self, job: &Job, admission: &Admission) -> Result<Inserted, StoreError> {
+        let (window_limit, window_since) = match admission.window {
+            Some((limit, since)) => (Some(limit as i64), Some(since)),
+            None => (None, None),
+        };
+        let concurrent = admission.concurrent.map(|limit| limit as i64);
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if window_limit.is_some() || concurrent.is_some() {
+            // Admissions of one owner one at a time, whichever replica makes them: the
+            // counts below then include every job admitted before.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+                .bind(&job.owner)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        let result = sqlx::query(
+            "INSERT INTO jobs (id, owner, tier, priority, retention_ms, tool, tool_version, state, \
+             params, inputs, created_at, attempt, max_attempts, run_after, idempotency_key, \
+             request_hash) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+             WHERE ($17::bigint IS NULL \
+                    OR (SELECT COUNT(*) FROM jobs WHERE owner = $2 AND created_at > $18) < $17) \
+             AND ($19::bigint IS NULL OR (SELECT COUNT(*) FROM jobs WHERE owner = $2 \
+                                          AND state IN ('queued', 'running')) < $19) \
+             ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        )
+        .bind(job.id)
+        .bind(&job.owner)
+        .bind(&job.tier)
+        .bind(job.priority)
+        .bind(job.retention.as_millis() as i64)
+        .bind(&job.tool)
+        .bind(job.tool_version as i64)
+        .bind(job.state.as_str())
+        .bind(Json(&job.params))
+        .bind(Json(&job.inputs))
+        .bind(job.created_at)
+        .bind(job.attempt as i64)
+        .bind(job.max_attempts as i64)
+        .bind(job.run_after)
+        .bind(&job.idempotency_key)
+        .bind(&job.request_hash)
+        .bind(window_limit)
+        .bind(window_since)
+        .bind(concurrent)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        if result.rows_affected() == 1 {
+            self.changes.job_queued();
+            return Ok(Inserted::Created);
+        }
+        if let Some(key) = job.idempotency_key.as_deref() {
+            if let Some(existing) = self.find_by_idempotency_key(&job.owner, key).await? {
+                return Ok(Inserted::Existing(Box::new(existing)));
+            }
+        }
+        let since = admission.window.map_or(job.created_at, |(_, since)| since);
+        let standing = self.standing(&job.owner, since).await?;
+        match (admission.window, admission.concurrent) {
+            (Some((limit, _)), _) if standing.jobs_since >= limit => {
+                Ok(Inserted::Refused(Refusal::JobsPerWindow {
+                    oldest: standing.oldest_since.unwrap_or(job.created_at),
+                }))
+            }
+            (_, Some(limit)) if standing.active >= limit => {
+                Ok(Inserted::Refused(Refusal::Concurrent))
+            }
+            _ => Err(StoreError::Unavailable("insert changed nothing".into())),
+        }
+    }
+
+    async fn standing(&self, owner: &str, since: DateTime<Utc>) -> Result<Standing, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE owner = $1 AND created_at > $2), \
+                    (SELECT MIN(created_at) FROM jobs WHERE owner = $1 AND created_at > $2), \
+                    (SELECT COUNT(*) FROM jobs WHERE owner = $1 AND state IN ('queued', 'running'))",
+        )
+        .bind(owner)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(Standing {
+            jobs_since: row.try_get::<i64, _>(0).map_err(corrupt)? as u64,
+            oldest_since: row.try_get(1).map_err(corrupt)?,
+            active: row.try_get::<i64, _>(2).map_err(corrupt)? as u64,
+        })
+    }
+
+    async fn queued_count(&self, cap: u64) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' LIMIT $1) AS q",
+        )
+        .bind(cap.min(i64::MAX as u64) as i64)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(count as u64)
+    }
+
+    async fn state_counts(&self) -> Result<Vec<(String, JobState, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tool, state, COUNT(*) FROM jobs WHERE purged_at IS NULL GROUP BY tool, state",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(corrupt)?,
+                    state(row.try_get(1).map_err(corrupt)?)?,
+                    row.try_get::<i64, _>(2).map_err(corrupt)? as u64,
+                ))
+            })
+            .collect()
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        if let Some(job) = self.finished.get(id) {
+            return Ok(Some(job));
+        }
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let job = row.as_ref().map(job_from_row).transpose()?;
+        if let Some(job) = &job {
+            self.finished.offer(job);
+        }
+        Ok(job)
+    }
+
+    async fn find_by_idempotency_key(
+        &self,
+        owner: &str,
+        key: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE owner = $1 AND idempotency_key = $2")
+            .bind(owner)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE ($1::text IS NULL OR owner = $1) \
+             AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR tool = $3) \
+             AND ($4::uuid IS NULL OR id < $4) \
+             ORDER BY id DESC LIMIT $5",
+        )
+        .bind(&query.owner)
+        .bind(query.state.map(JobState::as_str))
+        .bind(&query.tool)
+        .bind(query.before)
+        .bind(query.limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        exclude: &[String],
+    ) -> Result<Option<Job>, StoreError> {
+        // The first due row nobody else is claiming; a row another worker has locked is
+        // skipped, not waited for.
+        let row = sqlx::query(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_until = $1, \
+             started_at = COALESCE(started_at, $2), progress = NULL \
+             WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= $2 \
+                           AND NOT ((tool || '@' || tool_version::text) = ANY($3)) \
+                         ORDER BY priority DESC, run_after, id LIMIT 1 \
+                         FOR UPDATE SKIP LOCKED) \
+             AND state = 'queued' RETURNING *",
+        )
+        .bind(lease_until)
+        .bind(now)
+        .bind(exclude)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let job = row.as_ref().map(job_from_row).transpose()?;
+        if let Some(job) = &job {
+            self.changes.notify(job.id);
+        }
+        Ok(job)
+    }
+
+    async fn heartbeat(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        lease_until: DateTime<Utc>,
+        progress: Option<&Progress>,
+    ) -> Result<Heartbeat, StoreError> {
+        let cancel: Option<bool> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_until = $1, progress = COALESCE($2, progress) \
+             WHERE id = $3 AND attempt = $4 AND state = 'running' RETURNING cancel_requested",
+        )
+        .bind(lease_until)
+        .bind(progress.map(Json))
+        .bind(id)
+        .bind(attempt as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if cancel.is_some() && progress.is_some() {
+            self.changes.notify(id);
+        }
+        Ok(match cancel {
+            Some(cancel_requested) => Heartbeat::Held { cancel_requested },
+            None => Heartbeat::Lost,
+        })
+    }
+
+    async fn complete(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        completion: &Completion,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE jobs SET state = $1, error = $2, outputs = $3, finished_at = $4, \
+             expires_at = $5, lease_until = NULL, cancel_requested = FALSE \
+             WHERE id = $6 AND attempt = $7 AND state = 'running'",
+        )
+        .bind(completion.state.as_str())
+        .bind(completion.error.as_ref().map(Json))
+        .bind(Json(&completion.outputs))
+        .bind(completion.finished_at)
+        .bind(completion.expires_at)
+        .bind(id)
+        .bind(attempt as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let changed = result.rows_affected() == 1;
+        if changed {
+            self.finished.forget(id);
+            self.changes.notify(id);
+        }
+        Ok(changed)
+    }
+
+    async fn requeue(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        run_after: DateTime<Utc>,
+        error: &JobError,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE jobs SET state = 'queued', run_after = $1, error = $2, lease_until = NULL \
+             WHERE id = $3 AND attempt = $4 AND state = 'running'",
+        )
+        .bind(run_after)
+        .bind(Json(error))
+        .bind(id)
+        .bind(attempt as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let changed = result.rows_affected() == 1;
+        if changed {
+            self.finished.forget(id);
+            self.changes.notify(id);
+            self.changes.job_queued();
+        }
+        Ok(changed)
+    }
+
+    async fn request_cancel(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Job>, StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET \
+               state = CASE WHEN state = 'queued' THEN 'canceled' ELSE state END, \
+               finished_at = CASE WHEN state = 'queued' THEN $1 ELSE finished_at END, \
+               error = CASE WHEN state = 'queued' THEN NULL ELSE error END, \
+               cancel_requested = (state = 'running') \
+             WHERE id = $2 AND state IN ('queued', 'running')",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        self.changes.notify(id);
+        self.get(id).await
+    }
+
+    async fn mark_purged(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE jobs SET purged_at = COALESCE(purged_at, $1), outputs = '[]' \
+             WHERE id = $2 AND state IN ('succeeded', 'failed', 'canceled')",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let changed = result.rows_affected() == 1;
+        if changed {
+            self.finished.forget(id);
+            self.changes.notify(id);
+        }
+        Ok(changed)
+    }
+
+    async fn mark_cleaned(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET cleaned_at = $1 WHERE id = $2 AND purged_at IS NOT NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn due_for_cleanup(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM (\
+               SELECT id FROM jobs WHERE purged_at IS NULL AND expires_at IS NOT NULL \
+                 AND expires_at <= $1 AND state IN ('succeeded', 'failed', 'canceled') \
+               UNION ALL \
+               SELECT id FROM jobs WHERE purged_at IS NOT NULL AND cleaned_at IS NULL) AS due \
+             LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn recover_expired_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, attempt, max_attempts FROM jobs \
+             WHERE state = 'running' AND lease_until < $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut recovered = 0;
+        for row in rows {
+            let id: Uuid = row.try_get(0).map_err(corrupt)?;
+            let attempt = row.try_get::<i64, _>(1).map_err(corrupt)? as u32;
+            let max_attempts = row.try_get::<i64, _>(2).map_err(corrupt)? as u32;
+            let final_attempt = attempt >= max_attempts;
+            let error = Json(lease_lost_error(attempt, final_attempt));
+            // Fenced like a completion: only if the same attempt still holds an expired
+            // lease (another replica may be recovering it at the same moment).
+            let sql = if final_attempt {
+                "UPDATE jobs SET state = 'failed', finished_at = $1, error = $2, \
+                 lease_until = NULL \
+                 WHERE id = $3 AND attempt = $4 AND state = 'running' AND lease_until < $1"
+            } else {
+                "UPDATE jobs SET state = 'queued', run_after = $1, error = $2, \
+                 lease_until = NULL \
+                 WHERE id = $3 AND attempt = $4 AND state = 'running' AND lease_until < $1"
+            };
+            let result = sqlx::query(sql)
+                .bind(now)
+                .bind(error)
+                .bind(id)
+                .bind(attempt as i64)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            if result.rows_affected() == 1 {
+                recovered += 1;
+                self.changes.notify(id);
+                if !final_attempt {
+                    self.changes.job_queued();
+                }
+            }
+        }
+        Ok(recovered)
+    }
+
+    async fn queued_ahead(&self, job: &Job) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND (priority > $1 OR (priority = $1 \
+             AND (run_after < $2 OR (run_after = $2 AND id < $3))))",
+        )
+        .bind(job.priority)
+        .bind(job.run_after)
+        .bind(job.id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(count as u64)
+    }
+
+    async fn recent_run_time(
+        &self,
+        tool: &str,
+        version: u32,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mean: Option<f64> = sqlx::query_scalar(
+            "SELECT AVG(EXTRACT(EPOCH FROM finished_at - started_at))::float8 FROM \
+             (SELECT finished_at, started_at FROM jobs \
+              WHERE tool = $1 AND tool_version = $2 AND state = 'succeeded' \
+              ORDER BY finished_at DESC LIMIT 20) AS recent",
+        )
+        .bind(tool)
+        .bind(version as i64)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(mean.map(|seconds| Duration::from_secs_f64(seconds.max(0.0))))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn events(&self, id: Uuid, after: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, job_id, kind, at, state, attempt, progress, error, cancel_requested \
+             FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id)
+        .bind(after.min(i64::MAX as u64) as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    fn changes(&self) -> &Arc<Changes> {
+        &self.changes
+    }
+
+    async fn create_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, hash, name, tier, admin, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&key.id)
+        .bind(&key.hash)
+        .bind(&key.name)
+        .bind(&key.tier)
+        .bind(key.admin)
+        .bind(key.created_at)
+        .bind(key.revoked_at)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        self.keys_exist.record(true);
+        Ok(())
+    }
+
+    async fn find_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        if row.is_some() {
+            self.keys_exist.record(true);
+        }
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM api_keys ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revoke_key(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn has_keys(&self) -> Result<bool, StoreError> {
+        if let Some(known) = self.keys_exist.known() {
+            return Ok(known);
+        }
+        let found: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        self.keys_exist.record(found);
+        Ok(found)
+    }
+
+    async fn count_request(
+        &self,
+        subject: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "INSERT INTO request_counts (subject, window_start, count) VALUES ($1, $2, 1) \
+             ON CONFLICT (subject, window_start) \
+             DO UPDATE SET count = request_counts.count + 1 \
+             RETURNING count",
+        )
+        .bind(subject)
+        .bind(window_start)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(count as u64)
+    }
+
+    async fn prune_request_counts(&self, before: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM request_counts WHERE window_start < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn signing_secrets(&self, count: u32) -> Result<Vec<(u32, String)>, StoreError> {
+        let rows = sqlx::query("SELECT id, secret FROM signing_secrets ORDER BY id DESC LIMIT $1")
+            .bind(count as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<i64, _>(0).map_err(corrupt)? as u32,
+                    row.try_get(1).map_err(corrupt)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn add_signing_secret(
+        &self,
+        secret: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO signing_secrets (secret, created_at) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(secret)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(id as u32)
+    }
+
+    async fn record_attempt(&self, usage: &AttemptUsage) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO attempts (job_id, attempt, owner, tier, tool, tool_version, \
+             started_at, finished_at, outcome, wall_ms, cpu_ms, max_rss_bytes, bytes_in, bytes_out) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (job_id, attempt) DO UPDATE SET owner = EXCLUDED.owner, \
+             tier = EXCLUDED.tier, tool = EXCLUDED.tool, tool_version = EXCLUDED.tool_version, \
+             started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, \
+             outcome = EXCLUDED.outcome, wall_ms = EXCLUDED.wall_ms, cpu_ms = EXCLUDED.cpu_ms, \
+             max_rss_bytes = EXCLUDED.max_rss_bytes, bytes_in = EXCLUDED.bytes_in, \
+             bytes_out = EXCLUDED.bytes_out",
+        )
+        .bind(usage.job_id)
+        .bind(usage.attempt as i64)
+        .bind(&usage.owner)
+        .bind(&usage.tier)
+        .bind(&usage.tool)
+        .bind(usage.tool_version as i64)
+        .bind(usage.started_at)
+        .bind(usage.finished_at)
+        .bind(&usage.outcome)
+        .bind(usage.wall_ms as i64)
+        .bind(usage.cpu_ms.map(|v| v as i64))
+        .bind(usage.max_rss_bytes.map(|v| v as i64))
+        .bind(usage.bytes_in as i64)
+        .bind(usage.bytes_out as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        owner: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<UsageTotals, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE ($1::text IS NULL OR owner = $1) \
+                       AND created_at > $2), \
+                    COUNT(*), COALESCE(SUM(wall_ms), 0)::bigint, \
+                    COALESCE(SUM(cpu_ms), 0)::bigint, COALESCE(MAX(max_rss_bytes), 0), \
+                    COALESCE(SUM(bytes_in), 0)::bigint, COALESCE(SUM(bytes_out), 0)::bigint \
+             FROM attempts WHERE ($1::text IS NULL OR owner = $1) AND finished_at > $2",
+        )
+        .bind(owner)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let get = |index: usize| -> Result<u64, StoreError> {
+            Ok(row.try_get::<i64, _>(index).map_err(corrupt)?.max(0) as u64)
+        };
+        Ok(UsageTotals {
+            jobs: get(0)?,
+            attempts: get(1)?,
+            wall_ms: get(2)?,
+            cpu_ms: get(3)?,
+            max_rss_bytes: get(4)?,
+            bytes_in: get(5)?,
+            bytes_out: get(6)?,
+        })
+    }
+}
