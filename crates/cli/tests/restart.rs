@@ -200,3 +200,160 @@ fn the_demo_config_passes_check_config() {
     );
     assert!(String::from_utf8_lossy(&check.stdout).contains("analyzer@2"));
 }
+
+/// Waits for the process to exit and returns whether it exited successfully.
+fn exits_within(server: &mut Server, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status.success();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(server: &Server) {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn submit_slow(client: &reqwest::Client, server: &Server, delay_seconds: u32) -> String {
+    let request = json!({
+        "parameters": {"delay_seconds": delay_seconds, "label": "slow"},
+        "inputs": {"records": [{"sensor": "s", "timestamp": "t", "value": 1}]}
+    });
+    let response = client
+        .post(format!("{}/v1/tools/analyzer/jobs", server.address))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    let id = body["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    loop {
+        let status = get_json(client, &format!("{}/v1/jobs/{id}", server.address)).await;
+        if status["status"] == "running" {
+            return id;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never ran: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn final_status(client: &reqwest::Client, server: &Server, id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let response = client
+            .get(format!("{}/v1/jobs/{id}", server.address))
+            .send()
+            .await
+            .unwrap();
+        let code = response.status();
+        let status: Value = response.json().await.unwrap();
+        if code == 303 {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never finished: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_lets_the_running_job_finish_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut server = start(&data_dir);
+    let id = submit_slow(&client, &server, 2).await;
+    sigterm(&server);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = client
+        .get(format!("{}/healthz", server.address))
+        .send()
+        .await;
+    assert!(refused.is_err(), "still accepting after SIGTERM");
+    assert!(
+        exits_within(&mut server, Duration::from_secs(20)),
+        "exit status"
+    );
+
+    let server = start(&data_dir);
+    let status = final_status(&client, &server, &id).await;
+    assert_eq!(
+        (status["status"].clone(), status["attempt"].clone()),
+        (json!("succeeded"), json!(1)),
+        "finished by the process that was stopping: {status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_grace_period_hands_the_job_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut server = {
+        let mut command = common::batchgate(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--data-dir",
+        ]);
+        command
+            .arg(&data_dir)
+            .env("BATCHGATE__SHUTDOWN_GRACE_SECONDS", "1")
+            .env("BATCHGATE_LOG", "warn")
+            .stderr(Stdio::inherit());
+        let (child, address) = common::start(command);
+        Server { child, address }
+    };
+    let id = submit_slow(&client, &server, 8).await;
+    let stopping = Instant::now();
+    sigterm(&server);
+    assert!(
+        exits_within(&mut server, Duration::from_secs(20)),
+        "exit status"
+    );
+    assert!(
+        stopping.elapsed() < Duration::from_secs(6),
+        "waited for the 8 s job instead of handing it back"
+    );
+    // A new process takes it up at once (no lease to wait for), as attempt 2; the first
+    // attempt's reason is on record.
+    let server = start(&data_dir);
+    let events = client
+        .get(format!("{}/v1/jobs/{id}/events", server.address))
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap_or_default();
+    let status = final_status(&client, &server, &id).await;
+    assert_eq!(status["attempt"], 2, "{status}");
+    assert_eq!(status["status"], "succeeded", "{status}");
+    assert!(events.contains("worker-stopped"), "{events}");
+}

@@ -24,3 +24,13 @@ pub fn start(mut command: Command) -> (Child, String) {
         .to_owned();
     (child, address)
 }
+
+/// Skips a test whose requirement is missing, with a visible message; under
+/// `BATCHGATE_TEST_STRICT=1` (CI) the skip is a failure.
+#[allow(dead_code)] // not every test binary skips
+pub fn skip(reason: &str) {
+    if std::env::var_os("BATCHGATE_TEST_STRICT").is_some() {
+        panic!("required for CI but missing: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}

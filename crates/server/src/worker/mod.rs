@@ -177,7 +177,7 @@ async fn try_execute_next(
 /// After `shutdown`: waits for the worker loops (each finishing its attempt) for the
 /// grace period, then hands the remaining attempts back to the queue and waits for them
 /// to record it (bounded: a lease that is not handed back expires anyway).
-pub async fn drain(runtime: &Runtime, mut workers: Vec<tokio::task::JoinHandle<()>>) {
+pub async fn drain(runtime: &Runtime, workers: Vec<tokio::task::JoinHandle<()>>) {
     if workers.is_empty() {
         return;
     }
@@ -189,9 +189,9 @@ pub async fn drain(runtime: &Runtime, mut workers: Vec<tokio::task::JoinHandle<(
             "waiting for running jobs to finish"
         );
     }
-    let all = futures_util::future::join_all(workers.iter_mut());
+    let mut all = tokio::spawn(futures_util::future::join_all(workers));
     let grace = Duration::from_secs(runtime.settings.shutdown_grace_seconds);
-    if tokio::time::timeout(grace, all).await.is_ok() {
+    if tokio::time::timeout(grace, &mut all).await.is_ok() {
         return;
     }
     let handed = runtime.running.hand_back_all();
@@ -199,7 +199,6 @@ pub async fn drain(runtime: &Runtime, mut workers: Vec<tokio::task::JoinHandle<(
         handed,
         "grace period over: handing running jobs back to the queue"
     );
-    let all = futures_util::future::join_all(workers.iter_mut());
     if tokio::time::timeout(Duration::from_secs(30), all)
         .await
         .is_err()

@@ -1,0 +1,378 @@
+//! Scale-out with the real binary: API replicas (`serve --no-worker`) and workers
+//! (`worker`) as separate processes sharing a PostgreSQL store and a blob directory, and
+//! the faults they must survive. Needs `BATCHGATE_TEST_PG_URL` (CI sets it); skips
+//! visibly otherwise. Each test uses a schema of its own.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPool};
+
+/// A fresh schema: the URL every process gets, and a pool for the test's own checks.
+struct Database {
+    url: String,
+    pool: PgPool,
+}
+
+async fn database() -> Option<Database> {
+    let Ok(base) = std::env::var("BATCHGATE_TEST_PG_URL") else {
+        common::skip("set BATCHGATE_TEST_PG_URL to run the scale-out tests");
+        return None;
+    };
+    let schema = format!("scale_{}", uuid::Uuid::now_v7().simple());
+    let admin = PgPool::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    // The way an operator picks a schema: libpq's `options` in the URL.
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let pool = PgPool::connect_with(
+        PgConnectOptions::from_str(&base)
+            .unwrap()
+            .options([("search_path", schema.as_str())]),
+    )
+    .await
+    .unwrap();
+    Some(Database { url, pool })
+}
+
+struct Process {
+    child: Child,
+    address: Option<String>,
+}
+
+impl Process {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address.as_deref().expect("an API replica"))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The settings every process of one deployment shares.
+struct Deployment {
+    store: String,
+    blobs: PathBuf,
+    root: PathBuf,
+    lease_seconds: &'static str,
+}
+
+impl Deployment {
+    fn new(database: &Database, root: &Path, lease_seconds: &'static str) -> Deployment {
+        let blobs = root.join("shared-blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        Deployment {
+            store: database.url.clone(),
+            blobs,
+            root: root.to_owned(),
+            lease_seconds,
+        }
+    }
+
+    fn command(&self, role: &str, name: &str) -> std::process::Command {
+        let mut command = common::batchgate(&[role]);
+        command
+            .arg("--data-dir")
+            .arg(self.root.join(name))
+            .arg("--store")
+            .arg(&self.store)
+            .arg("--blobs")
+            .arg(&self.blobs)
+            .env("BATCHGATE__LEASE_SECONDS", self.lease_seconds)
+            .env("BATCHGATE_LOG", "warn")
+            .stderr(Stdio::inherit());
+        command
+    }
+
+    /// `serve --no-worker` on a free port.
+    fn replica(&self, name: &str) -> Process {
+        let mut command = self.command("serve", name);
+        command.args(["--no-worker", "--listen", "127.0.0.1:0"]);
+        let (child, address) = common::start(command);
+        Process {
+            child,
+            address: Some(address),
+        }
+    }
+
+    fn worker(&self, name: &str, workers: &str) -> Process {
+        let mut command = self.command("worker", name);
+        command.args(["--workers", workers]).stdout(Stdio::null());
+        Process {
+            child: command.spawn().expect("the worker starts"),
+            address: None,
+        }
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn request(label: &str, delay_seconds: u32) -> Value {
+    json!({
+        "parameters": {"label": label, "delay_seconds": delay_seconds},
+        "inputs": {"records": [{"sensor": "s", "timestamp": "t", "value": 1}]}
+    })
+}
+
+async fn submit(client: &reqwest::Client, replica: &Process, body: &Value) -> String {
+    let response = client
+        .post(replica.url("/v1/tools/analyzer/jobs"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let status: Value = response.json().await.unwrap();
+    status["id"].as_str().unwrap().to_owned()
+}
+
+/// Polls until the job is terminal and returns its status body.
+async fn finished(
+    client: &reqwest::Client,
+    replica: &Process,
+    id: &str,
+    within: Duration,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let response = client
+            .get(replica.url(&format!("/v1/jobs/{id}")))
+            .send()
+            .await
+            .unwrap();
+        let code = response.status().as_u16();
+        let status: Value = response.json().await.unwrap();
+        if code == 303 {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never finished: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn label_of_result(client: &reqwest::Client, replica: &Process, id: &str) -> String {
+    let result: Value = client
+        .get(replica.url(&format!("/v1/jobs/{id}/result")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let name = result["insights"][0]["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{result}"));
+    name.split(':').next().unwrap().to_owned()
+}
+
+/// Waits until the job runs and returns its attempt number.
+async fn running(database: &Database, id: &str) -> i64 {
+    let id = uuid::Uuid::parse_str(id).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT state, attempt FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&database.pool)
+                .await
+                .unwrap();
+        if let Some(("running", attempt)) = row.as_ref().map(|(s, a)| (s.as_str(), *a)) {
+            return attempt;
+        }
+        assert!(Instant::now() < deadline, "job {id} never ran: {row:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Terminal events logged for the job (exactly one if it finished exactly once).
+async fn terminal_events(database: &Database, id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM job_events WHERE job_id = $1 \
+         AND state IN ('succeeded', 'failed', 'canceled')",
+    )
+    .bind(uuid::Uuid::parse_str(id).unwrap())
+    .fetch_one(&database.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_and_two_workers_finish_500_jobs_exactly_once() {
+    let Some(database) = database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = Deployment::new(&database, dir.path(), "10");
+    let replicas = [deployment.replica("api-a"), deployment.replica("api-b")];
+    let _workers = [
+        deployment.worker("worker-a", "4"),
+        deployment.worker("worker-b", "4"),
+    ];
+    let client = client();
+    let replicas = &replicas;
+    let submitted: Vec<(usize, String)> = futures_util::future::join_all((0..500).map(|i| {
+        let client = client.clone();
+        async move {
+            // Alternately to both replicas, 500 at once.
+            let id = submit(&client, &replicas[i % 2], &request(&format!("job{i}"), 0)).await;
+            (i, id)
+        }
+    }))
+    .await;
+    for (i, id) in &submitted {
+        // Read back through the other replica than the one that accepted it.
+        let replica = &replicas[(i + 1) % 2];
+        let status = finished(&client, replica, id, Duration::from_secs(120)).await;
+        assert_eq!(status["status"], "succeeded", "{status}");
+        assert_eq!(
+            label_of_result(&client, replica, id).await,
+            format!("job{i}")
+        );
+    }
+    let (jobs, succeeded, terminal): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM jobs), \
+                (SELECT COUNT(*) FROM jobs WHERE state = 'succeeded'), \
+                (SELECT COUNT(*) FROM job_events \
+                 WHERE state IN ('succeeded', 'failed', 'canceled'))",
+    )
+    .fetch_one(&database.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (jobs, succeeded, terminal),
+        (500, 500, 500),
+        "each finished exactly once"
+    );
+    // Both workers took part.
+    let attempts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts")
+        .fetch_one(&database.pool)
+        .await
+        .unwrap();
+    assert!(attempts >= 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_job_runs_again_and_no_partial_output_is_visible() {
+    let Some(database) = database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = Deployment::new(&database, dir.path(), "1");
+    let replica = deployment.replica("api");
+    let doomed = deployment.worker("worker-a", "1");
+    let client = client();
+    let id = submit(&client, &replica, &request("survivor", 2)).await;
+    assert_eq!(running(&database, &id).await, 1);
+    doomed.signal("KILL");
+    drop(doomed);
+    // While nobody runs it, nothing of the dead attempt is offered.
+    for path in ["result", "outputs/insights"] {
+        let response = client
+            .get(replica.url(&format!("/v1/jobs/{id}/{path}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path} of an unfinished job");
+    }
+    let _rescuer = deployment.worker("worker-b", "1");
+    let status = finished(&client, &replica, &id, Duration::from_secs(60)).await;
+    assert_eq!(status["status"], "succeeded", "{status}");
+    assert_eq!(status["attempt"], 2, "{status}");
+    assert_eq!(label_of_result(&client, &replica, &id).await, "survivor");
+    assert_eq!(terminal_events(&database, &id).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_worker_resumed_after_its_lease_changes_nothing() {
+    let Some(database) = database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = Deployment::new(&database, dir.path(), "1");
+    let replica = deployment.replica("api");
+    let stale = deployment.worker("worker-a", "1");
+    let client = client();
+    let id = submit(&client, &replica, &request("fenced", 1)).await;
+    assert_eq!(running(&database, &id).await, 1);
+    stale.signal("STOP");
+    let _other = deployment.worker("worker-b", "1");
+    let status = finished(&client, &replica, &id, Duration::from_secs(60)).await;
+    assert_eq!(
+        (status["status"].clone(), status["attempt"].clone()),
+        (json!("succeeded"), json!(2))
+    );
+    let before: Value = client
+        .get(replica.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stale.signal("CONT");
+    // The stale attempt ends as discarded (its heartbeat finds the lease lost, or its
+    // completion is fenced off); the job is unchanged.
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let outcome: Option<String> =
+            sqlx::query_scalar("SELECT outcome FROM attempts WHERE job_id = $1 AND attempt = 1")
+                .bind(uuid)
+                .fetch_optional(&database.pool)
+                .await
+                .unwrap();
+        if let Some(outcome) = outcome {
+            assert_eq!(outcome, "discarded");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed worker never ended its attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after: Value = client
+        .get(replica.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    assert_eq!(terminal_events(&database, &id).await, 1);
+    assert_eq!(label_of_result(&client, &replica, &id).await, "fenced");
+}
