@@ -52,6 +52,9 @@ impl Drop for Cluster {
     }
 }
 
+/// A submission's status code, and the job id if it was accepted.
+type Answer = (u16, Option<String>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_under_load_gives_503_then_recovers_and_loses_nothing() {
     let (Ok(base), Ok(cluster)) = (
@@ -96,8 +99,7 @@ async fn postgres_restarted_under_load_gives_503_then_recovers_and_loses_nothing
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    // (status code, job id if accepted) of every submission.
-    let answers: Arc<Mutex<Vec<(u16, Option<String>)>>> = Arc::default();
+    let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
     let stop_load = tokio_util::sync::CancellationToken::new();
     let mut load = Vec::new();
     for client_index in 0..3 {
