@@ -376,3 +376,68 @@ async fn a_stale_worker_resumed_after_its_lease_changes_nothing() {
     assert_eq!(terminal_events(&database, &id).await, 1);
     assert_eq!(label_of_result(&client, &replica, &id).await, "fenced");
 }
+
+/// A server on object storage with `result_delivery = "signed_url"`: the monitor's `303`
+/// points at the storage service's own presigned URL, which serves the result without
+/// any key; inputs, outputs and logs live in the bucket.
+async fn presigned_result_delivery(variable: &str) {
+    let Ok(blobs) = std::env::var(variable) else {
+        common::skip(&format!(
+            "set {variable} to run the object storage end-to-end test"
+        ));
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = common::batchgate(&["serve", "--listen", "127.0.0.1:0", "--workers", "1"]);
+    command
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--blobs")
+        .arg(format!("{blobs}/e2e-{}", uuid::Uuid::now_v7().simple()))
+        .env("BATCHGATE__RESULT_DELIVERY", "signed_url")
+        .env("BATCHGATE_LOG", "warn")
+        .stderr(Stdio::inherit());
+    let (child, address) = common::start(command);
+    let server = Process {
+        child,
+        address: Some(address),
+    };
+    let client = client();
+    let id = submit(&client, &server, &request("bucketed", 0)).await;
+    let status = finished(&client, &server, &id, Duration::from_secs(60)).await;
+    assert_eq!(status["status"], "succeeded", "{status}");
+    let response = client
+        .get(server.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let address = server.address.clone().unwrap();
+    assert!(
+        location.starts_with("http") && !location.starts_with(&address),
+        "the storage service's URL, not the gateway's: {location}"
+    );
+    let result: Value = reqwest::get(&location).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        result["insights"][0]["name"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .next(),
+        Some("bucketed"),
+        "{result}"
+    );
+    // The gateway still serves the result itself to its key holder.
+    assert_eq!(label_of_result(&client, &server, &id).await, "bucketed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_results_are_delivered_by_presigned_url() {
+    presigned_result_delivery("BATCHGATE_TEST_S3_URL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_results_are_delivered_by_presigned_url() {
+    presigned_result_delivery("BATCHGATE_TEST_AZURE_URL").await;
+}

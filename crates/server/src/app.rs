@@ -150,6 +150,14 @@ async fn open_blobs(
 ) -> Result<Arc<dyn BlobStore>, StartError> {
     let root = match settings.blobs.as_str() {
         "local" => data_dir.join("blobs"),
+        url if crate::blobs::object::is_object_url(url) => {
+            let store = crate::blobs::object::ObjectBlobStore::open(url)?;
+            store
+                .ping()
+                .await
+                .map_err(|error| format!("blob storage {url} is not reachable: {error}"))?;
+            return Ok(Arc::new(store));
+        }
         shared => PathBuf::from(shared),
     };
     Ok(Arc::new(LocalBlobStore::open(&root).await?))

@@ -24,8 +24,9 @@ pub struct Settings {
     /// Where job state is kept: `sqlite` (a file in the data directory, the default) or a
     /// PostgreSQL URL (`postgres://user@host/db`) shared by replicas and workers.
     pub store: String,
-    /// Where inputs, outputs and logs are kept: `local` (the data directory, the default)
-    /// or an absolute path to a directory that every replica and worker shares.
+    /// Where inputs, outputs and logs are kept: `local` (the data directory, the default),
+    /// an absolute path to a directory that every replica and worker shares, or object
+    /// storage: `s3://bucket/prefix`, `az://container/prefix`, `gs://bucket/prefix`.
     pub blobs: String,
     /// On SIGTERM, running jobs get this long to finish; the rest are handed back to the
     /// queue for another worker.
@@ -258,9 +259,14 @@ impl Config {
                     .into(),
             ));
         }
-        if settings.blobs != "local" && !settings.blobs.starts_with('/') {
+        if settings.blobs != "local"
+            && !settings.blobs.starts_with('/')
+            && !crate::blobs::object::is_object_url(&settings.blobs)
+        {
             return Err(fail(
-                "field `blobs`: must be `local` or an absolute directory path".into(),
+                "field `blobs`: must be `local`, an absolute directory path, or \
+                 s3://bucket/prefix, az://container/prefix, gs://bucket/prefix"
+                    .into(),
             ));
         }
         if let Some(url) = &settings.public_url {

@@ -93,14 +93,43 @@ fn present(job: Job) -> Result<Job, ApiError> {
 }
 
 /// The URL of a finished job's result or output: signed when results are delivered by
-/// signed URL.
-pub(super) fn delivery_url(runtime: &Runtime, job: &Job, path: String) -> String {
+/// signed URL. When the blob store can presign (object storage) and the blob `key` holds
+/// exactly what the URL serves, the URL is the store's own presigned one, so that the
+/// download bypasses the gateway; otherwise the gateway signs its own path.
+pub(super) async fn delivery_url(
+    runtime: &Runtime,
+    job: &Job,
+    path: String,
+    key: Option<String>,
+) -> String {
     if runtime.settings.result_delivery != ResultDelivery::SignedUrl {
         return path;
     }
-    let expires = Utc::now().timestamp() + runtime.settings.signed_url_seconds as i64;
+    let lifetime = std::time::Duration::from_secs(runtime.settings.signed_url_seconds);
+    if let Some(key) = key.filter(|_| job.state == JobState::Succeeded) {
+        match runtime.blobs.presigned_get(&key, lifetime).await {
+            Ok(Some(url)) => return url,
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(job_id = %job.id, %error, "cannot presign; the gateway signs instead");
+            }
+        }
+    }
+    let expires = Utc::now().timestamp() + lifetime.as_secs() as i64;
     let signature = runtime.signer.sign(&path, job.id, &job.owner, expires);
     format!("{path}?{}", signature.to_query())
+}
+
+/// Where a finished job's result is delivered (`Location` of the monitor's `303`).
+pub(super) async fn result_url(runtime: &Runtime, job: &Job) -> String {
+    let path = format!("/v1/jobs/{}/result", job.id);
+    delivery_url(
+        runtime,
+        job,
+        path,
+        Some(JobKeys::result(job.id, job.attempt)),
+    )
+    .await
 }
 
 /// Job status monitor
@@ -140,12 +169,14 @@ pub async fn status(
 
 /// A job's status document with its result and output links as callers get them
 /// (signed when results are delivered by signed URL).
-pub(super) fn presented_status(runtime: &Runtime, job: &Job) -> JobStatus {
+pub(super) async fn presented_status(runtime: &Runtime, job: &Job) -> JobStatus {
     let mut status = job_status(job);
     if job.state == JobState::Succeeded {
-        status.links.result = delivery_url(runtime, job, status.links.result);
+        status.links.result = result_url(runtime, job).await;
         for output in &mut status.links.outputs {
-            output.href = delivery_url(runtime, job, std::mem::take(&mut output.href));
+            let key = JobKeys::output(job.id, job.attempt, &output.name);
+            output.href =
+                delivery_url(runtime, job, std::mem::take(&mut output.href), Some(key)).await;
         }
     }
     status
@@ -154,9 +185,9 @@ pub(super) fn presented_status(runtime: &Runtime, job: &Job) -> JobStatus {
 /// The status monitor's answer for a job: `303` to the result once it has ended, else
 /// the pending status with `Retry-After`.
 pub(super) async fn monitor(runtime: &Runtime, job: &Job) -> Result<Response, ApiError> {
-    let body = Json(presented_status(runtime, job));
+    let body = Json(presented_status(runtime, job).await);
     if job.state.is_terminal() {
-        let location = delivery_url(runtime, job, format!("/v1/jobs/{}/result", job.id));
+        let location = result_url(runtime, job).await;
         return Ok((
             StatusCode::SEE_OTHER,
             [(header::LOCATION, header_value(&location)), no_store()],

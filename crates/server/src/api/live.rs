@@ -15,7 +15,7 @@ use futures_util::stream::{self, Stream};
 use tokio::time::Instant;
 
 use super::auth::Access;
-use super::jobs::{delivery_url, load};
+use super::jobs::{load, result_url};
 use super::{header_value, no_store, retry_after_seconds, ApiError, AppState};
 use crate::app::Runtime;
 use crate::jobs::{Job, JobEvent, JobState};
@@ -224,17 +224,16 @@ impl Follow {
     }
 
     async fn to_sse(&self, event: &JobEvent) -> Event {
-        let location = event.state.is_terminal().then(|| {
-            delivery_url(
-                &self.runtime,
-                &self.job,
-                format!("/v1/jobs/{}/result", self.job.id),
-            )
-        });
+        let location = match event.state.is_terminal() {
+            true => Some(result_url(&self.runtime, &self.job).await),
+            false => None,
+        };
         // The final event carries the final document (outputs and their links).
         let job = match event.state.is_terminal() {
             true => match self.runtime.store.get(self.job.id).await {
-                Ok(Some(job)) => Some(Box::new(super::jobs::presented_status(&self.runtime, &job))),
+                Ok(Some(job)) => Some(Box::new(
+                    super::jobs::presented_status(&self.runtime, &job).await,
+                )),
                 _ => None,
             },
             false => None,
@@ -286,7 +285,7 @@ pub async fn operation(
         None => job,
     };
     let base = public_base(&runtime, &headers, &uri);
-    let result = delivery_url(&runtime, &job, format!("/v1/jobs/{}/result", job.id));
+    let result = result_url(&runtime, &job).await;
     let body = Operation {
         id: job.id,
         status: Operation::status_of(job.state).to_owned(),
@@ -296,7 +295,14 @@ pub async fn operation(
             JobState::Succeeded => Some(100.0),
             _ => job.progress.as_ref().and_then(|p| p.percent),
         },
-        resource_location: (job.state == JobState::Succeeded).then(|| format!("{base}{result}")),
+        resource_location: (job.state == JobState::Succeeded).then(|| {
+            // A store's presigned URL is absolute already.
+            if result.starts_with('/') {
+                format!("{base}{result}")
+            } else {
+                result
+            }
+        }),
         error: job
             .error
             .as_ref()

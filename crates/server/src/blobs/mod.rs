@@ -3,10 +3,13 @@
 //!
 //! `LocalBlobStore` keeps them in a directory and fsyncs file and directory before a put
 //! returns: an accepted job's inputs survive a crash (guarantee 1). object_store's own
-//! local backend does not fsync, which is why the default backend is written here; the
-//! trait is the seam where object-store backends plug in.
+//! local backend does not fsync, which is why the default backend is written here.
+//! `object::ObjectBlobStore` keeps them in S3, Azure Blob Storage or GCS.
+
+pub mod object;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::fs;
@@ -46,6 +49,32 @@ pub trait BlobStore: Send + Sync {
     /// Deletes every blob whose key starts with `prefix/`.
     async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError>;
     async fn ping(&self) -> Result<(), BlobError>;
+    /// A URL that reads the blob without credentials until `expires_in` has passed,
+    /// signed by the storage service itself; `None` when the store cannot make one (a
+    /// local directory: the API's own signed URLs serve it instead).
+    async fn presigned_get(
+        &self,
+        _key: &str,
+        _expires_in: Duration,
+    ) -> Result<Option<String>, BlobError> {
+        Ok(None)
+    }
+}
+
+/// Keys are built by the server from ids and declared names; this check keeps a bug from
+/// ever escaping a store's root.
+fn check_key(key: &str) -> Result<(), BlobError> {
+    let clean = !key.is_empty()
+        && key
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    if !clean {
+        return Err(BlobError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("bad blob key `{key}`"),
+        )));
+    }
+    Ok(())
 }
 
 /// The keys of a job's blobs. The attempt number separates attempts, so that only the
@@ -88,19 +117,8 @@ impl LocalBlobStore {
         })
     }
 
-    /// Keys are built by the server from ids and declared names; this check keeps a bug
-    /// from ever escaping the root.
     fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
-        let clean = !key.is_empty()
-            && key
-                .split('/')
-                .all(|part| !part.is_empty() && part != "." && part != "..");
-        if !clean {
-            return Err(BlobError::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("bad blob key `{key}`"),
-            )));
-        }
+        check_key(key)?;
         Ok(self.root.join(key))
     }
 
@@ -200,68 +218,4 @@ impl BlobStore for LocalBlobStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncReadExt;
-
-    #[tokio::test]
-    async fn put_read_copy_and_delete() {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = LocalBlobStore::open(&dir.path().join("blobs"))
-            .await
-            .unwrap();
-        blobs.put_bytes("jobs/a/result.json", b"[1]").await.unwrap();
-        assert_eq!(blobs.read("jobs/a/result.json").await.unwrap(), b"[1]");
-        let source = dir.path().join("upload");
-        std::fs::write(&source, b"hello").unwrap();
-        assert_eq!(
-            blobs.put_file("jobs/a/inputs/data", &source).await.unwrap(),
-            5
-        );
-        let mut opened = blobs.open("jobs/a/inputs/data").await.unwrap();
-        let mut text = String::new();
-        opened.reader.read_to_string(&mut text).await.unwrap();
-        assert_eq!((opened.size, text.as_str()), (5, "hello"));
-        let copy = dir.path().join("copy");
-        blobs
-            .copy_to_file("jobs/a/inputs/data", &copy)
-            .await
-            .unwrap();
-        assert_eq!(std::fs::read(&copy).unwrap(), b"hello");
-        // A blob copied under a second key outlives the first key's deletion and is not
-        // changed when the first key is written again.
-        assert_eq!(
-            blobs
-                .copy("jobs/a/inputs/data", "jobs/a/attempts/1/outputs/out")
-                .await
-                .unwrap(),
-            5
-        );
-        blobs
-            .put_bytes("jobs/a/inputs/data", b"other")
-            .await
-            .unwrap();
-        blobs.delete_prefix("jobs/a/inputs").await.unwrap();
-        assert_eq!(
-            blobs.read("jobs/a/attempts/1/outputs/out").await.unwrap(),
-            b"hello"
-        );
-        blobs.delete_prefix("jobs/a").await.unwrap();
-        assert!(blobs
-            .read("jobs/a/result.json")
-            .await
-            .unwrap_err()
-            .is_not_found());
-        blobs.delete_prefix("jobs/a").await.unwrap();
-        blobs.ping().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn keys_cannot_escape_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = LocalBlobStore::open(dir.path()).await.unwrap();
-        for key in ["../x", "a/../../x", "/etc/passwd", "", "a//b"] {
-            assert!(blobs.put_bytes(key, b"x").await.is_err(), "key {key}");
-        }
-    }
-}
+mod tests;
