@@ -40,6 +40,11 @@ struct Args {
     /// The server's workers (jobs run at once).
     #[arg(long, default_value_t = 16)]
     workers: usize,
+    /// The server's job store (`--store` of `batchgate serve`): a `postgres://` URL to
+    /// measure on PostgreSQL (an empty database or schema); default the embedded SQLite.
+    /// `claim_us` is measured on SQLite either way.
+    #[arg(long)]
+    store: Option<String>,
     /// Only these figures (comma-separated): spawn, upload, e2e, start, status, claim.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -133,20 +138,20 @@ async fn run(args: &Args) -> Result<(), Failure> {
     }
     if args.wants("upload") {
         // A fresh server: nothing else has raised its memory yet.
-        let server = Server::start(&binary, args.workers)?;
+        let server = Server::start(&binary, args.workers, args.store.as_deref())?;
         upload_growth(&server, args.smoke).await?;
     }
     let needs_server = ["e2e", "start", "status"].iter().any(|f| args.wants(f));
     if needs_server {
-        let server = Server::start(&binary, args.workers)?;
+        let server = Server::start(&binary, args.workers, args.store.as_deref())?;
         let mut sustainable = None;
         if args.wants("e2e") {
             let rate = end_to_end(&server, args).await?;
             let extra = match spawn_rate {
-                Some(spawn) => json!({ "store": "sqlite", "clients": args.clients,
+                Some(spawn) => json!({ "store": server.store, "clients": args.clients,
                     "workers": args.workers, "of_spawn_limit": round(rate / spawn) }),
                 None => {
-                    json!({ "store": "sqlite", "clients": args.clients, "workers": args.workers })
+                    json!({ "store": server.store, "clients": args.clients, "workers": args.workers })
                 }
             };
             emit("e2e_jobs_per_s", rate, "jobs/s", extra);
@@ -190,18 +195,22 @@ fn profile_of(binary: &Path) -> String {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// `sqlite` or `postgres`, for the figures' `store` field.
+    store: &'static str,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
-    fn start(binary: &Path, workers: usize) -> Result<Server, Failure> {
+    fn start(binary: &Path, workers: usize, store: Option<&str>) -> Result<Server, Failure> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("bench.toml");
         std::fs::write(&config, config_text(&dir.path().join("data"), workers))?;
-        let mut child = Command::new(binary)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
+        let mut command = Command::new(binary);
+        command.arg("serve").arg("--config").arg(&config);
+        if let Some(store) = store {
+            command.arg("--store").arg(store);
+        }
+        let mut child = command
             .env("BATCHGATE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -217,6 +226,10 @@ impl Server {
         Ok(Server {
             child,
             addr,
+            store: match store {
+                Some(url) if url.starts_with("postgres") => "postgres",
+                _ => "sqlite",
+            },
             _dir: dir,
         })
     }
@@ -513,7 +526,7 @@ async fn submit_to_start(server: &Server, rate: f64, seconds: f64) -> Result<(),
             percentile(&latencies, p),
             "ms",
             json!({ "percentile": name, "rate_per_s": round(rate), "jobs": latencies.len(),
-                    "store": "sqlite" }),
+                    "store": server.store }),
         );
     }
     Ok(())
@@ -565,7 +578,7 @@ async fn status_polls(server: &Server, args: &Args) -> Result<(), Failure> {
         latencies.len() as f64 / elapsed.as_secs_f64(),
         "requests/s",
         json!({ "clients": clients, "p50_ms": round(percentile(&latencies, 0.5)),
-                "p99_ms": round(percentile(&latencies, 0.99)), "store": "sqlite" }),
+                "p99_ms": round(percentile(&latencies, 0.99)), "store": server.store }),
     );
     Ok(())
 }
