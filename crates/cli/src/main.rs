@@ -198,18 +198,10 @@ fn main() -> ExitCode {
                 blobs: shared.blobs,
                 insecure_open: insecure_open.then_some(true),
             };
-            let config = match Config::load(&source, &overrides) {
-                Ok(config) => config,
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::from(78);
-                }
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            runtime.block_on(serve(config, !no_worker))
+            match Config::load(&source, &overrides) {
+                Ok(config) => multi_threaded().block_on(serve(config, !no_worker)),
+                Err(error) => config_error(error),
+            }
         }
         Command::Worker {
             config,
@@ -225,18 +217,10 @@ fn main() -> ExitCode {
                 blobs: shared.blobs,
                 ..Overrides::default()
             };
-            let config = match Config::load(&source, &overrides) {
-                Ok(config) => config,
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::from(78);
-                }
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            runtime.block_on(worker(config))
+            match Config::load(&source, &overrides) {
+                Ok(config) => multi_threaded().block_on(worker(config)),
+                Err(error) => config_error(error),
+            }
         }
         Command::CheckConfig { file } => {
             match Config::load(&ConfigSource::File(file.clone()), &Overrides::default()) {
@@ -266,6 +250,19 @@ fn main() -> ExitCode {
         }
         Command::Remote(command) => remote::run(command, &cli.remote),
     }
+}
+
+fn multi_threaded() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// A configuration that cannot be loaded: said once, exit code 78 (`EX_CONFIG`).
+fn config_error(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(78)
 }
 
 /// Cancelled on SIGTERM or Ctrl-C.

@@ -7,12 +7,10 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgPool};
 
 /// `pg_ctlcluster VERSION NAME ACTION`; dropping a stopped cluster's guard starts it.
 struct Cluster {
@@ -57,7 +55,7 @@ type Answer = (u16, Option<String>);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_under_load_gives_503_then_recovers_and_loses_nothing() {
-    let (Ok(base), Ok(cluster)) = (
+    let (Ok(_), Ok(cluster)) = (
         std::env::var("BATCHGATE_TEST_PG_URL"),
         std::env::var("BATCHGATE_TEST_PG_CLUSTER"),
     ) else {
@@ -72,15 +70,9 @@ async fn postgres_restarted_under_load_gives_503_then_recovers_and_loses_nothing
         version: version.to_owned(),
         name: name.to_owned(),
     };
-    let schema = format!("restart_{}", uuid::Uuid::now_v7().simple());
-    let admin = PgPool::connect(&base).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let Some((url, pool)) = common::pg_schema("restart").await else {
+        return;
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let mut command = common::batchgate(&["serve", "--listen", "127.0.0.1:0", "--workers", "2"]);
@@ -202,13 +194,6 @@ async fn postgres_restarted_under_load_gives_503_then_recovers_and_loses_nothing
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let pool = PgPool::connect_with(
-        PgConnectOptions::from_str(&base)
-            .unwrap()
-            .options([("search_path", schema.as_str())]),
-    )
-    .await
-    .unwrap();
     let (jobs, terminal): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM jobs WHERE state = 'succeeded'), \
                 (SELECT COUNT(*) FROM job_events WHERE state = 'succeeded')",

@@ -7,11 +7,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::postgres::PgPool;
 
 /// A fresh schema: the URL every process gets, and a pool for the test's own checks.
 struct Database {
@@ -20,27 +19,7 @@ struct Database {
 }
 
 async fn database() -> Option<Database> {
-    let Ok(base) = std::env::var("BATCHGATE_TEST_PG_URL") else {
-        common::skip("set BATCHGATE_TEST_PG_URL to run the scale-out tests");
-        return None;
-    };
-    let schema = format!("scale_{}", uuid::Uuid::now_v7().simple());
-    let admin = PgPool::connect(&base).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let separator = if base.contains('?') { '&' } else { '?' };
-    // The way an operator picks a schema: libpq's `options` in the URL.
-    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
-    let pool = PgPool::connect_with(
-        PgConnectOptions::from_str(&base)
-            .unwrap()
-            .options([("search_path", schema.as_str())]),
-    )
-    .await
-    .unwrap();
+    let (url, pool) = common::pg_schema("scale").await?;
     Some(Database { url, pool })
 }
 

@@ -34,3 +34,33 @@ pub fn skip(reason: &str) {
     }
     eprintln!("SKIPPED: {reason}");
 }
+
+/// A new, empty PostgreSQL schema on the server `BATCHGATE_TEST_PG_URL` names: the URL
+/// a batchgate process gets (the schema chosen with libpq's `options`, as an operator
+/// would), and a pool on it for the test's own checks. `None` (after a visible skip)
+/// without the variable.
+#[allow(dead_code)] // not every test binary uses PostgreSQL
+pub async fn pg_schema(prefix: &str) -> Option<(String, sqlx::PgPool)> {
+    use std::str::FromStr;
+    let Ok(base) = std::env::var("BATCHGATE_TEST_PG_URL") else {
+        skip("set BATCHGATE_TEST_PG_URL to run the PostgreSQL tests");
+        return None;
+    };
+    let schema = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let pool = sqlx::PgPool::connect_with(
+        sqlx::postgres::PgConnectOptions::from_str(&base)
+            .unwrap()
+            .options([("search_path", schema.as_str())]),
+    )
+    .await
+    .unwrap();
+    Some((url, pool))
+}

@@ -267,6 +267,32 @@ pub trait JobStore: Send + Sync {
     ) -> Result<UsageTotals, StoreError>;
 }
 
+/// Why an insert stored nothing: the idempotency key was used already (the existing job),
+/// or a quota refused it. For a backend's `insert` after its conditional insert changed
+/// no row.
+async fn not_inserted(
+    store: &(impl JobStore + ?Sized),
+    job: &Job,
+    admission: &Admission,
+) -> Result<Inserted, StoreError> {
+    if let Some(key) = job.idempotency_key.as_deref() {
+        if let Some(existing) = store.find_by_idempotency_key(&job.owner, key).await? {
+            return Ok(Inserted::Existing(Box::new(existing)));
+        }
+    }
+    let since = admission.window.map_or(job.created_at, |(_, since)| since);
+    let standing = store.standing(&job.owner, since).await?;
+    match (admission.window, admission.concurrent) {
+        (Some((limit, _)), _) if standing.jobs_since >= limit => {
+            Ok(Inserted::Refused(Refusal::JobsPerWindow {
+                oldest: standing.oldest_since.unwrap_or(job.created_at),
+            }))
+        }
+        (_, Some(limit)) if standing.active >= limit => Ok(Inserted::Refused(Refusal::Concurrent)),
+        _ => Err(StoreError::Unavailable("insert changed nothing".into())),
+    }
+}
+
 /// The error recorded on a job whose worker vanished.
 pub fn lease_lost_error(attempt: u32, final_attempt: bool) -> JobError {
     let message = if final_attempt {

@@ -33,7 +33,7 @@ use super::cache::{FinishedJobs, KeysExist};
 use super::changes::Changes;
 use super::{
     lease_lost_error, Admission, ApiKey, AttemptUsage, Completion, Heartbeat, Inserted, JobStore,
-    ListQuery, Refusal, Standing, StoreError, UsageTotals,
+    ListQuery, Standing, StoreError, UsageTotals,
 };
 use crate::jobs::{EventKind, Job, JobError, JobEvent, JobState, Progress, StoredOutput};
 
@@ -430,24 +430,7 @@ impl JobStore for PgJobStore {
             self.changes.job_queued();
             return Ok(Inserted::Created);
         }
-        if let Some(key) = job.idempotency_key.as_deref() {
-            if let Some(existing) = self.find_by_idempotency_key(&job.owner, key).await? {
-                return Ok(Inserted::Existing(Box::new(existing)));
-            }
-        }
-        let since = admission.window.map_or(job.created_at, |(_, since)| since);
-        let standing = self.standing(&job.owner, since).await?;
-        match (admission.window, admission.concurrent) {
-            (Some((limit, _)), _) if standing.jobs_since >= limit => {
-                Ok(Inserted::Refused(Refusal::JobsPerWindow {
-                    oldest: standing.oldest_since.unwrap_or(job.created_at),
-                }))
-            }
-            (_, Some(limit)) if standing.active >= limit => {
-                Ok(Inserted::Refused(Refusal::Concurrent))
-            }
-            _ => Err(StoreError::Unavailable("insert changed nothing".into())),
-        }
+        super::not_inserted(self, job, admission).await
     }
 
     async fn standing(&self, owner: &str, since: DateTime<Utc>) -> Result<Standing, StoreError> {
