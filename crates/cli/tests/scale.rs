@@ -1,7 +1,8 @@
 //! Scale-out with the real binary: API replicas (`serve --no-worker`) and workers
 //! (`worker`) as separate processes sharing a PostgreSQL store and a blob directory, and
-//! the faults they must survive. Needs `BATCHGATE_TEST_PG_URL` (CI sets it); skips
-//! visibly otherwise. Each test uses a schema of its own.
+//! the faults they must survive. The PostgreSQL tests need `BATCHGATE_TEST_PG_URL`, the
+//! object storage ones `BATCHGATE_TEST_S3_URL` / `BATCHGATE_TEST_AZURE_URL` (CI sets
+//! them); they skip visibly otherwise. Each uses a schema (or prefix) of its own.
 
 mod common;
 
@@ -419,4 +420,46 @@ async fn s3_results_are_delivered_by_presigned_url() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_results_are_delivered_by_presigned_url() {
     presigned_result_delivery("BATCHGATE_TEST_AZURE_URL").await;
+}
+
+/// On one machine, without PostgreSQL: an API-only process and a worker process share one
+/// data directory (SQLite and local blobs); a second worker on it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_process_and_a_worker_process_share_one_sqlite_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let start = |role: &str| {
+        let mut command = common::batchgate(&[role, "--data-dir"]);
+        command
+            .arg(&data_dir)
+            .env("BATCHGATE_LOG", "warn")
+            .stderr(Stdio::inherit());
+        command
+    };
+    let mut api = start("serve");
+    api.args(["--no-worker", "--listen", "127.0.0.1:0"]);
+    let (child, address) = common::start(api);
+    let replica = Process {
+        child,
+        address: Some(address),
+    };
+    let mut worker = start("worker");
+    worker.stdout(Stdio::null());
+    let _worker = Process {
+        child: worker.spawn().unwrap(),
+        address: None,
+    };
+    let client = client();
+    let id = submit(&client, &replica, &request("shared", 0)).await;
+    let status = finished(&client, &replica, &id, Duration::from_secs(30)).await;
+    assert_eq!(status["status"], "succeeded", "{status}");
+    assert_eq!(label_of_result(&client, &replica, &id).await, "shared");
+    // A second worker would kill the first one's programs at start: refused.
+    let second = start("worker").stderr(Stdio::piped()).output().unwrap();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains("another batchgate process runs jobs"),
+        "{said}"
+    );
 }
