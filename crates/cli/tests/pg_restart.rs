@@ -174,25 +174,8 @@ async fn postgres_restarted_under_load_gives_503_then_recovers_and_loses_nothing
         .filter_map(|(_, id)| id.clone())
         .collect();
     for id in &accepted {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let response = client
-                .get(format!("{address}/v1/jobs/{id}"))
-                .send()
-                .await
-                .unwrap();
-            let code = response.status().as_u16();
-            let status: Value = response.json().await.unwrap();
-            if code == 303 {
-                assert_eq!(status["status"], "succeeded", "{status}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "accepted job {id} never finished: {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let status = common::wait_ended(&client, &address, id, Duration::from_secs(60)).await;
+        assert_eq!(status["status"], "succeeded", "{status}");
     }
     let (jobs, terminal): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM jobs WHERE state = 'succeeded'), \

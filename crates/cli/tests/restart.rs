@@ -40,10 +40,6 @@ fn start(data_dir: &Path) -> Server {
     Server { child, address }
 }
 
-async fn get_json(client: &reqwest::Client, url: &str) -> Value {
-    client.get(url).send().await.unwrap().json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,7 +69,7 @@ async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
     // Wait until the two slow jobs run, then kill the server without warning.
     let started = Instant::now();
     loop {
-        let page: Value = get_json(
+        let page: Value = common::get_json(
             &client,
             &format!("{}/v1/jobs?status=running", server.address),
         )
@@ -90,47 +86,26 @@ async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
     drop(server); // SIGKILL
 
     let server = start(&data_dir);
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut retried = 0;
-    for id in &ids {
-        loop {
-            let response = client
-                .get(format!("{}/v1/jobs/{id}", server.address))
-                .send()
-                .await
-                .unwrap();
-            let code = response.status().as_u16();
-            let status: Value = response.json().await.unwrap();
-            if code == 303 {
-                assert_eq!(status["status"], "succeeded", "{status}");
-                let attempt = status["attempt"].as_u64().unwrap();
-                // 2 for a killed attempt; 3 when, on a loaded machine, a heartbeat came
-                // later than the short test lease (a lost lease is retried by design).
-                assert!((1..=3).contains(&attempt), "{status}");
-                if attempt == 2 {
-                    retried += 1;
-                }
-                let result: Value =
-                    get_json(&client, &format!("{}/v1/jobs/{id}/result", server.address)).await;
-                let label = result["insights"][0]["name"].as_str().unwrap();
-                assert!(
-                    label.starts_with(&format!(
-                        "job{}:",
-                        ids.iter().position(|x| x == id).unwrap()
-                    )),
-                    "{result}"
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {id} never finished: {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    for (index, id) in ids.iter().enumerate() {
+        let status =
+            common::wait_ended(&client, &server.address, id, Duration::from_secs(60)).await;
+        assert_eq!(status["status"], "succeeded", "{status}");
+        let attempt = status["attempt"].as_u64().unwrap();
+        // 2 for a killed attempt; 3 when, on a loaded machine, a heartbeat came later
+        // than the short test lease (a lost lease is retried by design).
+        assert!((1..=3).contains(&attempt), "{status}");
+        if attempt == 2 {
+            retried += 1;
         }
+        let result =
+            common::get_json(&client, &format!("{}/v1/jobs/{id}/result", server.address)).await;
+        let label = result["insights"][0]["name"].as_str().unwrap();
+        assert!(label.starts_with(&format!("job{index}:")), "{result}");
     }
     assert!(retried >= 1, "the killed attempts ran again as attempt 2");
-    let page: Value = get_json(&client, &format!("{}/v1/jobs?limit=100", server.address)).await;
+    let page: Value =
+        common::get_json(&client, &format!("{}/v1/jobs?limit=100", server.address)).await;
     assert_eq!(
         page["jobs"].as_array().unwrap().len(),
         ids.len(),
@@ -240,7 +215,7 @@ async fn submit_slow(client: &reqwest::Client, server: &Server, delay_seconds: u
     let id = body["id"].as_str().unwrap().to_owned();
     let started = Instant::now();
     loop {
-        let status = get_json(client, &format!("{}/v1/jobs/{id}", server.address)).await;
+        let status = common::get_json(client, &format!("{}/v1/jobs/{id}", server.address)).await;
         if status["status"] == "running" {
             return id;
         }
@@ -253,24 +228,7 @@ async fn submit_slow(client: &reqwest::Client, server: &Server, delay_seconds: u
 }
 
 async fn final_status(client: &reqwest::Client, server: &Server, id: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let response = client
-            .get(format!("{}/v1/jobs/{id}", server.address))
-            .send()
-            .await
-            .unwrap();
-        let code = response.status();
-        let status: Value = response.json().await.unwrap();
-        if code == 303 {
-            return status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never finished: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_ended(client, &server.address, id, Duration::from_secs(30)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,35 +143,12 @@ async fn finished(
     id: &str,
     within: Duration,
 ) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let response = client
-            .get(replica.url(&format!("/v1/jobs/{id}")))
-            .send()
-            .await
-            .unwrap();
-        let code = response.status().as_u16();
-        let status: Value = response.json().await.unwrap();
-        if code == 303 {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {id} never finished: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let address = replica.address.as_deref().expect("an API replica");
+    common::wait_ended(client, address, id, within).await
 }
 
 async fn label_of_result(client: &reqwest::Client, replica: &Process, id: &str) -> String {
-    let result: Value = client
-        .get(replica.url(&format!("/v1/jobs/{id}/result")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let result = common::get_json(client, &replica.url(&format!("/v1/jobs/{id}/result"))).await;
     let name = result["insights"][0]["name"]
         .as_str()
         .unwrap_or_else(|| panic!("{result}"));
@@ -314,14 +291,7 @@ async fn a_stale_worker_resumed_after_its_lease_changes_nothing() {
         (status["status"].clone(), status["attempt"].clone()),
         (json!("succeeded"), json!(2))
     );
-    let before: Value = client
-        .get(replica.url(&format!("/v1/jobs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before = common::get_json(&client, &replica.url(&format!("/v1/jobs/{id}"))).await;
     stale.signal("CONT");
     // The stale attempt ends as discarded (its heartbeat finds the lease lost, or its
     // completion is fenced off); the job is unchanged.
@@ -344,14 +314,7 @@ async fn a_stale_worker_resumed_after_its_lease_changes_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let after: Value = client
-        .get(replica.url(&format!("/v1/jobs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = common::get_json(&client, &replica.url(&format!("/v1/jobs/{id}"))).await;
     assert_eq!(before, after);
     assert_eq!(terminal_events(&database, &id).await, 1);
     assert_eq!(label_of_result(&client, &replica, &id).await, "fenced");

@@ -64,3 +64,38 @@ pub async fn pg_schema(prefix: &str) -> Option<(String, sqlx::PgPool)> {
     .unwrap();
     Some((url, pool))
 }
+
+/// Polls job `id`'s status monitor on the server at `address` until it answers `303`
+/// (the job ended), and returns that status body.
+#[allow(dead_code)] // not every test binary runs jobs
+pub async fn wait_ended(
+    client: &reqwest::Client,
+    address: &str,
+    id: &str,
+    within: std::time::Duration,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let response = client
+            .get(format!("{address}/v1/jobs/{id}"))
+            .send()
+            .await
+            .unwrap();
+        let code = response.status().as_u16();
+        let status: serde_json::Value = response.json().await.unwrap();
+        if code == 303 {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} never finished: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// GET `url` as JSON.
+#[allow(dead_code)]
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}

@@ -10,6 +10,9 @@ use reqwest::redirect::Policy;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+/// How long a test waits for a trivial job to end.
+pub const WAIT: Duration = Duration::from_secs(20);
+
 /// Tools used only by the tests, next to the demo ones. Their argv is fixed text of the
 /// test (no request data), so `/bin/sh -c` here is a test program, not a shell built
 /// from input.
@@ -350,19 +353,18 @@ impl TestApp {
 
     /// Submits and checks the 202; returns the job's status URL.
     pub async fn submit_ok(&self, tool: &str, body: &Value) -> String {
-        let response = self.submit_json(tool, body).await;
-        let status = response.status();
-        let location = response
-            .headers()
-            .get("location")
-            .map(|v| v.to_str().unwrap().to_owned());
+        accepted(self.submit_json(tool, body).await).await
+    }
+
+    /// For a submission's answer: checks the 202, waits until the job succeeded and
+    /// returns its JSON result.
+    pub async fn result_of(&self, submitted: reqwest::Response) -> Value {
+        let location = accepted(submitted).await;
         assert_eq!(
-            status,
-            202,
-            "submit to {tool}: {}",
-            response.text().await.unwrap()
+            self.wait_until_done(&location, WAIT).await.status,
+            JobState::Succeeded
         );
-        location.unwrap()
+        self.get_json(&format!("{location}/result")).await.1
     }
 
     pub async fn status(&self, location: &str) -> (u16, JobStatus) {
@@ -452,6 +454,17 @@ impl TestApp {
 }
 
 /// Asserts a problem document: status, media type, code; returns the body.
+/// Checks that a submission was accepted (202) and returns its status URL.
+pub async fn accepted(response: reqwest::Response) -> String {
+    let status = response.status();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(status, 202, "submit: {}", response.text().await.unwrap());
+    location.unwrap()
+}
+
 pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(
         response.status().as_u16(),

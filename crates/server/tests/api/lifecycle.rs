@@ -5,9 +5,7 @@ use std::time::Duration;
 use batchgate_protocol::JobState;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
-
-const WAIT: Duration = Duration::from_secs(20);
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with, WAIT};
 
 #[tokio::test]
 async fn cancel_stops_the_whole_process_tree() {

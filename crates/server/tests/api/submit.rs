@@ -1,14 +1,11 @@
 //! Submitting jobs: the three body kinds, every rejection, idempotency.
 
 use std::io::Write;
-use std::time::Duration;
 
 use batchgate_protocol::JobState;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_app};
-
-const WAIT: Duration = Duration::from_secs(20);
+use crate::helpers::{assert_problem, spawn_app, WAIT};
 
 fn sensor_request() -> Value {
     json!({
@@ -116,13 +113,7 @@ async fn raw_csv_body_with_query_parameters_and_any_column_order() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
-    assert_eq!(
-        app.wait_until_done(&location, WAIT).await.status,
-        JobState::Succeeded
-    );
-    let (_, result) = app.get_json(&format!("{location}/result")).await;
+    let result = app.result_of(response).await;
     assert_eq!(result, json!({"insights": expected_insights()}));
 }
 
@@ -153,13 +144,7 @@ async fn multipart_with_a_csv_part_or_a_json_part() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
-    assert_eq!(
-        app.wait_until_done(&location, WAIT).await.status,
-        JobState::Succeeded
-    );
-    let (_, result) = app.get_json(&format!("{location}/result")).await;
+    let result = app.result_of(response).await;
     assert_eq!(result["insights"], expected_insights());
 
     let records = sensor_request()["inputs"]["records"].to_string();
@@ -178,13 +163,7 @@ async fn multipart_with_a_csv_part_or_a_json_part() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
-    assert_eq!(
-        app.wait_until_done(&location, WAIT).await.status,
-        JobState::Succeeded
-    );
-    let (_, result) = app.get_json(&format!("{location}/result")).await;
+    let result = app.result_of(response).await;
     assert_eq!(result["insights"], expected_insights());
 
     let form =
