@@ -21,8 +21,14 @@ impl Drop for Server {
     }
 }
 
-/// Starts `batchgate serve` on port 0 and reads the address it prints.
+/// Starts `batchgate serve` on port 0 (2 workers, a 2 s lease) and reads the address it
+/// prints.
 fn start(data_dir: &Path) -> Server {
+    start_with(data_dir, &[])
+}
+
+/// `start` with more settings (`BATCHGATE__…` variables).
+fn start_with(data_dir: &Path, settings: &[(&str, &str)]) -> Server {
     let mut command = common::batchgate(&[
         "serve",
         "--listen",
@@ -35,6 +41,7 @@ fn start(data_dir: &Path) -> Server {
         .arg(data_dir)
         .env("BATCHGATE__LEASE_SECONDS", "2")
         .env("BATCHGATE_LOG", "warn")
+        .envs(settings.iter().copied())
         .stderr(Stdio::inherit());
     let (child, address) = common::start(command);
     Server { child, address }
@@ -270,23 +277,7 @@ async fn sigterm_past_the_grace_period_hands_the_job_back() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let mut server = {
-        let mut command = common::batchgate(&[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--data-dir",
-        ]);
-        command
-            .arg(&data_dir)
-            .env("BATCHGATE__SHUTDOWN_GRACE_SECONDS", "1")
-            .env("BATCHGATE_LOG", "warn")
-            .stderr(Stdio::inherit());
-        let (child, address) = common::start(command);
-        Server { child, address }
-    };
+    let mut server = start_with(&data_dir, &[("BATCHGATE__SHUTDOWN_GRACE_SECONDS", "1")]);
     let id = submit_slow(&client, &server, 8).await;
     let stopping = Instant::now();
     sigterm(&server);
