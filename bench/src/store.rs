@@ -99,6 +99,7 @@ fn queued_job() -> Job {
         idempotency_key: None,
         request_hash: None,
         purged_at: None,
+        executor_ref: None,
     }
 }
 

@@ -13,7 +13,8 @@ use crate::auth::Tiers;
 use crate::blobs::{BlobStore, LocalBlobStore};
 use crate::config::{AuthMode, Config, SandboxMode, Settings};
 use crate::executors::local::LocalExecutor;
-use crate::executors::Executor;
+use crate::executors::slurm::SlurmExecutor;
+use crate::executors::Executors;
 use crate::store::postgres::PgJobStore;
 use crate::store::sqlite::SqliteJobStore;
 use crate::store::JobStore;
@@ -28,8 +29,8 @@ pub struct Runtime {
     pub signer: Signer,
     pub store: Arc<dyn JobStore>,
     pub blobs: Arc<dyn BlobStore>,
-    pub executor: Arc<dyn Executor>,
-    /// Work directories of running attempts (`<id>-<attempt>`).
+    pub executors: Executors,
+    /// Work directories of attempts run by the local executor (`<id>-<attempt>`).
     pub work_root: PathBuf,
     /// Request bodies being received, before the job is committed.
     pub staging_root: PathBuf,
@@ -95,6 +96,11 @@ impl Runtime {
                 "`sandbox = \"bwrap\"` but bwrap is not installed (apt-get install bubblewrap)",
             )?),
         };
+        let slurm = match (&settings.slurm, runs_jobs) {
+            (Some(slurm), true) => Some(SlurmExecutor::open(slurm.clone()).await?),
+            _ => None,
+        };
+        let executors = Executors::new(LocalExecutor::new(&data_dir, work_root.clone()), slurm);
         Ok(Runtime {
             settings,
             tools: config.tools,
@@ -102,7 +108,7 @@ impl Runtime {
             signer,
             store,
             blobs,
-            executor: Arc::new(LocalExecutor::new(&data_dir)),
+            executors,
             work_root,
             staging_root,
             running: RunningJobs::default(),

@@ -80,6 +80,8 @@ pub struct Settings {
     /// `bwrap`: run programs in a bubblewrap sandbox (no network, read-only outside their
     /// work directory, the server's data hidden).
     pub sandbox: SandboxMode,
+    /// `[slurm]`: the cluster that runs tools with `executor = "slurm"`.
+    pub slurm: Option<SlurmSettings>,
     /// Ignored here: tools are read separately so their errors can name the tool.
     #[serde(default, skip_serializing)]
     pub tools: Option<serde::de::IgnoredAny>,
@@ -116,6 +118,7 @@ impl Default for Settings {
             max_connections: 1024,
             run_as_uid: None,
             sandbox: SandboxMode::None,
+            slurm: None,
             tools: None,
         }
     }
@@ -155,6 +158,42 @@ pub enum AuthMode {
 pub enum ResultDelivery {
     Direct,
     SignedUrl,
+}
+
+/// `[slurm]`: how a worker reaches the Slurm cluster (its client commands, `sbatch` and
+/// friends, must be installed and configured on the worker's host).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmSettings {
+    /// A directory that the workers and every compute node see at the same path (NFS,
+    /// Lustre, CephFS…): each attempt's work directory is made here.
+    pub work_dir: PathBuf,
+    /// Defaults for tools that do not name their own.
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// The name of every batch job batchgate submits (how it finds its own jobs in
+    /// `squeue`).
+    pub job_name: String,
+    /// How often the queue is read (one `squeue` for all the jobs a worker follows).
+    pub poll_interval_seconds: f64,
+    /// How often jobs and work directories left behind (a job canceled while no worker
+    /// followed it) are cleaned up.
+    pub sweep_interval_seconds: f64,
+}
+
+impl Default for SlurmSettings {
+    fn default() -> Self {
+        SlurmSettings {
+            work_dir: PathBuf::new(),
+            partition: None,
+            account: None,
+            qos: None,
+            job_name: "batchgate".into(),
+            poll_interval_seconds: 1.0,
+            sweep_interval_seconds: 60.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,6 +363,33 @@ impl Config {
                 ))
             })?;
             tools.push(tool);
+        }
+        if let Some(slurm) = &settings.slurm {
+            if !slurm.work_dir.is_absolute() {
+                return Err(fail(
+                    "field `slurm.work_dir`: must be an absolute path that every compute node \
+                     sees (a shared filesystem)"
+                        .into(),
+                ));
+            }
+            if !(slurm.poll_interval_seconds > 0.0 && slurm.sweep_interval_seconds > 0.0) {
+                return Err(fail(
+                    "field `slurm.poll_interval_seconds`/`sweep_interval_seconds`: must be positive"
+                        .into(),
+                ));
+            }
+        }
+        if settings.slurm.is_none() {
+            if let Some(tool) = tools
+                .iter()
+                .find(|tool| tool.executor == crate::tools::decl::ExecutorDecl::Slurm)
+            {
+                return Err(fail(format!(
+                    "tool `{}`: `executor = \"slurm\"` needs a [slurm] section with \
+                     `work_dir` (a directory shared with the compute nodes)",
+                    tool.id()
+                )));
+            }
         }
         let tools = ToolRegistry::new(tools).map_err(|error| fail(error.to_string()))?;
         let tiers = Tiers::new(settings.tiers.clone(), &tools).map_err(fail)?;

@@ -288,6 +288,7 @@ async fn submit_as(
         idempotency_key,
         request_hash: Some(request_hash.clone()),
         purged_at: None,
+        executor_ref: None,
     };
     let admission = admission(caller, now);
     let inserted = match runtime.store.insert(&job, &admission).await {

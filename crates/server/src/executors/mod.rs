@@ -1,12 +1,15 @@
 //! Executors run one attempt's program in a prepared work directory and report how it
 //! ended. Staging inputs and collecting outputs belong to the worker, so every executor
-//! (local process today; Slurm, containers, Kubernetes later) shares that logic.
+//! (a local process, a Slurm batch job; containers and Kubernetes later) shares that
+//! logic.
 
 pub mod local;
 pub mod process;
 pub mod sandbox;
+pub mod slurm;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +41,11 @@ pub struct RunSpec {
     pub stderr_cap: u64,
     /// Run as this uid and gid (the server must be root).
     pub run_as: Option<u32>,
+    /// Follow the program an earlier attempt started (an executor reference found by
+    /// `Executor::locate`) instead of starting it again.
+    pub attach: Option<String>,
+    /// What a Slurm batch job asks of the cluster (the Slurm executor only).
+    pub slurm: crate::tools::decl::SlurmDecl,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -65,6 +73,18 @@ pub enum Termination {
         not_found: bool,
         message: String,
     },
+    /// Killed for using more memory than the tool's limit (the execution engine says so).
+    OutOfMemory,
+    /// The execution engine ended the attempt for a reason of its own (a node failed,
+    /// the job was preempted or canceled by an administrator). `retry`: the program is
+    /// not at fault, so the job runs again.
+    Engine {
+        code: &'static str,
+        message: String,
+        retry: bool,
+    },
+    /// The program was left running (`RunControl::detach`): another worker follows it.
+    Detached,
 }
 
 #[derive(Debug, Clone)]
@@ -86,14 +106,90 @@ pub enum ExecutorError {
     Io(#[from] std::io::Error),
 }
 
+/// How a worker steers a running attempt.
+pub struct RunControl {
+    pub progress: watch::Sender<Option<Progress>>,
+    /// Stop the program (TERM, a grace period, then KILL).
+    pub cancel: CancellationToken,
+    /// Stop following the program: this worker is going away (shutdown, or its lease was
+    /// lost). An executor whose programs outlive the worker leaves it running and ends
+    /// with `Termination::Detached`; the local executor stops it like `cancel`.
+    pub detach: CancellationToken,
+    /// Where the executor records how to find its program again.
+    pub references: Arc<dyn References>,
+}
+
+/// The durable note of where an attempt's program runs (the job's `executor_ref`).
+#[async_trait]
+pub trait References: Send + Sync {
+    /// Records `reference` before the executor starts following the program; an error
+    /// means it could not be kept (the program then runs unrecorded, as a local one).
+    async fn record(&self, reference: &str) -> Result<(), String>;
+}
+
 #[async_trait]
 pub trait Executor: Send + Sync {
-    /// Runs the program to its end, reporting progress as it goes; `cancel` stops it
-    /// (TERM to the whole process group, a grace period, then KILL).
-    async fn run(
-        &self,
-        spec: RunSpec,
-        progress: watch::Sender<Option<Progress>>,
-        cancel: CancellationToken,
-    ) -> Result<RunOutcome, ExecutorError>;
+    /// Runs the program to its end (or follows `spec.attach`), reporting progress as it
+    /// goes.
+    async fn run(&self, spec: RunSpec, control: RunControl) -> Result<RunOutcome, ExecutorError>;
+
+    /// The directory under which attempts' work directories are made.
+    fn work_root(&self) -> &Path;
+
+    /// The work directory of the program an earlier attempt started (`reference`, as
+    /// recorded), if this executor can still follow it or read how it ended. `None`: start
+    /// the program again.
+    async fn locate(&self, _reference: &str) -> Option<PathBuf> {
+        None
+    }
+
+    /// Cleans up what attempts left behind while no worker followed them (a program whose
+    /// job was canceled meanwhile); returns how many things it removed.
+    async fn sweep(&self, _store: &dyn crate::store::JobStore) -> usize {
+        0
+    }
+}
+
+/// The executors a worker has: the local one always, Slurm when `[slurm]` is configured.
+pub struct Executors {
+    pub local: local::LocalExecutor,
+    pub slurm: Option<slurm::SlurmExecutor>,
+    sweep_interval: Duration,
+}
+
+impl Executors {
+    pub fn new(local: local::LocalExecutor, slurm: Option<slurm::SlurmExecutor>) -> Executors {
+        let sweep_interval = slurm
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |slurm| slurm.sweep_interval());
+        Executors {
+            local,
+            slurm,
+            sweep_interval,
+        }
+    }
+
+    /// The executor that runs `tool`'s programs.
+    pub fn for_tool(&self, tool: &crate::tools::Tool) -> Result<&dyn Executor, String> {
+        match tool.executor {
+            crate::tools::decl::ExecutorDecl::Local => Ok(&self.local),
+            crate::tools::decl::ExecutorDecl::Slurm => match &self.slurm {
+                Some(slurm) => Ok(slurm),
+                None => Err("this worker has no [slurm] configuration".into()),
+            },
+        }
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        self.sweep_interval
+    }
+
+    /// Every executor's `sweep`.
+    pub async fn sweep(&self, store: &dyn crate::store::JobStore) -> usize {
+        let mut swept = self.local.sweep(store).await;
+        if let Some(slurm) = &self.slurm {
+            swept += slurm.sweep(store).await;
+        }
+        swept
+    }
 }

@@ -20,7 +20,7 @@ use crate::tools::decl::ProgressStream;
 use crate::tools::ProgressSpec;
 
 /// Bytes of stderr kept for the error message of a failed job.
-const STDERR_TAIL_BYTES: usize = 4096;
+pub(crate) const STDERR_TAIL_BYTES: usize = 4096;
 /// A progress line longer than this is not parsed.
 const MAX_LINE: usize = 4096;
 /// The process group of a running attempt, recorded in its work directory.
@@ -473,7 +473,7 @@ pub fn parse_progress(spec: &ProgressSpec, line: &str) -> Option<Progress> {
     Some(Progress { percent, message })
 }
 
-fn last_lines(text: &str, count: usize) -> String {
+pub(crate) fn last_lines(text: &str, count: usize) -> String {
     let lines: Vec<&str> = text.trim_end().lines().collect();
     let start = lines.len().saturating_sub(count);
     lines[start..].join("\n")

@@ -45,6 +45,9 @@ pub struct Job {
     pub request_hash: Option<String>,
     /// Set when the job's data was deleted (retention or `DELETE` of a finished job).
     pub purged_at: Option<DateTime<Utc>>,
+    /// Where the current attempt's program can be found again by another worker (an
+    /// executor's own reference, e.g. a Slurm job id); see `JobStore::set_executor_ref`.
+    pub executor_ref: Option<String>,
 }
 
 /// An input file of a job, as staged at submit time.

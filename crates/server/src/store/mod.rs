@@ -195,6 +195,16 @@ pub trait JobStore: Send + Sync {
         run_after: DateTime<Utc>,
         error: &JobError,
     ) -> Result<bool, StoreError>;
+    /// Records (or clears, with `None`) where `attempt`'s program can be found again by a
+    /// worker that takes the job over, e.g. a Slurm job id: an executor whose programs
+    /// outlive the worker re-attaches to it instead of starting the program again. Claims,
+    /// requeues and lease recoveries keep it. False if the attempt no longer owns the job.
+    async fn set_executor_ref(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        reference: Option<&str>,
+    ) -> Result<bool, StoreError>;
     /// Cancels a queued job at once, or flags a running one for its worker. Returns the
     /// job afterwards (`None` if absent).
     async fn request_cancel(&self, id: Uuid, now: DateTime<Utc>)

@@ -38,7 +38,7 @@ use super::{
 use crate::jobs::{EventKind, Job, JobError, JobEvent, JobState, Progress, StoredOutput};
 
 /// Migrations, applied in order; `batchgate_schema.version` counts those applied.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// An arbitrary constant: the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x6261_7463_6867_6174; // "batchgat"
@@ -170,6 +170,9 @@ $$;
 CREATE TRIGGER jobs_changed AFTER INSERT OR UPDATE ON jobs
     FOR EACH ROW EXECUTE FUNCTION batchgate_job_changed();
 "#;
+
+/// Where a running attempt's program can be found again (see `JobStore::set_executor_ref`).
+const V2: &str = "ALTER TABLE jobs ADD COLUMN executor_ref TEXT;";
 
 /// Connections per store instance (the listener takes one more).
 const POOL_SIZE: u32 = 16;
@@ -341,6 +344,7 @@ fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
         idempotency_key: row.try_get("idempotency_key").map_err(corrupt)?,
         request_hash: row.try_get("request_hash").map_err(corrupt)?,
         purged_at: row.try_get("purged_at").map_err(corrupt)?,
+        executor_ref: row.try_get("executor_ref").map_err(corrupt)?,
     })
 }
 
@@ -639,6 +643,24 @@ impl JobStore for PgJobStore {
             self.changes.job_queued();
         }
         Ok(changed)
+    }
+
+    async fn set_executor_ref(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        reference: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE jobs SET executor_ref = $1 WHERE id = $2 AND attempt = $3 AND state = 'running'",
+        )
+        .bind(reference)
+        .bind(id)
+        .bind(attempt as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(result.rows_affected() == 1)
     }
 
     async fn request_cancel(

@@ -29,7 +29,7 @@ use super::{
 use crate::jobs::{EventKind, Job, JobError, JobEvent, JobState, Progress};
 
 /// Migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -159,6 +159,9 @@ BEGIN
     DELETE FROM job_events WHERE job_id = NEW.id;
 END;
 "#;
+
+/// Where a running attempt's program can be found again (see `JobStore::set_executor_ref`).
+const V4: &str = "ALTER TABLE jobs ADD COLUMN executor_ref TEXT;";
 
 pub struct SqliteJobStore {
     /// Reads. WAL readers never wait for the writer.
@@ -316,6 +319,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
         idempotency_key: row.try_get("idempotency_key").map_err(get_err)?,
         request_hash: row.try_get("request_hash").map_err(get_err)?,
         purged_at: optional_time(row.try_get("purged_at").map_err(get_err)?)?,
+        executor_ref: row.try_get("executor_ref").map_err(get_err)?,
     })
 }
 
@@ -636,6 +640,29 @@ impl JobStore for SqliteJobStore {
             self.finished.forget(id);
             self.changes.notify(id);
             self.changes.job_queued();
+        }
+        Ok(changed)
+    }
+
+    async fn set_executor_ref(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        reference: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE jobs SET executor_ref = ? WHERE id = ? AND attempt = ? AND state = 'running'",
+        )
+        .bind(reference)
+        .bind(id.to_string())
+        .bind(attempt as i64)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        let changed = result.rows_affected() == 1;
+        if changed {
+            // A program that outlives this worker must be found again after a power cut.
+            self.durable().await?;
         }
         Ok(changed)
     }

@@ -39,6 +39,7 @@ pub fn new_job(tool: &str, key: Option<&str>) -> Job {
         idempotency_key: key.map(str::to_owned),
         request_hash: key.map(|_| "hash".to_owned()),
         purged_at: None,
+        executor_ref: None,
     }
 }
 
@@ -181,6 +182,59 @@ macro_rules! conformance {
                 failed.state,
             ]);
             assert!(failed.finished_at.is_some());
+        }
+
+        #[tokio::test]
+        async fn executor_ref_survives_takeovers_and_is_fenced() {
+            let store = $make;
+            let mut job = crate::store::tests::new_job("t", None);
+            job.max_attempts = 5;
+            store.insert(&job, &Admission::default()).await.unwrap();
+            let now = chrono::Utc::now();
+            let short = now + chrono::Duration::milliseconds(1);
+            let later = now + chrono::Duration::seconds(1);
+            store.claim(now, short, &[]).await.unwrap().unwrap();
+            assert!(store
+                .set_executor_ref(job.id, 1, Some("slurm 41"))
+                .await
+                .unwrap());
+            // A lost worker: the next attempt is told where the program still runs.
+            assert_eq!(store.recover_expired_leases(later).await.unwrap(), 1);
+            let second = store
+                .claim(later, later + chrono::Duration::seconds(60), &[])
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(second.attempt, 2);
+            assert_eq!(second.executor_ref.as_deref(), Some("slurm 41"));
+            // The stale attempt cannot overwrite it.
+            assert!(!store
+                .set_executor_ref(job.id, 1, Some("slurm 7"))
+                .await
+                .unwrap());
+            // A hand-back (requeue) keeps it too; clearing it is the owner's decision.
+            let stopped = crate::jobs::JobError {
+                code: "worker-stopped".into(),
+                message: "m".into(),
+                exit_code: None,
+                signal: None,
+                stderr_tail: None,
+            };
+            assert!(store.requeue(job.id, 2, later, &stopped).await.unwrap());
+            let third = store
+                .claim(later, later + chrono::Duration::seconds(60), &[])
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(third.executor_ref.as_deref(), Some("slurm 41"));
+            let events_before = store.events(job.id, 0, 100).await.unwrap().len();
+            assert!(store.set_executor_ref(job.id, 3, None).await.unwrap());
+            assert_eq!(store.get(job.id).await.unwrap().unwrap().executor_ref, None);
+            // Not an event: nobody watching the job sees the executor's bookkeeping.
+            assert_eq!(
+                store.events(job.id, 0, 100).await.unwrap().len(),
+                events_before
+            );
         }
 
         #[tokio::test]

@@ -45,8 +45,14 @@ pub struct ToolDecl {
     /// How long a finished job's data is kept.
     #[serde(default)]
     pub retention_seconds: Option<u64>,
+    /// Where the program runs: `local` (a child process of the worker, the default) or
+    /// `slurm` (a batch job of the cluster configured in the server's `[slurm]`).
     #[serde(default)]
     pub executor: ExecutorDecl,
+    /// Resources requested from Slurm (`executor = "slurm"`); time and memory come from
+    /// `limits`.
+    #[serde(default)]
+    pub slurm: Option<SlurmDecl>,
     /// A complete request body (`{"inputs": …, "parameters": …}`), checked at start.
     pub example: Value,
     /// A first guess of the run time, for `Retry-After` before any run was measured.
@@ -210,4 +216,19 @@ pub enum ProgressStream {
 pub enum ExecutorDecl {
     #[default]
     Local,
+    Slurm,
+}
+
+/// `[tools.slurm]`: what the tool's batch jobs ask of the cluster. Unset values fall back
+/// to the server's `[slurm]` defaults, then to Slurm's.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmDecl {
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// Node features (`--constraint`).
+    pub constraint: Option<String>,
+    /// CPUs of the program's one task (`--cpus-per-task`, default 1).
+    pub cpus: Option<u32>,
 }

@@ -124,6 +124,9 @@ pub struct Tool {
     pub retention: Duration,
     pub example: protocol::SubmitRequest,
     pub expected_run: Duration,
+    pub executor: decl::ExecutorDecl,
+    /// What a Slurm batch job of this tool requests (`executor = "slurm"`).
+    pub slurm: decl::SlurmDecl,
 }
 
 impl Tool {
@@ -361,6 +364,15 @@ impl Tool {
         if outputs.is_empty() {
             return Err(fail("outputs", "declare at least one output".into()));
         }
+        if decl.slurm.is_some() && decl.executor != decl::ExecutorDecl::Slurm {
+            return Err(fail(
+                "slurm",
+                "Slurm resources are given but the tool's executor is not `slurm`".into(),
+            ));
+        }
+        if decl.slurm.as_ref().and_then(|slurm| slurm.cpus) == Some(0) {
+            return Err(fail("slurm.cpus", "a job needs at least one CPU".into()));
+        }
 
         let parameters_schema = decl.parameters.unwrap_or_else(|| {
             serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false})
@@ -522,6 +534,8 @@ impl Tool {
             expected_run: Duration::from_secs_f64(
                 decl.expected_run_seconds.unwrap_or(1.0).max(0.0),
             ),
+            executor: decl.executor,
+            slurm: decl.slurm.unwrap_or_default(),
         };
         tool.check_example()
             .map_err(|message| fail("example", message))?;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,13 +13,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Runtime;
 use crate::blobs::JobKeys;
-use crate::executors::{ResourceLimits, RunOutcome, RunSpec, Termination};
+use crate::executors::{
+    Executor, References, ResourceLimits, RunControl, RunOutcome, RunSpec, Termination,
+};
 use crate::jobs::{
     self, AttemptOutcome, Decision, Job, JobError, JobState, Progress, StoredOutput,
 };
 use crate::store::{AttemptUsage, Completion, Heartbeat};
 use crate::tools::argv::ArgValues;
-use crate::tools::decl::OutputSource;
+use crate::tools::decl::{ExecutorDecl, OutputSource};
+use crate::worker::Steering;
 use crate::tools::Tool;
 use crate::transforms::outputs;
 
@@ -58,9 +62,18 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         let _ = finish(&runtime, &job, decision, Vec::new()).await;
         return;
     };
+    let executor = match runtime.executors.for_tool(&tool) {
+        Ok(executor) => executor,
+        Err(message) => {
+            let outcome = AttemptOutcome::Infrastructure(message);
+            let decision = jobs::decide(outcome, attempt_number, &tool.retry, rand_fraction());
+            let _ = finish(&runtime, &job, decision, Vec::new()).await;
+            return;
+        }
+    };
     tracing::info!(job_id = %id, attempt = attempt_number, tool = %tool.id(), "attempt started");
 
-    let cancel = runtime.running.register(id);
+    let steering = runtime.running.register(id);
     let lease_lost = CancellationToken::new();
     let (progress_tx, progress_rx) = watch::channel(None::<Progress>);
     let final_progress = progress_rx.clone();
@@ -69,7 +82,7 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         id,
         attempt_number,
         progress_rx,
-        cancel.clone(),
+        steering.clone(),
         lease_lost.clone(),
     ));
 
@@ -79,17 +92,33 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
             crate::telemetry::queue_wait(&job.tool, waited);
         }
     }
-    let workdir = work_dir(&runtime.work_root, id, attempt_number);
+    let (workdir, attach) = place(&runtime, &job, executor).await;
     let uid = runtime.uids.acquire();
     let mut measured = Measured::default();
+    let references = Arc::new(StoreReferences {
+        runtime: runtime.clone(),
+        id,
+        attempt: attempt_number,
+        recorded: AtomicBool::new(false),
+    });
+    let control = RunControl {
+        progress: progress_tx,
+        cancel: steering.cancel.clone(),
+        detach: steering.detach.clone(),
+        references: references.clone(),
+    };
     let result = execute(
         &runtime,
-        &job,
-        &tool,
-        &workdir,
-        uid.uid(),
-        progress_tx,
-        cancel.clone(),
+        Attempt {
+            job: &job,
+            tool: &tool,
+            executor,
+            workdir: &workdir,
+            attach,
+            run_as: uid.uid(),
+            references,
+        },
+        control,
         &mut measured,
     )
     .await;
@@ -118,7 +147,7 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         "discarded"
     } else {
         let decision = if matches!(outcome, AttemptOutcome::Canceled)
-            && runtime.running.handing_back()
+            && (runtime.running.handing_back() || measured.detached)
         {
             // Stopped by this worker's shutdown, not by the caller: another worker runs it.
             tracing::info!(job_id = %id, attempt = attempt_number, "handing the job back to the queue");
@@ -131,9 +160,12 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         };
         finish(&runtime, &job, decision, outputs).await
     };
-    if let Err(error) = tokio::fs::remove_dir_all(&workdir).await {
-        if error.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(job_id = %id, %error, "cannot remove the work directory");
+    // A program left running for the next worker keeps its directory.
+    if !measured.detached {
+        if let Err(error) = tokio::fs::remove_dir_all(&workdir).await {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(job_id = %id, %error, "cannot remove the work directory");
+            }
         }
     }
     drop(uid);
@@ -161,6 +193,8 @@ struct Measured {
     peak_memory: Option<u64>,
     bytes_in: u64,
     bytes_out: u64,
+    /// The program was left running for another worker to follow.
+    detached: bool,
 }
 
 /// Records the attempt's cost (for `/v1/usage`) and its metrics.
@@ -273,7 +307,7 @@ async fn heartbeat_loop(
     id: uuid::Uuid,
     attempt: u32,
     mut progress: watch::Receiver<Option<Progress>>,
-    cancel: CancellationToken,
+    steering: Steering,
     lease_lost: CancellationToken,
 ) {
     let lease = runtime.settings.lease();
@@ -304,12 +338,13 @@ async fn heartbeat_loop(
         {
             Ok(Heartbeat::Held { cancel_requested }) => {
                 if cancel_requested {
-                    cancel.cancel();
+                    steering.cancel.cancel();
                 }
             }
             Ok(Heartbeat::Lost) => {
+                // Another attempt owns the job; a program it may follow is not stopped.
                 lease_lost.cancel();
-                cancel.cancel();
+                steering.detach.cancel();
                 return;
             }
             Err(error) => tracing::warn!(job_id = %id, %error, "heartbeat failed"),
@@ -317,19 +352,87 @@ async fn heartbeat_loop(
     }
 }
 
-/// Stages, runs and collects. `Err` is an infrastructure failure (retried); a program's
-/// failure is an `Ok` outcome.
-#[allow(clippy::too_many_arguments)]
-async fn execute(
+/// What one attempt runs, and where.
+struct Attempt<'a> {
+    job: &'a Job,
+    tool: &'a Tool,
+    executor: &'a dyn Executor,
+    workdir: &'a Path,
+    /// The executor reference of a program an earlier attempt started, to follow.
+    attach: Option<String>,
+    run_as: Option<u32>,
+    references: Arc<StoreReferences>,
+}
+
+/// Where the attempt runs: the work directory of a program an earlier attempt left
+/// running (the job's `executor_ref`, if its executor still finds it), else a fresh one.
+async fn place(
     runtime: &Runtime,
     job: &Job,
-    tool: &Tool,
-    workdir: &Path,
-    run_as: Option<u32>,
-    progress: watch::Sender<Option<Progress>>,
-    cancel: CancellationToken,
+    executor: &dyn Executor,
+) -> (PathBuf, Option<String>) {
+    if let Some(reference) = &job.executor_ref {
+        if let Some(workdir) = executor.locate(reference).await {
+            tracing::info!(job_id = %job.id, attempt = job.attempt, "following the program an earlier attempt started");
+            return (workdir, Some(reference.clone()));
+        }
+        // Nothing left to follow: the program starts again.
+        let _ = runtime
+            .store
+            .set_executor_ref(job.id, job.attempt, None)
+            .await;
+    }
+    (work_dir(executor.work_root(), job.id, job.attempt), None)
+}
+
+/// Records an executor's reference to its program with the attempt (fenced by it).
+struct StoreReferences {
+    runtime: Arc<Runtime>,
+    id: uuid::Uuid,
+    attempt: u32,
+    recorded: AtomicBool,
+}
+
+impl StoreReferences {
+    fn recorded(&self) -> bool {
+        self.recorded.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl References for StoreReferences {
+    async fn record(&self, reference: &str) -> Result<(), String> {
+        self.recorded.store(true, Ordering::SeqCst);
+        match self
+            .runtime
+            .store
+            .set_executor_ref(self.id, self.attempt, Some(reference))
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the attempt no longer owns the job".into()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+/// Stages, runs and collects. `Err` is an infrastructure failure (retried); a program's
+/// failure is an `Ok` outcome.
+async fn execute(
+    runtime: &Runtime,
+    attempt_to_run: Attempt<'_>,
+    control: RunControl,
     measured: &mut Measured,
 ) -> Result<(AttemptOutcome, Vec<StoredOutput>), String> {
+    let Attempt {
+        job,
+        tool,
+        executor,
+        workdir,
+        attach,
+        run_as,
+        references,
+    } = attempt_to_run;
     measured.started = Some(crate::jobs::now());
     let id = job.id;
     let attempt = job.attempt;
@@ -337,14 +440,17 @@ async fn execute(
         let what = what.to_owned();
         move |error: std::io::Error| format!("{what}: {error}")
     };
-    // A fresh work directory, even if a crashed attempt left one behind.
-    let _ = tokio::fs::remove_dir_all(workdir).await;
-    tokio::fs::create_dir_all(meta_dir(workdir))
-        .await
-        .map_err(io("create the work directory"))?;
-    tokio::fs::create_dir_all(workdir.join("tmp"))
-        .await
-        .map_err(io("create the work directory"))?;
+    let staging = attach.is_none();
+    if staging {
+        // A fresh work directory, even if a crashed attempt left one behind.
+        let _ = tokio::fs::remove_dir_all(workdir).await;
+        tokio::fs::create_dir_all(meta_dir(workdir))
+            .await
+            .map_err(io("create the work directory"))?;
+        tokio::fs::create_dir_all(workdir.join("tmp"))
+            .await
+            .map_err(io("create the work directory"))?;
+    }
 
     let mut input_paths = BTreeMap::new();
     for stored in &job.inputs {
@@ -352,21 +458,25 @@ async fn execute(
             .input(&stored.name)
             .ok_or_else(|| format!("the tool has no input `{}` any more", stored.name))?;
         let path = workdir.join(&spec.file_name);
-        measured.bytes_in += runtime
-            .blobs
-            .copy_to_file(&JobKeys::input(id, &stored.name), &path)
-            .await
-            .map_err(|error| format!("stage input `{}`: {error}", stored.name))?;
+        if staging {
+            measured.bytes_in += runtime
+                .blobs
+                .copy_to_file(&JobKeys::input(id, &stored.name), &path)
+                .await
+                .map_err(|error| format!("stage input `{}`: {error}", stored.name))?;
+        }
         input_paths.insert(stored.name.clone(), path);
     }
     let control_path = match &tool.control {
         Some(control) => {
             let path = workdir.join(&control.file);
-            measured.bytes_in += runtime
-                .blobs
-                .copy_to_file(&JobKeys::control(id), &path)
-                .await
-                .map_err(|error| format!("stage the control file: {error}"))?;
+            if staging {
+                measured.bytes_in += runtime
+                    .blobs
+                    .copy_to_file(&JobKeys::control(id), &path)
+                    .await
+                    .map_err(|error| format!("stage the control file: {error}"))?;
+            }
             Some(path)
         }
         None => None,
@@ -375,7 +485,7 @@ async fn execute(
     for output in &tool.outputs {
         if let Some(relative) = &output.path {
             let path = workdir.join(relative);
-            if let Some(parent) = path.parent() {
+            if let Some(parent) = path.parent().filter(|_| staging) {
                 tokio::fs::create_dir_all(parent)
                     .await
                     .map_err(io("create an output directory"))?;
@@ -395,7 +505,11 @@ async fn execute(
         .iter()
         .map(|argument| argument.render(&values))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(bwrap) = &runtime.sandbox {
+    // The sandbox and per-job users belong to this host; a cluster job gets the
+    // cluster's isolation (cgroups, its own node).
+    let local = tool.executor == ExecutorDecl::Local;
+    let run_as = run_as.filter(|_| local);
+    if let Some(bwrap) = runtime.sandbox.as_ref().filter(|_| local) {
         argv = crate::executors::sandbox::wrap(bwrap, argv, workdir, &runtime.data_dir);
     }
 
@@ -427,6 +541,8 @@ async fn execute(
         stderr_cap: tool.limits.max_log_bytes,
         stop_at_stdout_cap: stdout_is_output,
         run_as,
+        attach: attach.clone(),
+        slurm: tool.slurm.clone(),
     };
     if let Some(uid) = run_as {
         hand_over(workdir, uid)
@@ -435,11 +551,22 @@ async fn execute(
     }
     let stdout_path = spec.stdout_path.clone();
     let stderr_path = spec.stderr_path.clone();
-    let run = runtime
-        .executor
-        .run(spec, progress, cancel)
+    let run = executor
+        .run(spec, control)
         .await
         .map_err(|error| error.to_string())?;
+    if run.termination == Termination::Detached {
+        measured.detached = true;
+        return Ok((AttemptOutcome::Canceled, Vec::new()));
+    }
+    // The program has ended: a worker taking the job over must not follow it again.
+    if attach.is_some() || references.recorded() {
+        runtime
+            .store
+            .set_executor_ref(id, attempt, None)
+            .await
+            .map_err(|error| format!("clear the executor reference: {error}"))?;
+    }
     measured.wall = run.wall_time;
     measured.cpu = run.cpu_time;
     measured.peak_memory = run.peak_memory_bytes;
@@ -556,7 +683,27 @@ fn classify(tool: &Tool, run: &RunOutcome) -> Option<AttemptOutcome> {
             None,
             None,
         ))),
-        Termination::Canceled => Some(AttemptOutcome::Canceled),
+        Termination::Canceled | Termination::Detached => Some(AttemptOutcome::Canceled),
+        Termination::OutOfMemory => Some(AttemptOutcome::ProgramFailed(error(
+            "out-of-memory",
+            format!(
+                "the program used more memory than the tool's limit{} and was killed",
+                tool.limits
+                    .memory_bytes
+                    .map(|bytes| format!(" of {} MB", bytes / (1024 * 1024)))
+                    .unwrap_or_default()
+            ),
+            None,
+            None,
+        ))),
+        Termination::Engine {
+            message,
+            retry: true,
+            ..
+        } => Some(AttemptOutcome::Infrastructure(message.clone())),
+        Termination::Engine { code, message, .. } => Some(AttemptOutcome::ProgramFailed(
+            error(code, message.clone(), None, None),
+        )),
         Termination::OutputTooLarge => Some(AttemptOutcome::ProgramFailed(error(
             "output-too-large",
             format!(

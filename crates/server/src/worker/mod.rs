@@ -15,20 +15,29 @@ use uuid::Uuid;
 
 use crate::app::Runtime;
 
-/// Cancel tokens of the attempts running in this process, so that `DELETE` stops a
-/// local program at once instead of at its next heartbeat, and a shutdown can hand the
-/// attempts back.
+/// The attempts running in this process: `DELETE` stops a program at once instead of at
+/// its next heartbeat, and a shutdown hands the attempts back.
 #[derive(Default)]
 pub struct RunningJobs {
-    tokens: Mutex<HashMap<Uuid, CancellationToken>>,
+    attempts: Mutex<HashMap<Uuid, Steering>>,
     handing_back: AtomicBool,
 }
 
+/// How one running attempt is stopped.
+#[derive(Clone, Default)]
+pub struct Steering {
+    /// The caller canceled the job: stop the program.
+    pub cancel: CancellationToken,
+    /// This worker lets go of the attempt (shutdown, lost lease): an executor whose
+    /// programs outlive it leaves the program running for the next worker.
+    pub detach: CancellationToken,
+}
+
 impl RunningJobs {
-    fn register(&self, id: Uuid) -> CancellationToken {
-        let token = CancellationToken::new();
-        self.lock().insert(id, token.clone());
-        token
+    fn register(&self, id: Uuid) -> Steering {
+        let steering = Steering::default();
+        self.lock().insert(id, steering.clone());
+        steering
     }
 
     fn unregister(&self, id: Uuid) {
@@ -38,23 +47,23 @@ impl RunningJobs {
     /// Cancels the attempt if it runs here; false otherwise.
     pub fn cancel(&self, id: Uuid) -> bool {
         match self.lock().get(&id) {
-            Some(token) => {
-                token.cancel();
+            Some(steering) => {
+                steering.cancel.cancel();
                 true
             }
             None => false,
         }
     }
 
-    /// Stops every attempt running here; their jobs go back to the queue (the process is
-    /// shutting down and the grace period is over).
+    /// Lets go of every attempt running here; their jobs go back to the queue (the
+    /// process is shutting down and the grace period is over).
     pub fn hand_back_all(&self) -> usize {
         self.handing_back.store(true, Ordering::SeqCst);
-        let tokens = self.lock();
-        for token in tokens.values() {
-            token.cancel();
+        let attempts = self.lock();
+        for steering in attempts.values() {
+            steering.detach.cancel();
         }
-        tokens.len()
+        attempts.len()
     }
 
     /// True once `hand_back_all` was called: a stopped attempt is handed back, not
@@ -68,8 +77,8 @@ impl RunningJobs {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
-        self.tokens
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Steering>> {
+        self.attempts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -209,7 +218,15 @@ pub async fn drain(runtime: &Runtime, workers: Vec<tokio::task::JoinHandle<()>>)
 
 async fn recovery_loop(runtime: Arc<Runtime>, shutdown: CancellationToken) {
     let period = (runtime.settings.lease() / 3).max(Duration::from_millis(100));
+    let mut next_sweep = tokio::time::Instant::now() + runtime.executors.sweep_interval();
     loop {
+        if tokio::time::Instant::now() >= next_sweep {
+            next_sweep += runtime.executors.sweep_interval();
+            let swept = runtime.executors.sweep(runtime.store.as_ref()).await;
+            if swept > 0 {
+                tracing::info!(swept, "cleaned up what jobs no worker followed left behind");
+            }
+        }
         match runtime.store.recover_expired_leases(Utc::now()).await {
             Ok(0) => {}
             Ok(count) => {
