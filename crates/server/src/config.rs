@@ -318,18 +318,18 @@ impl Config {
             }
         }
 
-        // The demo names its program `@DEMO_BIN@/analyzer`; the settings above do not
-        // depend on it, and the data directory they give is where it is installed.
-        let text = match source {
-            ConfigSource::Demo => {
-                crate::demo::resolve(&text, &settings.data_dir).map_err(|error| {
-                    fail(format!(
-                        "cannot install the demo analyzer under {}: {error}",
-                        settings.data_dir.display()
-                    ))
-                })?
-            }
-            _ => text,
+        // The demo names its program `@DEMO_BIN@/analyzer` (so may any configuration, to
+        // offer the demo program); the settings above do not depend on it, and the data
+        // directory they give is where it is installed.
+        let text = if text.contains("@DEMO_BIN@") {
+            crate::demo::resolve(&text, &settings.data_dir).map_err(|error| {
+                fail(format!(
+                    "cannot install the demo analyzer under {}: {error}",
+                    settings.data_dir.display()
+                ))
+            })?
+        } else {
+            text
         };
         let document: toml::Table =
             toml::from_str(&text).map_err(|error| fail(error.to_string()))?;

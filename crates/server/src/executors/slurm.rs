@@ -28,7 +28,8 @@ use crate::store::JobStore;
 use crate::tools::ProgressSpec;
 
 /// The batch script: it runs its arguments. Nothing in it comes from a request.
-const SCRIPT: &str = "#!/bin/sh\n# Written by batchgate: runs the program given as arguments.\nexec \"$@\"\n";
+const SCRIPT: &str =
+    "#!/bin/sh\n# Written by batchgate: runs the program given as arguments.\nexec \"$@\"\n";
 /// A Slurm client command that has not answered by then has failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// At most this much of a log is read per poll for progress lines.
@@ -100,7 +101,10 @@ impl SlurmExecutor {
             .map_err(|error| Submission::Transient(format!("write the batch script: {error}")))?;
         let resources = &spec.slurm;
         let text = |path: &Path| path.to_string_lossy().into_owned();
-        let minutes = (spec.timeout + spec.kill_grace).as_secs().div_ceil(60).max(1);
+        let minutes = (spec.timeout + spec.kill_grace)
+            .as_secs()
+            .div_ceil(60)
+            .max(1);
         let mut args = vec![
             "--parsable".to_owned(),
             format!("--job-name={}", self.settings.job_name),
@@ -121,11 +125,7 @@ impl SlurmExecutor {
             args.push(format!("--mem={}M", bytes.div_ceil(1024 * 1024)));
         }
         let choices = [
-            (
-                "partition",
-                &resources.partition,
-                &self.settings.partition,
-            ),
+            ("partition", &resources.partition, &self.settings.partition),
             ("account", &resources.account, &self.settings.account),
             ("qos", &resources.qos, &self.settings.qos),
             ("constraint", &resources.constraint, &None),
@@ -147,7 +147,12 @@ impl SlurmExecutor {
                 }
             })?;
         // `--parsable`: `<id>` or `<id>;<cluster>`.
-        let id = output.trim().split(';').next().unwrap_or_default().to_owned();
+        let id = output
+            .trim()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
             return Err(Submission::Transient(format!(
                 "sbatch printed no job id: {output:?}"
@@ -627,16 +632,8 @@ impl Queue {
             .read_at
             .is_some_and(|at| at >= since && at.elapsed() < self.interval);
         if !fresh {
-            let args = [
-                "-h",
-                "-t",
-                "all",
-                "-n",
-                &self.job_name,
-                "-o",
-                "%i|%T|%k",
-            ]
-            .map(str::to_owned);
+            let args =
+                ["-h", "-t", "all", "-n", &self.job_name, "-o", "%i|%T|%k"].map(str::to_owned);
             let read_at = Instant::now();
             let text = slurm_command("squeue", &args, &[]).await?;
             snapshot.jobs = text
@@ -759,13 +756,22 @@ impl Follower {
             self.offset = size;
             return;
         };
-        if size <= self.offset || file.seek(std::io::SeekFrom::Start(self.offset)).await.is_err()
+        if size <= self.offset
+            || file
+                .seek(std::io::SeekFrom::Start(self.offset))
+                .await
+                .is_err()
         {
             return;
         }
         let mut chunk = Vec::new();
         let want = (size - self.offset).min(READ_PER_POLL);
-        if (&mut file).take(want).read_to_end(&mut chunk).await.is_err() {
+        if (&mut file)
+            .take(want)
+            .read_to_end(&mut chunk)
+            .await
+            .is_err()
+        {
             return;
         }
         self.offset += chunk.len() as u64;
@@ -861,7 +867,10 @@ mod tests {
             }),
             "request data after Command= cannot pass for Slurm's fields"
         );
-        assert_eq!(parse_scontrol("JobId=5 JobState=RUNNING ExitCode=0:0"), None);
+        assert_eq!(
+            parse_scontrol("JobId=5 JobState=RUNNING ExitCode=0:0"),
+            None
+        );
         assert_eq!(
             parse_sacct("CANCELLED by 0|0:15\n"),
             Some(EndRecord {

@@ -22,9 +22,9 @@ use crate::jobs::{
 use crate::store::{AttemptUsage, Completion, Heartbeat};
 use crate::tools::argv::ArgValues;
 use crate::tools::decl::{ExecutorDecl, OutputSource};
-use crate::worker::Steering;
 use crate::tools::Tool;
 use crate::transforms::outputs;
+use crate::worker::Steering;
 
 /// The work directory of one attempt, under the server's work root.
 pub fn work_dir(work_root: &Path, id: uuid::Uuid, attempt: u32) -> PathBuf {
@@ -366,11 +366,7 @@ struct Attempt<'a> {
 
 /// Where the attempt runs: the work directory of a program an earlier attempt left
 /// running (the job's `executor_ref`, if its executor still finds it), else a fresh one.
-async fn place(
-    runtime: &Runtime,
-    job: &Job,
-    executor: &dyn Executor,
-) -> (PathBuf, Option<String>) {
+async fn place(runtime: &Runtime, job: &Job, executor: &dyn Executor) -> (PathBuf, Option<String>) {
     if let Some(reference) = &job.executor_ref {
         if let Some(workdir) = executor.locate(reference).await {
             tracing::info!(job_id = %job.id, attempt = job.attempt, "following the program an earlier attempt started");
