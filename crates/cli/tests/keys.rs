@@ -136,10 +136,7 @@ async fn logs_are_json_lines_without_secrets_whatever_the_request_holds() {
     );
     let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
     let server = serve(data, &["--listen", "127.0.0.1:0"]);
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = common::client();
     let url = |path: &str| format!("{}{path}", server.address);
 
     // Requests made to forge log lines: line breaks and escape sequences in the path, a

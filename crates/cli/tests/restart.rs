@@ -51,10 +51,7 @@ fn start_with(data_dir: &Path, settings: &[(&str, &str)]) -> Server {
 async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = common::client();
 
     let server = start(&data_dir);
     let mut ids = Vec::new();
@@ -242,10 +239,7 @@ async fn final_status(client: &reqwest::Client, server: &Server, id: &str) -> Va
 async fn sigterm_stops_accepting_lets_the_running_job_finish_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = common::client();
     let mut server = start(&data_dir);
     let id = submit_slow(&client, &server, 2).await;
     sigterm(&server);
@@ -273,10 +267,7 @@ async fn sigterm_stops_accepting_lets_the_running_job_finish_and_exits_cleanly()
 async fn sigterm_past_the_grace_period_hands_the_job_back() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = common::client();
     let mut server = start_with(&data_dir, &[("BATCHGATE__SHUTDOWN_GRACE_SECONDS", "1")]);
     let id = submit_slow(&client, &server, 8).await;
     let stopping = Instant::now();

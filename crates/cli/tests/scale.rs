@@ -110,13 +110,6 @@ impl Deployment {
     }
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 fn request(label: &str, delay_seconds: u32) -> Value {
     json!({
         "parameters": {"label": label, "delay_seconds": delay_seconds},
@@ -198,7 +191,7 @@ async fn two_replicas_and_two_workers_finish_500_jobs_exactly_once() {
         deployment.worker("worker-a", "4"),
         deployment.worker("worker-b", "4"),
     ];
-    let client = client();
+    let client = common::client();
     let replicas = &replicas;
     let submitted: Vec<(usize, String)> = futures_util::future::join_all((0..500).map(|i| {
         let client = client.clone();
@@ -250,7 +243,7 @@ async fn a_killed_workers_job_runs_again_and_no_partial_output_is_visible() {
     let deployment = Deployment::new(&database, dir.path(), "1");
     let replica = deployment.replica("api");
     let doomed = deployment.worker("worker-a", "1");
-    let client = client();
+    let client = common::client();
     let id = submit(&client, &replica, &request("survivor", 2)).await;
     assert_eq!(running(&database, &id).await, 1);
     doomed.signal("KILL");
@@ -281,7 +274,7 @@ async fn a_stale_worker_resumed_after_its_lease_changes_nothing() {
     let deployment = Deployment::new(&database, dir.path(), "1");
     let replica = deployment.replica("api");
     let stale = deployment.worker("worker-a", "1");
-    let client = client();
+    let client = common::client();
     let id = submit(&client, &replica, &request("fenced", 1)).await;
     assert_eq!(running(&database, &id).await, 1);
     stale.signal("STOP");
@@ -345,7 +338,7 @@ async fn presigned_result_delivery(variable: &str) {
         child,
         address: Some(address),
     };
-    let client = client();
+    let client = common::client();
     let id = submit(&client, &server, &request("bucketed", 0)).await;
     let status = finished(&client, &server, &id, Duration::from_secs(60)).await;
     assert_eq!(status["status"], "succeeded", "{status}");
@@ -412,7 +405,7 @@ async fn an_api_process_and_a_worker_process_share_one_sqlite_data_dir() {
         child: worker.spawn().unwrap(),
         address: None,
     };
-    let client = client();
+    let client = common::client();
     let id = submit(&client, &replica, &request("shared", 0)).await;
     let status = finished(&client, &replica, &id, Duration::from_secs(30)).await;
     assert_eq!(status["status"], "succeeded", "{status}");

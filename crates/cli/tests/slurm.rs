@@ -225,13 +225,6 @@ impl Drop for Server {
     }
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 async fn submit(client: &reqwest::Client, server: &Server, tool: &str, body: Value) -> String {
     let response = client
         .post(format!("{}/v1/tools/{tool}/jobs", server.address))
@@ -254,7 +247,7 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
         return;
     };
     let server = cluster.start(&["serve", "--workers", "8"]);
-    let client = client();
+    let client = common::client();
     let canary = cluster.dir.path().join("pwned");
     let hostile = format!(
         "a  b; touch {} $(touch {}) `x` \"q\" 'r'",
@@ -391,7 +384,7 @@ async fn a_restarted_worker_reattaches_to_the_running_batch_job() {
     let Some(cluster) = Cluster::new() else {
         return;
     };
-    let client = client();
+    let client = common::client();
     for signal in ["KILL", "TERM"] {
         let server = cluster.start(&["serve"]);
         let id = submit(
@@ -440,7 +433,7 @@ async fn a_batch_job_whose_job_was_canceled_meanwhile_is_swept() {
     let Some(cluster) = Cluster::new() else {
         return;
     };
-    let client = client();
+    let client = common::client();
     let mut server = cluster.start(&["serve"]);
     let id = submit(
         &client,

@@ -65,6 +65,16 @@ pub async fn pg_schema(prefix: &str) -> Option<(String, sqlx::PgPool)> {
     Some((url, pool))
 }
 
+/// An HTTP client that shows redirects (the status monitor's `303`) instead of following
+/// them.
+#[allow(dead_code)] // not every test binary speaks HTTP
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 /// Polls job `id`'s status monitor on the server at `address` until it answers `303`
 /// (the job ended), and returns that status body.
 #[allow(dead_code)] // not every test binary runs jobs
