@@ -12,6 +12,7 @@ use crate::auth::signing::Signer;
 use crate::auth::Tiers;
 use crate::blobs::{BlobStore, LocalBlobStore};
 use crate::config::{AuthMode, Config, SandboxMode, Settings};
+use crate::executors::container::ContainerExecutor;
 use crate::executors::local::LocalExecutor;
 use crate::executors::slurm::SlurmExecutor;
 use crate::executors::Executors;
@@ -100,7 +101,17 @@ impl Runtime {
             (Some(slurm), true) => Some(SlurmExecutor::open(slurm.clone()).await?),
             _ => None,
         };
-        let executors = Executors::new(LocalExecutor::new(&data_dir, work_root.clone()), slurm);
+        let container = match (&settings.container, runs_jobs) {
+            (Some(container), true) => {
+                Some(ContainerExecutor::open(container.clone(), work_root.clone()).await?)
+            }
+            _ => None,
+        };
+        let executors = Executors::new(
+            LocalExecutor::new(&data_dir, work_root.clone()),
+            slurm,
+            container,
+        );
         Ok(Runtime {
             settings,
             tools: config.tools,

@@ -82,6 +82,8 @@ pub struct Settings {
     pub sandbox: SandboxMode,
     /// `[slurm]`: the cluster that runs tools with `executor = "slurm"`.
     pub slurm: Option<SlurmSettings>,
+    /// `[container]`: the container engine that runs tools with `executor = "container"`.
+    pub container: Option<ContainerSettings>,
     /// Ignored here: tools are read separately so their errors can name the tool.
     #[serde(default, skip_serializing)]
     pub tools: Option<serde::de::IgnoredAny>,
@@ -119,6 +121,7 @@ impl Default for Settings {
             run_as_uid: None,
             sandbox: SandboxMode::None,
             slurm: None,
+            container: None,
             tools: None,
         }
     }
@@ -191,6 +194,30 @@ impl Default for SlurmSettings {
             qos: None,
             job_name: "batchgate".into(),
             poll_interval_seconds: 1.0,
+            sweep_interval_seconds: 60.0,
+        }
+    }
+}
+
+/// `[container]`: the Docker-compatible engine API (podman's or Docker's) on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerSettings {
+    /// The engine's socket: `unix:///run/podman/podman.sock`, `unix:///var/run/docker.sock`.
+    /// Empty: `DOCKER_HOST`, else Docker's default socket.
+    pub engine: String,
+    /// Every container batchgate makes carries the label `batchgate.label=<this>` (how a
+    /// worker finds its own in the engine).
+    pub label: String,
+    /// How often containers left behind by ended jobs are removed.
+    pub sweep_interval_seconds: f64,
+}
+
+impl Default for ContainerSettings {
+    fn default() -> Self {
+        ContainerSettings {
+            engine: String::new(),
+            label: "batchgate".into(),
             sweep_interval_seconds: 60.0,
         }
     }
@@ -387,6 +414,18 @@ impl Config {
                 return Err(fail(format!(
                     "tool `{}`: `executor = \"slurm\"` needs a [slurm] section with \
                      `work_dir` (a directory shared with the compute nodes)",
+                    tool.id()
+                )));
+            }
+        }
+        if settings.container.is_none() {
+            if let Some(tool) = tools
+                .iter()
+                .find(|tool| tool.executor == crate::tools::decl::ExecutorDecl::Container)
+            {
+                return Err(fail(format!(
+                    "tool `{}`: `executor = \"container\"` needs a [container] section \
+                     (`engine = \"unix:///run/podman/podman.sock\"`, or empty for DOCKER_HOST)",
                     tool.id()
                 )));
             }

@@ -3,6 +3,7 @@
 //! (a local process, a Slurm batch job; containers and Kubernetes later) shares that
 //! logic.
 
+pub mod container;
 pub mod local;
 pub mod process;
 pub mod sandbox;
@@ -46,6 +47,8 @@ pub struct RunSpec {
     pub attach: Option<String>,
     /// What a Slurm batch job asks of the cluster (the Slurm executor only).
     pub slurm: crate::tools::decl::SlurmDecl,
+    /// The image (the container executor only).
+    pub container: Option<crate::tools::decl::ContainerDecl>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -136,6 +139,12 @@ pub trait Executor: Send + Sync {
     /// The directory under which attempts' work directories are made.
     fn work_root(&self) -> &Path;
 
+    /// Where the program sees its work directory `workdir` (argv placeholders, `HOME` and
+    /// `TMPDIR` are written with it): the same path, unless it is mounted elsewhere.
+    fn program_workdir(&self, workdir: &Path) -> PathBuf {
+        workdir.to_owned()
+    }
+
     /// The work directory of the program an earlier attempt started (`reference`, as
     /// recorded), if this executor can still follow it or read how it ended. `None`: start
     /// the program again.
@@ -150,21 +159,35 @@ pub trait Executor: Send + Sync {
     }
 }
 
-/// The executors a worker has: the local one always, Slurm when `[slurm]` is configured.
+/// The executors a worker has: the local one always, Slurm and containers when
+/// `[slurm]` and `[container]` are configured.
 pub struct Executors {
     pub local: local::LocalExecutor,
     pub slurm: Option<slurm::SlurmExecutor>,
+    pub container: Option<container::ContainerExecutor>,
     sweep_interval: Duration,
 }
 
 impl Executors {
-    pub fn new(local: local::LocalExecutor, slurm: Option<slurm::SlurmExecutor>) -> Executors {
-        let sweep_interval = slurm
-            .as_ref()
-            .map_or(Duration::from_secs(3600), |slurm| slurm.sweep_interval());
+    pub fn new(
+        local: local::LocalExecutor,
+        slurm: Option<slurm::SlurmExecutor>,
+        container: Option<container::ContainerExecutor>,
+    ) -> Executors {
+        let sweep_interval = [
+            slurm.as_ref().map(|slurm| slurm.sweep_interval()),
+            container
+                .as_ref()
+                .map(|container| container.sweep_interval()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(Duration::from_secs(3600));
         Executors {
             local,
             slurm,
+            container,
             sweep_interval,
         }
     }
@@ -176,6 +199,10 @@ impl Executors {
             crate::tools::decl::ExecutorDecl::Slurm => match &self.slurm {
                 Some(slurm) => Ok(slurm),
                 None => Err("this worker has no [slurm] configuration".into()),
+            },
+            crate::tools::decl::ExecutorDecl::Container => match &self.container {
+                Some(container) => Ok(container),
+                None => Err("this worker has no [container] configuration".into()),
             },
         }
     }
@@ -189,6 +216,9 @@ impl Executors {
         let mut swept = self.local.sweep(store).await;
         if let Some(slurm) = &self.slurm {
             swept += slurm.sweep(store).await;
+        }
+        if let Some(container) = &self.container {
+            swept += container.sweep(store).await;
         }
         swept
     }

@@ -381,7 +381,7 @@ async fn stop_group(
     ended.ok().and_then(Result::ok)
 }
 
-async fn join_capture(task: tokio::task::JoinHandle<(bool, String)>) -> (bool, String) {
+pub(crate) async fn join_capture(task: tokio::task::JoinHandle<(bool, String)>) -> (bool, String) {
     match tokio::time::timeout(Duration::from_secs(5), task).await {
         Ok(Ok(result)) => result,
         _ => (false, String::new()),
@@ -391,7 +391,7 @@ async fn join_capture(task: tokio::task::JoinHandle<(bool, String)>) -> (bool, S
 /// Copies a stream to `file` up to `cap` bytes (then drains and drops the rest, and
 /// cancels `overflow` if given), parses progress lines, and keeps the stream's tail.
 /// Returns (truncated, tail).
-async fn capture(
+pub(crate) async fn capture(
     mut stream: impl AsyncRead + Unpin,
     file: tokio::fs::File,
     cap: u64,

@@ -53,6 +53,9 @@ pub struct ToolDecl {
     /// `limits`.
     #[serde(default)]
     pub slurm: Option<SlurmDecl>,
+    /// The image and its settings (`executor = "container"`).
+    #[serde(default)]
+    pub container: Option<ContainerDecl>,
     /// A complete request body (`{"inputs": …, "parameters": …}`), checked at start.
     pub example: Value,
     /// A first guess of the run time, for `Retry-After` before any run was measured.
@@ -217,6 +220,29 @@ pub enum ExecutorDecl {
     #[default]
     Local,
     Slurm,
+    Container,
+}
+
+/// `[tools.container]`: the image the program ships in. Memory, CPU time, file size, open
+/// files and processes come from `limits`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerDecl {
+    /// An image the container engine has (`localhost/analyzer:2`, `registry/x@sha256:…`).
+    pub image: String,
+    /// Give the program a network (the engine's default one); without it, none at all.
+    #[serde(default)]
+    pub network: bool,
+    /// CPUs the program may use (fractions allowed).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// `uid[:gid]` inside the container; default the worker's own, so that the files the
+    /// program writes in its work directory belong to the worker.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The image's filesystem is read-only (a private `/tmp` is writable). Default true.
+    #[serde(default)]
+    pub read_only: Option<bool>,
 }
 
 /// `[tools.slurm]`: what the tool's batch jobs ask of the cluster. Unset values fall back

@@ -127,6 +127,8 @@ pub struct Tool {
     pub executor: decl::ExecutorDecl,
     /// What a Slurm batch job of this tool requests (`executor = "slurm"`).
     pub slurm: decl::SlurmDecl,
+    /// The image of a tool with `executor = "container"`.
+    pub container: Option<decl::ContainerDecl>,
 }
 
 impl Tool {
@@ -370,6 +372,27 @@ impl Tool {
                 "Slurm resources are given but the tool's executor is not `slurm`".into(),
             ));
         }
+        match (&decl.container, decl.executor) {
+            (None, decl::ExecutorDecl::Container) => {
+                return Err(fail(
+                    "container",
+                    "`executor = \"container\"` needs [tools.container] with an `image`".into(),
+                ))
+            }
+            (Some(_), executor) if executor != decl::ExecutorDecl::Container => {
+                return Err(fail(
+                    "container",
+                    "an image is given but the tool's executor is not `container`".into(),
+                ))
+            }
+            (Some(container), _) if container.image.trim().is_empty() => {
+                return Err(fail("container.image", "name an image".into()))
+            }
+            (Some(container), _) if container.cpus.is_some_and(|cpus| cpus <= 0.0) => {
+                return Err(fail("container.cpus", "must be positive".into()))
+            }
+            _ => {}
+        }
         if decl.slurm.as_ref().and_then(|slurm| slurm.cpus) == Some(0) {
             return Err(fail("slurm.cpus", "a job needs at least one CPU".into()));
         }
@@ -536,6 +559,7 @@ impl Tool {
             ),
             executor: decl.executor,
             slurm: decl.slurm.unwrap_or_default(),
+            container: decl.container,
         };
         tool.check_example()
             .map_err(|message| fail("example", message))?;

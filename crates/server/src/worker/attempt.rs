@@ -489,11 +489,24 @@ async fn execute(
             output_paths.insert(output.name.clone(), path);
         }
     }
+    // The argv names the files as the program sees them (a container mounts the work
+    // directory elsewhere).
+    let view = executor.program_workdir(workdir);
+    let seen = |path: &PathBuf| view.join(path.strip_prefix(workdir).unwrap_or(path));
+    let seen_inputs = input_paths
+        .iter()
+        .map(|(k, p)| (k.clone(), seen(p)))
+        .collect();
+    let seen_outputs = output_paths
+        .iter()
+        .map(|(k, p)| (k.clone(), seen(p)))
+        .collect();
+    let seen_control = control_path.as_ref().map(seen);
     let values = ArgValues {
-        workdir,
-        inputs: &input_paths,
-        outputs: &output_paths,
-        control: control_path.as_deref(),
+        workdir: &view,
+        inputs: &seen_inputs,
+        outputs: &seen_outputs,
+        control: seen_control.as_deref(),
         params: &job.params,
     };
     let mut argv = tool
@@ -516,7 +529,7 @@ async fn execute(
     let spec = RunSpec {
         argv,
         workdir: workdir.to_owned(),
-        env: environment(tool, workdir),
+        env: environment(tool, &view),
         timeout: tool.limits.timeout,
         kill_grace: tool.limits.kill_grace,
         rlimits: ResourceLimits {
@@ -524,7 +537,9 @@ async fn execute(
             memory_bytes: tool.limits.memory_bytes,
             file_size_bytes: tool.limits.file_size_bytes,
             open_files: Some(tool.limits.open_files),
-            processes: run_as.map(|_| tool.limits.processes),
+            // Per user: it holds with a uid of the job's own, or in a container (pids).
+            processes: (run_as.is_some() || tool.executor == ExecutorDecl::Container)
+                .then_some(tool.limits.processes),
         },
         progress: tool.progress.clone(),
         stdout_path: live_log(workdir, "stdout"),
@@ -539,6 +554,7 @@ async fn execute(
         run_as,
         attach: attach.clone(),
         slurm: tool.slurm.clone(),
+        container: tool.container.clone(),
     };
     if let Some(uid) = run_as {
         hand_over(workdir, uid)

@@ -1,0 +1,527 @@
+//! `ContainerExecutor`: each attempt runs in a container of the tool's image, through the
+//! Docker-compatible engine API (podman's `podman system service`, or Docker) with
+//! `bollard`.
+//!
+//! The attempt's work directory is bind-mounted at `/work`; the program is the image's
+//! command replaced by the tool's argv (entrypoint = argv[0], no shell); its environment is
+//! the worker's allowlist; no network unless the tool asks for one; memory (without swap),
+//! CPUs, processes and rlimits from the tool; all capabilities dropped, no new privileges,
+//! a read-only image with a private `/tmp`; it runs as the worker's own uid so that what it
+//! writes stays the worker's. stdout and stderr come from the engine's log stream and are
+//! captured like a local program's. Cancel and timeout stop the container (TERM, the tool's
+//! grace, KILL); it is removed afterwards. The container's name is recorded with the
+//! attempt, so a worker taking the job over re-attaches to it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+    StopContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Executor, ExecutorError, RunControl, RunOutcome, RunSpec, Termination};
+use crate::config::ContainerSettings;
+use crate::store::JobStore;
+use crate::tools::decl::{ContainerDecl, ProgressStream};
+
+/// Where the work directory appears inside the container.
+pub const WORKDIR_IN_CONTAINER: &str = "/work";
+/// A call to the engine that is not a stream must answer within this.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct ContainerExecutor {
+    docker: Docker,
+    settings: ContainerSettings,
+    work_root: PathBuf,
+    /// `uid:gid` of this worker: the default user inside the container.
+    user: String,
+}
+
+/// What a job's `executor_ref` holds for a container attempt.
+#[derive(Debug, Serialize, Deserialize)]
+struct Reference {
+    container: String,
+    workdir: PathBuf,
+}
+
+impl ContainerExecutor {
+    /// Connects to the engine and checks that it answers.
+    pub async fn open(
+        settings: ContainerSettings,
+        work_root: PathBuf,
+    ) -> Result<ContainerExecutor, String> {
+        // Streams (logs, wait) last as long as the program: the client's own timeout is
+        // a day, and each plain call gets `CALL_TIMEOUT` here.
+        let day = 24 * 3600;
+        let docker = if settings.engine.is_empty() {
+            Docker::connect_with_local_defaults()
+        } else {
+            Docker::connect_with_socket(&settings.engine, day, bollard::API_DEFAULT_VERSION)
+        }
+        .map_err(|error| format!("[container] engine: {error}"))?
+        .with_timeout(Duration::from_secs(day));
+        call(docker.ping()).await.map_err(|error| {
+            format!(
+                "[container] engine `{}` does not answer: {error}",
+                settings.engine
+            )
+        })?;
+        let user = format!(
+            "{}:{}",
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw()
+        );
+        Ok(ContainerExecutor {
+            docker,
+            settings,
+            work_root,
+            user,
+        })
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.settings.sweep_interval_seconds)
+    }
+
+    fn reference_of(&self, reference: &str) -> Option<Reference> {
+        let reference: Reference = serde_json::from_str(reference).ok()?;
+        let ours = reference.workdir.parent() == Some(self.work_root.as_path())
+            && reference.container.starts_with("batchgate-")
+            && reference
+                .container
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        ours.then_some(reference)
+    }
+
+    /// Creates and starts the container; its name, or how starting failed.
+    async fn start(&self, spec: &RunSpec, image: &ContainerDecl) -> Result<String, Started> {
+        let label = attempt_label(&spec.workdir);
+        let name = format!("batchgate-{label}");
+        let exists = call(self.docker.inspect_image(&image.image)).await;
+        if let Err(error) = exists {
+            return Err(if is_not_found(&error) {
+                Started::Refused {
+                    not_found: true,
+                    message: format!(
+                        "the image `{}` is not on the container engine (pull or load it there)",
+                        image.image
+                    ),
+                }
+            } else {
+                Started::Transient(error)
+            });
+        }
+        // A container of the same attempt left by a crash is replaced.
+        let _ = self.remove(&name).await;
+        let limits = &spec.rlimits;
+        // Every limit explicitly: an engine fills in the rest from its own defaults, which
+        // may exceed what it may set (podman's nproc does, on these hosts).
+        let nproc = limits
+            .processes
+            .unwrap_or(4096)
+            .min(own_hard_limit(rustix::process::Resource::Nproc));
+        let nofile = limits
+            .open_files
+            .unwrap_or(1024)
+            .min(own_hard_limit(rustix::process::Resource::Nofile));
+        let ulimits = [
+            ("core", Some(0)),
+            ("cpu", limits.cpu_seconds),
+            ("fsize", limits.file_size_bytes),
+            ("nofile", Some(nofile)),
+            ("nproc", Some(nproc)),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| {
+            value.map(|value| ResourcesUlimits {
+                name: Some(name.to_owned()),
+                soft: Some(value as i64),
+                hard: Some(value as i64),
+            })
+        })
+        .collect();
+        let read_only = image.read_only.unwrap_or(true);
+        let host = HostConfig {
+            binds: Some(vec![format!(
+                "{}:{WORKDIR_IN_CONTAINER}:rw",
+                spec.workdir.display()
+            )]),
+            network_mode: Some(if image.network { "bridge" } else { "none" }.to_owned()),
+            memory: limits.memory_bytes.map(|bytes| bytes as i64),
+            memory_swap: limits.memory_bytes.map(|bytes| bytes as i64),
+            nano_cpus: image.cpus.map(|cpus| (cpus * 1e9) as i64),
+            pids_limit: limits.processes.map(|count| count as i64),
+            ulimits: Some(ulimits),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            readonly_rootfs: Some(read_only),
+            tmpfs: read_only
+                .then(|| HashMap::from([("/tmp".to_owned(), "rw,size=256m".to_owned())])),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.image.clone()),
+            entrypoint: Some(spec.argv[..1].to_vec()),
+            cmd: Some(spec.argv[1..].to_vec()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: Some(WORKDIR_IN_CONTAINER.to_owned()),
+            user: Some(image.user.clone().unwrap_or_else(|| self.user.clone())),
+            labels: Some(HashMap::from([
+                ("batchgate.label".to_owned(), self.settings.label.clone()),
+                ("batchgate.attempt".to_owned(), label),
+            ])),
+            network_disabled: Some(!image.network),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        call(self.docker.create_container(Some(options), body))
+            .await
+            .map_err(|error| Started::Refused {
+                not_found: false,
+                message: format!("the container engine refused the container: {error}"),
+            })?;
+        if let Err(error) = call(self.docker.start_container(&name, None)).await {
+            let _ = self.remove(&name).await;
+            let text = error.to_string();
+            let not_found = text.contains("not found") || text.contains("no such file");
+            return Err(Started::Refused {
+                not_found,
+                message: format!(
+                    "cannot start `{}` in `{}`: {text}",
+                    spec.argv[0], image.image
+                ),
+            });
+        }
+        Ok(name)
+    }
+
+    async fn stop(&self, name: &str, grace: Duration) {
+        let options = StopContainerOptions {
+            t: Some(grace.as_secs().max(1) as i32),
+            ..Default::default()
+        };
+        let bound = grace + CALL_TIMEOUT;
+        match tokio::time::timeout(bound, self.docker.stop_container(name, Some(options))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(container = name, %error, "cannot stop the container"),
+            Err(_) => tracing::warn!(container = name, "stopping the container timed out"),
+        }
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), bollard::errors::Error> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        call(self.docker.remove_container(name, Some(options))).await
+    }
+
+    /// The container's end: its exit status, and whether the kernel killed it for memory.
+    async fn ended(&self, name: &str) -> Result<(i64, bool), bollard::errors::Error> {
+        let inspected = call(self.docker.inspect_container(name, None)).await?;
+        let state = inspected.state.unwrap_or_default();
+        Ok((
+            state.exit_code.unwrap_or(-1),
+            state.oom_killed.unwrap_or(false),
+        ))
+    }
+
+    /// Follows the container to its end.
+    async fn follow(
+        &self,
+        name: &str,
+        spec: &RunSpec,
+        control: &RunControl,
+        overflow: &CancellationToken,
+    ) -> Result<Termination, String> {
+        let mut wait = Box::pin(self.docker.wait_container(name, None));
+        let ended = tokio::select! {
+            biased;
+            () = control.detach.cancelled() => return Ok(Termination::Detached),
+            () = control.cancel.cancelled() => Some(Termination::Canceled),
+            () = overflow.cancelled() => Some(Termination::OutputTooLarge),
+            () = tokio::time::sleep(spec.timeout) => Some(Termination::TimedOut),
+            status = wait.next() => match status {
+                // A non-zero status arrives as an error; `ended` reads it either way.
+                Some(Ok(_)) | Some(Err(bollard::errors::Error::DockerContainerWaitError { .. })) => None,
+                Some(Err(error)) => return Err(format!("waiting for the container: {error}")),
+                None => return Err("the engine closed the wait".into()),
+            },
+        };
+        if let Some(stopped) = ended {
+            self.stop(name, spec.kill_grace).await;
+            return Ok(stopped);
+        }
+        let (status, oom_killed) = self
+            .ended(name)
+            .await
+            .map_err(|error| format!("inspecting the container: {error}"))?;
+        Ok(if oom_killed {
+            Termination::OutOfMemory
+        } else {
+            Termination::Exited(status as i32)
+        })
+    }
+}
+
+enum Started {
+    Transient(bollard::errors::Error),
+    Refused { not_found: bool, message: String },
+}
+
+fn is_not_found(error: &bollard::errors::Error) -> bool {
+    matches!(
+        error,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// This process's hard limit of `resource` (unlimited: `u64::MAX`).
+fn own_hard_limit(resource: rustix::process::Resource) -> u64 {
+    rustix::process::getrlimit(resource)
+        .maximum
+        .unwrap_or(u64::MAX)
+}
+
+/// A plain call to the engine, bounded by `CALL_TIMEOUT`.
+async fn call<T>(
+    future: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, bollard::errors::Error> {
+    tokio::time::timeout(CALL_TIMEOUT, future)
+        .await
+        .unwrap_or(Err(bollard::errors::Error::RequestTimeoutError))
+}
+
+/// `<job id>-<attempt>`, the name of an attempt's work directory.
+fn attempt_label(workdir: &Path) -> String {
+    workdir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn parse_label(label: &str) -> Option<(Uuid, u32)> {
+    let (id, attempt) = label.rsplit_once('-')?;
+    Some((Uuid::parse_str(id).ok()?, attempt.parse().ok()?))
+}
+
+#[async_trait]
+impl Executor for ContainerExecutor {
+    async fn run(&self, spec: RunSpec, control: RunControl) -> Result<RunOutcome, ExecutorError> {
+        let started = Instant::now();
+        let outcome = |termination, wall_time| RunOutcome {
+            termination,
+            stderr_tail: String::new(),
+            stdout_truncated: false,
+            wall_time,
+            cpu_time: None,
+            peak_memory_bytes: None,
+        };
+        let Some(image) = &spec.container else {
+            return Err(ExecutorError::Io(std::io::Error::other(
+                "the tool names no image",
+            )));
+        };
+        let name = match spec.attach.as_deref().and_then(|r| self.reference_of(r)) {
+            Some(reference) => {
+                tracing::info!(container = %reference.container, "re-attached to a running container");
+                reference.container
+            }
+            None => match self.start(&spec, image).await {
+                Ok(name) => {
+                    let reference = serde_json::to_string(&Reference {
+                        container: name.clone(),
+                        workdir: spec.workdir.clone(),
+                    })
+                    .expect("a reference serializes");
+                    if let Err(error) = control.references.record(&reference).await {
+                        tracing::warn!(container = %name, %error, "cannot record the container; a restarted worker will not find it");
+                    }
+                    name
+                }
+                Err(Started::Transient(error)) => {
+                    return Err(ExecutorError::Io(std::io::Error::other(format!(
+                        "container engine: {error}"
+                    ))))
+                }
+                Err(Started::Refused { not_found, message }) => {
+                    return Ok(outcome(
+                        Termination::SpawnFailed { not_found, message },
+                        started.elapsed(),
+                    ))
+                }
+            },
+        };
+
+        // The engine's log stream, split into the two captures a local program has.
+        let overflow = CancellationToken::new();
+        let progress_on = |stream: ProgressStream| {
+            spec.progress
+                .clone()
+                .filter(|p| p.stream == ProgressStream::Both || p.stream == stream)
+        };
+        let (stdout_writer, stdout_reader) = tokio::io::duplex(64 * 1024);
+        let (stderr_writer, stderr_reader) = tokio::io::duplex(64 * 1024);
+        let stdout_task = tokio::spawn(super::process::capture(
+            stdout_reader,
+            tokio::fs::File::create(&spec.stdout_path).await?,
+            spec.stdout_cap,
+            progress_on(ProgressStream::Stdout),
+            control.progress.clone(),
+            false,
+            spec.stop_at_stdout_cap.then(|| overflow.clone()),
+        ));
+        let stderr_task = tokio::spawn(super::process::capture(
+            stderr_reader,
+            tokio::fs::File::create(&spec.stderr_path).await?,
+            spec.stderr_cap,
+            progress_on(ProgressStream::Stderr),
+            control.progress.clone(),
+            true,
+            None,
+        ));
+        let options = LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let logs = self.docker.logs(&name, Some(options));
+        let pump = tokio::spawn(pump_logs(logs, stdout_writer, stderr_writer));
+
+        let termination = self.follow(&name, &spec, &control, &overflow).await;
+        if matches!(termination, Ok(Termination::Detached)) {
+            pump.abort();
+            stdout_task.abort();
+            stderr_task.abort();
+            return Ok(outcome(Termination::Detached, started.elapsed()));
+        }
+        // The log stream ends with the container; bounded in case the engine keeps it open.
+        let _ = tokio::time::timeout(Duration::from_secs(10), pump).await;
+        let (stdout_truncated, _) = super::process::join_capture(stdout_task).await;
+        let (_, stderr_tail) = super::process::join_capture(stderr_task).await;
+        if let Err(error) = self.remove(&name).await {
+            tracing::warn!(container = %name, %error, "cannot remove the container");
+        }
+        let termination =
+            termination.map_err(|error| ExecutorError::Io(std::io::Error::other(error)))?;
+        Ok(RunOutcome {
+            stderr_tail,
+            stdout_truncated,
+            ..outcome(termination, started.elapsed())
+        })
+    }
+
+    fn work_root(&self) -> &Path {
+        &self.work_root
+    }
+
+    fn program_workdir(&self, _workdir: &Path) -> PathBuf {
+        PathBuf::from(WORKDIR_IN_CONTAINER)
+    }
+
+    async fn locate(&self, reference: &str) -> Option<PathBuf> {
+        let reference = self.reference_of(reference)?;
+        call(self.docker.inspect_container(&reference.container, None))
+            .await
+            .ok()?;
+        tokio::fs::try_exists(&reference.workdir)
+            .await
+            .unwrap_or(false)
+            .then_some(reference.workdir)
+    }
+
+    async fn sweep(&self, store: &dyn JobStore) -> usize {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("batchgate.label={}", self.settings.label)],
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let containers = match call(self.docker.list_containers(Some(options))).await {
+            Ok(containers) => containers,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list containers to clean up");
+                return 0;
+            }
+        };
+        let mut swept = 0;
+        for container in containers {
+            let labels = container.labels.unwrap_or_default();
+            let Some((job_id, attempt)) = labels
+                .get("batchgate.attempt")
+                .and_then(|label| parse_label(label))
+            else {
+                continue;
+            };
+            let name = format!("batchgate-{job_id}-{attempt}");
+            let wanted = match store.get(job_id).await {
+                Ok(Some(job)) => {
+                    let followed = job
+                        .executor_ref
+                        .as_deref()
+                        .and_then(|r| self.reference_of(r))
+                        .is_some_and(|r| r.container == name);
+                    !job.state.is_terminal() && (followed || job.attempt == attempt)
+                }
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            if wanted {
+                continue;
+            }
+            tracing::info!(container = %name, "removing a container whose job has ended");
+            if self.remove(&name).await.is_ok() {
+                swept += 1;
+            }
+            let workdir = self.work_root.join(format!("{job_id}-{attempt}"));
+            if tokio::fs::remove_dir_all(&workdir).await.is_ok() {
+                swept += 1;
+            }
+        }
+        swept
+    }
+}
+
+/// Copies the engine's log stream to the two captures until it ends.
+async fn pump_logs(
+    mut logs: impl futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>>
+        + Unpin,
+    mut stdout: tokio::io::DuplexStream,
+    mut stderr: tokio::io::DuplexStream,
+) {
+    use bollard::container::LogOutput;
+    while let Some(Ok(chunk)) = logs.next().await {
+        let (sink, bytes) = match chunk {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                (&mut stdout, message)
+            }
+            LogOutput::StdErr { message } => (&mut stderr, message),
+            LogOutput::StdIn { .. } => continue,
+        };
+        if sink.write_all(&bytes).await.is_err() {
+            break;
+        }
+    }
+}
