@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -271,10 +270,12 @@ impl ContainerExecutor {
             .ended(name)
             .await
             .map_err(|error| format!("inspecting the container: {error}"))?;
-        Ok(if oom_killed {
-            Termination::OutOfMemory
-        } else {
-            Termination::Exited(status as i32)
+        Ok(match status {
+            _ if oom_killed => Termination::OutOfMemory,
+            // The engine reports a program killed by signal n as 128 + n (there is no
+            // other way to tell; a program that exits with 137 itself reads as killed).
+            129..=159 => Termination::Signaled(status as i32 - 128),
+            _ => Termination::Exited(status as i32),
         })
     }
 }
@@ -449,54 +450,38 @@ impl Executor for ContainerExecutor {
             .then_some(reference.workdir)
     }
 
+    /// Containers are found through the work directories of ended jobs (their names
+    /// follow from the directory's): listing the engine's containers is not portable
+    /// (podman reports states Docker's API does not have, which bollard refuses).
     async fn sweep(&self, store: &dyn JobStore) -> usize {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("batchgate.label={}", self.settings.label)],
-        )]);
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        let containers = match call(self.docker.list_containers(Some(options))).await {
-            Ok(containers) => containers,
-            Err(error) => {
-                tracing::warn!(%error, "cannot list containers to clean up");
-                return 0;
-            }
+        let Ok(mut entries) = tokio::fs::read_dir(&self.work_root).await else {
+            return 0;
         };
         let mut swept = 0;
-        for container in containers {
-            let labels = container.labels.unwrap_or_default();
-            let Some((job_id, attempt)) = labels
-                .get("batchgate.attempt")
-                .and_then(|label| parse_label(label))
-            else {
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let label = entry.file_name().to_string_lossy().into_owned();
+            let Some((job_id, _)) = parse_label(&label) else {
                 continue;
             };
-            let name = format!("batchgate-{job_id}-{attempt}");
-            let wanted = match store.get(job_id).await {
-                Ok(Some(job)) => {
-                    let followed = job
-                        .executor_ref
-                        .as_deref()
-                        .and_then(|r| self.reference_of(r))
-                        .is_some_and(|r| r.container == name);
-                    !job.state.is_terminal() && (followed || job.attempt == attempt)
+            let ended = match store.get(job_id).await {
+                Ok(Some(job)) => job.state.is_terminal(),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if !ended {
+                continue;
+            }
+            let name = format!("batchgate-{label}");
+            match self.remove(&name).await {
+                Ok(()) => {
+                    tracing::info!(container = %name, "removed a container whose job has ended");
+                    swept += 1;
                 }
-                Ok(None) => false,
-                Err(_) => true,
-            };
-            if wanted {
-                continue;
+                Err(error) if is_not_found(&error) => {}
+                // Still there: try again at the next sweep, directory included.
+                Err(_) => continue,
             }
-            tracing::info!(container = %name, "removing a container whose job has ended");
-            if self.remove(&name).await.is_ok() {
-                swept += 1;
-            }
-            let workdir = self.work_root.join(format!("{job_id}-{attempt}"));
-            if tokio::fs::remove_dir_all(&workdir).await.is_ok() {
+            if tokio::fs::remove_dir_all(entry.path()).await.is_ok() {
                 swept += 1;
             }
         }

@@ -1,0 +1,532 @@
+//! The container executor against a real podman (its Docker-compatible API service).
+//! Gated by `BATCHGATE_TEST_CONTAINER_ENGINE=unix:///run/podman/podman.sock`; the demo
+//! image is built offline by `examples/container/demo-image.sh` (a static busybox and the
+//! demo analyzer), once.
+//!
+//! Each test labels its containers uniquely (`[container] label`), so that the tests (and
+//! their sweeps) never see one another's.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const IMAGE: &str = "localhost/batchgate-demo:1";
+
+/// Tools beside the demo analyzer (from `examples/container.toml`), all in the demo image:
+/// a shell script that echoes a parameter (request data only ever as an argument) and
+/// reports what it sees of its surroundings, a memory hog, sleepers, and a missing image.
+const TOOLS: &str = r#"
+[[tools]]
+name = "echo"
+executor = "container"
+command = ["/bin/sh", "-c", "printf '%s\n' \"$1\" > out.txt; id -u >> out.txt; ls /sys/class/net >> out.txt; echo \"to stderr: $1\" >&2; exit \"$2\"", "sh", "{params.text}", "{params.code}"]
+[tools.container]
+image = "localhost/batchgate-demo:1"
+[tools.parameters]
+type = "object"
+properties.text = { type = "string" }
+properties.code = { type = "integer", default = 0 }
+[[tools.outputs]]
+name = "out"
+path = "out.txt"
+format = "lines"
+[tools.example]
+parameters = { text = "hi" }
+
+[[tools]]
+name = "hog"
+executor = "container"
+command = ["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=300M", "count=1"]
+[tools.container]
+image = "localhost/batchgate-demo:1"
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.limits]
+memory_mb = 32
+[tools.example]
+parameters = {}
+
+[[tools]]
+name = "sleeper"
+executor = "container"
+command = ["/bin/sh", "-c", "sleep \"$1\"; echo slept", "sh", "{params.seconds}"]
+[tools.container]
+image = "localhost/batchgate-demo:1"
+[tools.parameters]
+type = "object"
+properties.seconds = { type = "integer" }
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.limits]
+timeout_seconds = 2
+kill_grace_seconds = 1
+[tools.example]
+parameters = { seconds = 1 }
+
+[[tools]]
+name = "long"
+executor = "container"
+command = ["/bin/sh", "-c", "sleep \"$1\"; echo slept", "sh", "{params.seconds}"]
+[tools.container]
+image = "localhost/batchgate-demo:1"
+[tools.parameters]
+type = "object"
+properties.seconds = { type = "integer" }
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.limits]
+timeout_seconds = 120
+kill_grace_seconds = 1
+[tools.example]
+parameters = { seconds = 1 }
+
+[[tools]]
+name = "absent"
+executor = "container"
+command = ["/bin/true"]
+[tools.container]
+image = "localhost/batchgate-no-such-image:1"
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+parameters = {}
+"#;
+
+struct Engine {
+    dir: tempfile::TempDir,
+    label: String,
+}
+
+impl Engine {
+    /// `None` (after a visible skip) without `BATCHGATE_TEST_CONTAINER_ENGINE`.
+    fn new() -> Option<Engine> {
+        let Ok(engine) = std::env::var("BATCHGATE_TEST_CONTAINER_ENGINE") else {
+            common::skip("set BATCHGATE_TEST_CONTAINER_ENGINE=unix:///run/podman/podman.sock (podman system service) to run the container tests");
+            return None;
+        };
+        demo_image();
+        let dir = tempfile::tempdir().unwrap();
+        let label = format!(
+            "bgtest-{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/container.toml"),
+        )
+        .unwrap();
+        let config = example.replace(
+            "engine = \"unix:///run/podman/podman.sock\"",
+            &format!("engine = \"{engine}\"\nlabel = \"{label}\"\nsweep_interval_seconds = 1"),
+        ) + TOOLS;
+        assert!(
+            config.contains(&label),
+            "the example's [container] table changed"
+        );
+        std::fs::write(dir.path().join("batchgate.toml"), config).unwrap();
+        Some(Engine { dir, label })
+    }
+
+    fn command(&self, role: &[&str]) -> Command {
+        let mut command = common::batchgate(role);
+        command
+            .arg("--config")
+            .arg(self.dir.path().join("batchgate.toml"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .env("BATCHGATE__LEASE_SECONDS", "2")
+            .env("BATCHGATE__SHUTDOWN_GRACE_SECONDS", "1")
+            .env("BATCHGATE_LOG", "warn")
+            .stderr(Stdio::inherit());
+        command
+    }
+
+    fn start(&self, role: &[&str]) -> Server {
+        let mut command = self.command(role);
+        command.args(["--listen", "127.0.0.1:0"]);
+        let (child, address) = common::start(command);
+        Server { child, address }
+    }
+
+    fn worker(&self) -> Server {
+        let mut command = self.command(&["worker"]);
+        command.stdout(Stdio::null());
+        Server {
+            child: command.spawn().expect("the worker starts"),
+            address: String::new(),
+        }
+    }
+
+    /// This test's containers: (name, state).
+    fn containers(&self) -> Vec<(String, String)> {
+        let output = Command::new("podman")
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label=batchgate.label={}", self.label),
+                "--format",
+                "{{.Names}}|{{.Status}}",
+            ])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "podman ps failed");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.split_once('|'))
+            .map(|(name, status)| {
+                let state = if status.starts_with("Up") {
+                    "running"
+                } else {
+                    "exited"
+                };
+                (name.to_owned(), state.to_owned())
+            })
+            .collect()
+    }
+
+    fn containers_of(&self, id: &str) -> Vec<(String, String)> {
+        self.containers()
+            .into_iter()
+            .filter(|(name, _)| name.contains(id))
+            .collect()
+    }
+
+    async fn wait_running(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self
+            .containers_of(id)
+            .iter()
+            .any(|(_, state)| state == "running")
+        {
+            assert!(Instant::now() < deadline, "no running container for {id}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for (name, _) in self.containers() {
+            let _ = Command::new("podman").args(["rm", "-f", &name]).output();
+        }
+    }
+}
+
+/// Builds the demo image once per test binary (the script is idempotent).
+fn demo_image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let status = Command::new(root.join("examples/container/demo-image.sh"))
+            .arg(env!("CARGO_BIN_EXE_batchgate"))
+            .arg(IMAGE)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the demo image failed");
+    });
+}
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn submit(client: &reqwest::Client, server: &Server, tool: &str, body: Value) -> String {
+    let response = client
+        .post(format!("{}/v1/tools/{tool}/jobs", server.address))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{:?}", response.text().await);
+    let body: Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn ended(client: &reqwest::Client, server: &Server, id: &str) -> Value {
+    common::wait_ended(client, &server.address, id, Duration::from_secs(90)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
+    let Some(engine) = Engine::new() else {
+        return;
+    };
+    let server = engine.start(&["serve", "--workers", "8"]);
+    let client = common::client();
+    let canary = engine.dir.path().join("pwned");
+    let hostile = format!(
+        "a  b; touch {} $(touch {}) `x` \"q\" 'r'",
+        canary.display(),
+        canary.display()
+    );
+
+    let analyzer = submit(
+        &client,
+        &server,
+        "analyzer",
+        json!({
+            "parameters": {"threshold": 50, "window": 2, "label": "boxed"},
+            "inputs": {"records": [
+                {"sensor": "s1", "timestamp": "t1", "value": 10},
+                {"sensor": "s1", "timestamp": "t2", "value": 90},
+                {"sensor": "s1", "timestamp": "t3", "value": 95}
+            ]}
+        }),
+    )
+    .await;
+    let echo = submit(
+        &client,
+        &server,
+        "echo",
+        json!({"parameters": {"text": hostile}}),
+    )
+    .await;
+    let exit3 = submit(
+        &client,
+        &server,
+        "echo",
+        json!({"parameters": {"text": "bad", "code": 3}}),
+    )
+    .await;
+    let hog = submit(&client, &server, "hog", json!({})).await;
+    let slow = submit(
+        &client,
+        &server,
+        "sleeper",
+        json!({"parameters": {"seconds": 60}}),
+    )
+    .await;
+    let canceled = submit(
+        &client,
+        &server,
+        "long",
+        json!({"parameters": {"seconds": 60}}),
+    )
+    .await;
+    let absent = submit(&client, &server, "absent", json!({})).await;
+
+    // The demo analyzer ran in its image; its progress and result came back.
+    let status = ended(&client, &server, &analyzer).await;
+    assert_eq!(status["status"], "succeeded", "{status}");
+    assert_eq!(status["progress"]["percent"], 100.0, "{status}");
+    let result = common::get_json(
+        &client,
+        &format!("{}/v1/jobs/{analyzer}/result", server.address),
+    )
+    .await;
+    let rows = result["insights"].as_array().expect("insights rows");
+    assert!(
+        rows.iter().any(|row| row.to_string().contains("boxed")),
+        "{result}"
+    );
+
+    // Request data is an argument, never shell text; the program runs as the worker's
+    // user and has no network but loopback.
+    let status = ended(&client, &server, &echo).await;
+    assert_eq!(status["status"], "succeeded", "{status}");
+    let result = common::get_json(
+        &client,
+        &format!("{}/v1/jobs/{echo}/result", server.address),
+    )
+    .await;
+    let uid = own_uid();
+    assert_eq!(result["out"], json!([hostile, uid, "lo"]));
+    assert!(!canary.exists(), "request data ran as shell code");
+
+    let status = ended(&client, &server, &exit3).await;
+    assert_eq!(status["status"], "failed");
+    assert_eq!(status["error"]["code"], "program-exit-status", "{status}");
+    assert_eq!(status["error"]["exit_code"], 3);
+    assert!(
+        status["error"]["stderr_tail"]
+            .as_str()
+            .unwrap()
+            .contains("to stderr: bad"),
+        "{status}"
+    );
+
+    // The memory limit is the container's cgroup: the kernel's OOM killer stops the
+    // program. podman 4.3 with runc on cgroup v1 does not report `OOMKilled`, only the
+    // SIGKILL (status 137); an engine that does report it gets `out-of-memory`.
+    let status = ended(&client, &server, &hog).await;
+    assert_eq!(status["status"], "failed");
+    let killed_for_memory = status["error"]["code"] == "out-of-memory"
+        || (status["error"]["code"] == "program-killed"
+            && status["error"]["signal"] == 9
+            && status["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("memory"));
+    assert!(killed_for_memory, "{status}");
+
+    let status = ended(&client, &server, &slow).await;
+    assert_eq!(status["status"], "failed");
+    assert_eq!(status["error"]["code"], "timeout", "{status}");
+
+    engine.wait_running(&canceled).await;
+    let response = client
+        .delete(format!("{}/v1/jobs/{canceled}", server.address))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let status = ended(&client, &server, &canceled).await;
+    assert_eq!(status["status"], "canceled", "{status}");
+
+    let status = ended(&client, &server, &absent).await;
+    assert_eq!(status["status"], "failed");
+    assert_eq!(status["error"]["code"], "program-not-found", "{status}");
+    assert!(
+        status["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("batchgate-no-such-image"),
+        "{status}"
+    );
+
+    // Every container is removed once its attempt ends.
+    assert_eq!(engine.containers(), Vec::<(String, String)>::new());
+}
+
+fn own_uid() -> String {
+    let output = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_reattaches_to_the_running_container() {
+    let Some(engine) = Engine::new() else {
+        return;
+    };
+    let client = common::client();
+    for signal in ["KILL", "TERM"] {
+        let server = engine.start(&["serve"]);
+        let id = submit(
+            &client,
+            &server,
+            "long",
+            json!({"parameters": {"seconds": 5}}),
+        )
+        .await;
+        engine.wait_running(&id).await;
+        server.signal(signal);
+        let mut server = server;
+        let exit = server.child.wait().unwrap();
+        if signal == "TERM" {
+            assert!(
+                exit.success(),
+                "a clean exit after handing the job back: {exit}"
+            );
+        }
+        // The container outlives the worker.
+        assert_eq!(
+            engine.containers_of(&id),
+            vec![(format!("batchgate-{id}-1"), "running".to_owned())],
+            "after SIG{signal}"
+        );
+
+        let server = engine.start(&["serve"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            // Followed, never started again: no container of a second attempt.
+            assert!(
+                engine
+                    .containers_of(&id)
+                    .iter()
+                    .all(|(name, _)| name.ends_with("-1")),
+                "after SIG{signal}: {:?}",
+                engine.containers_of(&id)
+            );
+            let status =
+                common::get_json(&client, &format!("{}/v1/jobs/{id}", server.address)).await;
+            if status["status"] != "running" && status["status"] != "queued" {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(status["status"], "succeeded", "after SIG{signal}: {status}");
+        assert_eq!(status["attempt"], 2, "taken over by a second attempt");
+        let result =
+            common::get_json(&client, &format!("{}/v1/jobs/{id}/result", server.address)).await;
+        assert_eq!(result["out"], json!(["slept"]));
+        assert!(engine.containers_of(&id).is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_job_was_canceled_meanwhile_is_swept() {
+    let Some(engine) = Engine::new() else {
+        return;
+    };
+    let client = common::client();
+    let mut server = engine.start(&["serve"]);
+    let id = submit(
+        &client,
+        &server,
+        "long",
+        json!({"parameters": {"seconds": 60}}),
+    )
+    .await;
+    engine.wait_running(&id).await;
+    server.signal("TERM");
+    server.child.wait().unwrap();
+
+    // No worker follows the container while the caller cancels the (queued) job.
+    let api = engine.start(&["serve", "--no-worker"]);
+    let response = client
+        .delete(format!("{}/v1/jobs/{id}", api.address))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let status = ended(&client, &api, &id).await;
+    assert_eq!(status["status"], "canceled");
+    assert_eq!(engine.containers_of(&id).len(), 1);
+
+    // A worker's sweep removes the container and its work directory.
+    let _worker = engine.worker();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let workdir = engine.dir.path().join("data/work").join(format!("{id}-1"));
+    while !engine.containers_of(&id).is_empty() || workdir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}, {}",
+            engine.containers_of(&id),
+            workdir.exists()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
