@@ -13,6 +13,7 @@ use crate::auth::Tiers;
 use crate::blobs::{BlobStore, LocalBlobStore};
 use crate::config::{AuthMode, Config, SandboxMode, Settings};
 use crate::executors::container::ContainerExecutor;
+use crate::executors::kubernetes::KubernetesExecutor;
 use crate::executors::local::LocalExecutor;
 use crate::executors::slurm::SlurmExecutor;
 use crate::executors::Executors;
@@ -107,10 +108,15 @@ impl Runtime {
             }
             _ => None,
         };
+        let kubernetes = match (&settings.kubernetes, runs_jobs) {
+            (Some(kubernetes), true) => Some(KubernetesExecutor::open(kubernetes.clone()).await?),
+            _ => None,
+        };
         let executors = Executors::new(
             LocalExecutor::new(&data_dir, work_root.clone()),
             slurm,
             container,
+            kubernetes,
         );
         Ok(Runtime {
             settings,

@@ -84,6 +84,8 @@ pub struct Settings {
     pub slurm: Option<SlurmSettings>,
     /// `[container]`: the container engine that runs tools with `executor = "container"`.
     pub container: Option<ContainerSettings>,
+    /// `[kubernetes]`: the cluster that runs tools with `executor = "kubernetes"`.
+    pub kubernetes: Option<KubernetesSettings>,
     /// Ignored here: tools are read separately so their errors can name the tool.
     #[serde(default, skip_serializing)]
     pub tools: Option<serde::de::IgnoredAny>,
@@ -122,6 +124,7 @@ impl Default for Settings {
             sandbox: SandboxMode::None,
             slurm: None,
             container: None,
+            kubernetes: None,
             tools: None,
         }
     }
@@ -217,6 +220,41 @@ impl Default for ContainerSettings {
     fn default() -> Self {
         ContainerSettings {
             engine: String::new(),
+            label: "batchgate".into(),
+            sweep_interval_seconds: 60.0,
+        }
+    }
+}
+
+/// `[kubernetes]`: where attempts run as `batch/v1` Jobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesSettings {
+    /// The API server without credentials (`kubectl proxy`'s `http://127.0.0.1:8001`);
+    /// absent: the in-cluster service account, else the kubeconfig.
+    pub url: Option<String>,
+    /// Absent: the configuration's default namespace.
+    pub namespace: Option<String>,
+    /// The PersistentVolumeClaim holding the work directories (NFS, Azure Files…).
+    pub pvc: String,
+    /// Where this worker mounts that same volume.
+    pub work_dir: PathBuf,
+    /// The Jobs' pods run as this service account (absent: the namespace's default; its
+    /// token is never mounted).
+    pub service_account: Option<String>,
+    /// Every Job carries the label `batchgate.dev/label=<this>`.
+    pub label: String,
+    pub sweep_interval_seconds: f64,
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        KubernetesSettings {
+            url: None,
+            namespace: None,
+            pvc: String::new(),
+            work_dir: PathBuf::new(),
+            service_account: None,
             label: "batchgate".into(),
             sweep_interval_seconds: 60.0,
         }
@@ -414,6 +452,27 @@ impl Config {
                 return Err(fail(format!(
                     "tool `{}`: `executor = \"slurm\"` needs a [slurm] section with \
                      `work_dir` (a directory shared with the compute nodes)",
+                    tool.id()
+                )));
+            }
+        }
+        if let Some(kubernetes) = &settings.kubernetes {
+            if kubernetes.pvc.is_empty() || !kubernetes.work_dir.is_absolute() {
+                return Err(fail(
+                    "field `kubernetes`: needs `pvc` (the claim holding the work directories) \
+                     and `work_dir` (the absolute path where this worker mounts it)"
+                        .into(),
+                ));
+            }
+        }
+        if settings.kubernetes.is_none() {
+            if let Some(tool) = tools
+                .iter()
+                .find(|tool| tool.executor == crate::tools::decl::ExecutorDecl::Kubernetes)
+            {
+                return Err(fail(format!(
+                    "tool `{}`: `executor = \"kubernetes\"` needs a [kubernetes] section \
+                     (`pvc` and `work_dir`)",
                     tool.id()
                 )));
             }

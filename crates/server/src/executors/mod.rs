@@ -4,6 +4,7 @@
 //! logic.
 
 pub mod container;
+pub mod kubernetes;
 pub mod local;
 pub mod process;
 pub mod sandbox;
@@ -49,6 +50,8 @@ pub struct RunSpec {
     pub slurm: crate::tools::decl::SlurmDecl,
     /// The image (the container executor only).
     pub container: Option<crate::tools::decl::ContainerDecl>,
+    /// The pod's image (the Kubernetes executor only).
+    pub kubernetes: Option<crate::tools::decl::KubernetesDecl>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -165,6 +168,7 @@ pub struct Executors {
     pub local: local::LocalExecutor,
     pub slurm: Option<slurm::SlurmExecutor>,
     pub container: Option<container::ContainerExecutor>,
+    pub kubernetes: Option<kubernetes::KubernetesExecutor>,
     sweep_interval: Duration,
 }
 
@@ -173,12 +177,16 @@ impl Executors {
         local: local::LocalExecutor,
         slurm: Option<slurm::SlurmExecutor>,
         container: Option<container::ContainerExecutor>,
+        kubernetes: Option<kubernetes::KubernetesExecutor>,
     ) -> Executors {
         let sweep_interval = [
             slurm.as_ref().map(|slurm| slurm.sweep_interval()),
             container
                 .as_ref()
                 .map(|container| container.sweep_interval()),
+            kubernetes
+                .as_ref()
+                .map(|kubernetes| kubernetes.sweep_interval()),
         ]
         .into_iter()
         .flatten()
@@ -188,6 +196,7 @@ impl Executors {
             local,
             slurm,
             container,
+            kubernetes,
             sweep_interval,
         }
     }
@@ -204,6 +213,10 @@ impl Executors {
                 Some(container) => Ok(container),
                 None => Err("this worker has no [container] configuration".into()),
             },
+            crate::tools::decl::ExecutorDecl::Kubernetes => match &self.kubernetes {
+                Some(kubernetes) => Ok(kubernetes),
+                None => Err("this worker has no [kubernetes] configuration".into()),
+            },
         }
     }
 
@@ -219,6 +232,9 @@ impl Executors {
         }
         if let Some(container) = &self.container {
             swept += container.sweep(store).await;
+        }
+        if let Some(kubernetes) = &self.kubernetes {
+            swept += kubernetes.sweep(store).await;
         }
         swept
     }

@@ -56,6 +56,9 @@ pub struct ToolDecl {
     /// The image and its settings (`executor = "container"`).
     #[serde(default)]
     pub container: Option<ContainerDecl>,
+    /// The image of the Job's pod (`executor = "kubernetes"`).
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesDecl>,
     /// A complete request body (`{"inputs": …, "parameters": …}`), checked at start.
     pub example: Value,
     /// A first guess of the run time, for `Retry-After` before any run was measured.
@@ -221,6 +224,18 @@ pub enum ExecutorDecl {
     Local,
     Slurm,
     Container,
+    Kubernetes,
+}
+
+/// `[tools.kubernetes]`: the pod of each attempt's Job. Memory (requests = limits) and
+/// the deadline come from `limits`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesDecl {
+    pub image: String,
+    /// A CPU quantity (`"500m"`, `"2"`): requests = limits.
+    #[serde(default)]
+    pub cpu: Option<String>,
 }
 
 /// `[tools.container]`: the image the program ships in. Memory, CPU time, file size, open

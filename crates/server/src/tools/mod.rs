@@ -129,6 +129,8 @@ pub struct Tool {
     pub slurm: decl::SlurmDecl,
     /// The image of a tool with `executor = "container"`.
     pub container: Option<decl::ContainerDecl>,
+    /// The pod image of a tool with `executor = "kubernetes"`.
+    pub kubernetes: Option<decl::KubernetesDecl>,
 }
 
 impl Tool {
@@ -318,6 +320,18 @@ impl Tool {
         }
 
         let mut outputs: Vec<OutputSpec> = Vec::new();
+        if decl.executor == decl::ExecutorDecl::Kubernetes
+            && decl
+                .outputs
+                .iter()
+                .any(|output| output.from == decl::OutputSource::Stdout)
+        {
+            return Err(fail(
+                "outputs",
+                "a Kubernetes tool's outputs must be files: the pod log interleaves stdout and stderr"
+                    .into(),
+            ));
+        }
         for (index, output) in decl.outputs.into_iter().enumerate() {
             let field = format!("outputs[{index}]");
             if !valid_name(&output.name) {
@@ -390,6 +404,24 @@ impl Tool {
             }
             (Some(container), _) if container.cpus.is_some_and(|cpus| cpus <= 0.0) => {
                 return Err(fail("container.cpus", "must be positive".into()))
+            }
+            _ => {}
+        }
+        match (&decl.kubernetes, decl.executor) {
+            (None, decl::ExecutorDecl::Kubernetes) => {
+                return Err(fail(
+                    "kubernetes",
+                    "`executor = \"kubernetes\"` needs [tools.kubernetes] with an `image`".into(),
+                ))
+            }
+            (Some(_), executor) if executor != decl::ExecutorDecl::Kubernetes => {
+                return Err(fail(
+                    "kubernetes",
+                    "an image is given but the tool's executor is not `kubernetes`".into(),
+                ))
+            }
+            (Some(pod), _) if pod.image.trim().is_empty() => {
+                return Err(fail("kubernetes.image", "name an image".into()))
             }
             _ => {}
         }
@@ -560,6 +592,7 @@ impl Tool {
             executor: decl.executor,
             slurm: decl.slurm.unwrap_or_default(),
             container: decl.container,
+            kubernetes: decl.kubernetes,
         };
         tool.check_example()
             .map_err(|message| fail("example", message))?;

@@ -555,6 +555,7 @@ async fn execute(
         attach: attach.clone(),
         slurm: tool.slurm.clone(),
         container: tool.container.clone(),
+        kubernetes: tool.kubernetes.clone(),
     };
     if let Some(uid) = run_as {
         hand_over(workdir, uid)
