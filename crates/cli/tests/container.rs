@@ -9,11 +9,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 const IMAGE: &str = "localhost/batchgate-demo:1";
 
@@ -106,8 +106,16 @@ parameters = {}
 "#;
 
 struct Engine {
-    dir: tempfile::TempDir,
+    deployment: common::Deployment,
     label: String,
+}
+
+impl std::ops::Deref for Engine {
+    type Target = common::Deployment;
+
+    fn deref(&self) -> &common::Deployment {
+        &self.deployment
+    }
 }
 
 impl Engine {
@@ -118,7 +126,7 @@ impl Engine {
             return None;
         };
         demo_image();
-        let dir = tempfile::tempdir().unwrap();
+        let deployment = common::Deployment::new();
         let label = format!(
             "bgtest-{}",
             &uuid::Uuid::now_v7().simple().to_string()[20..]
@@ -135,38 +143,8 @@ impl Engine {
             config.contains(&label),
             "the example's [container] table changed"
         );
-        std::fs::write(dir.path().join("batchgate.toml"), config).unwrap();
-        Some(Engine { dir, label })
-    }
-
-    fn command(&self, role: &[&str]) -> Command {
-        let mut command = common::batchgate(role);
-        command
-            .arg("--config")
-            .arg(self.dir.path().join("batchgate.toml"))
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .env("BATCHGATE__LEASE_SECONDS", "2")
-            .env("BATCHGATE__SHUTDOWN_GRACE_SECONDS", "1")
-            .env("BATCHGATE_LOG", "warn")
-            .stderr(Stdio::inherit());
-        command
-    }
-
-    fn start(&self, role: &[&str]) -> Server {
-        let mut command = self.command(role);
-        command.args(["--listen", "127.0.0.1:0"]);
-        let (child, address) = common::start(command);
-        Server { child, address }
-    }
-
-    fn worker(&self) -> Server {
-        let mut command = self.command(&["worker"]);
-        command.stdout(Stdio::null());
-        Server {
-            child: command.spawn().expect("the worker starts"),
-            address: String::new(),
-        }
+        deployment.configure(&config);
+        Some(Engine { deployment, label })
     }
 
     /// This test's containers: (name, state).
@@ -240,44 +218,6 @@ fn demo_image() {
     });
 }
 
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Server {
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn submit(client: &reqwest::Client, server: &Server, tool: &str, body: Value) -> String {
-    let response = client
-        .post(format!("{}/v1/tools/{tool}/jobs", server.address))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202, "{:?}", response.text().await);
-    let body: Value = response.json().await.unwrap();
-    body["id"].as_str().unwrap().to_owned()
-}
-
-async fn ended(client: &reqwest::Client, server: &Server, id: &str) -> Value {
-    common::wait_ended(client, &server.address, id, Duration::from_secs(90)).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
     let Some(engine) = Engine::new() else {
@@ -292,7 +232,7 @@ async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
         canary.display()
     );
 
-    let analyzer = submit(
+    let analyzer = common::submit(
         &client,
         &server,
         "analyzer",
@@ -306,39 +246,39 @@ async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
         }),
     )
     .await;
-    let echo = submit(
+    let echo = common::submit(
         &client,
         &server,
         "echo",
         json!({"parameters": {"text": hostile}}),
     )
     .await;
-    let exit3 = submit(
+    let exit3 = common::submit(
         &client,
         &server,
         "echo",
         json!({"parameters": {"text": "bad", "code": 3}}),
     )
     .await;
-    let hog = submit(&client, &server, "hog", json!({})).await;
-    let slow = submit(
+    let hog = common::submit(&client, &server, "hog", json!({})).await;
+    let slow = common::submit(
         &client,
         &server,
         "sleeper",
         json!({"parameters": {"seconds": 60}}),
     )
     .await;
-    let canceled = submit(
+    let canceled = common::submit(
         &client,
         &server,
         "long",
         json!({"parameters": {"seconds": 60}}),
     )
     .await;
-    let absent = submit(&client, &server, "absent", json!({})).await;
+    let absent = common::submit(&client, &server, "absent", json!({})).await;
 
     // The demo analyzer ran in its image; its progress and result came back.
-    let status = ended(&client, &server, &analyzer).await;
+    let status = common::ended(&client, &server, &analyzer).await;
     assert_eq!(status["status"], "succeeded", "{status}");
     assert_eq!(status["progress"]["percent"], 100.0, "{status}");
     let result = common::get_json(
@@ -354,7 +294,7 @@ async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
 
     // Request data is an argument, never shell text; the program runs as the worker's
     // user and has no network but loopback.
-    let status = ended(&client, &server, &echo).await;
+    let status = common::ended(&client, &server, &echo).await;
     assert_eq!(status["status"], "succeeded", "{status}");
     let result = common::get_json(
         &client,
@@ -365,7 +305,7 @@ async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
     assert_eq!(result["out"], json!([hostile, uid, "lo"]));
     assert!(!canary.exists(), "request data ran as shell code");
 
-    let status = ended(&client, &server, &exit3).await;
+    let status = common::ended(&client, &server, &exit3).await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["error"]["code"], "program-exit-status", "{status}");
     assert_eq!(status["error"]["exit_code"], 3);
@@ -380,7 +320,7 @@ async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
     // The memory limit is the container's cgroup: the kernel's OOM killer stops the
     // program. podman 4.3 with runc on cgroup v1 does not report `OOMKilled`, only the
     // SIGKILL (status 137); an engine that does report it gets `out-of-memory`.
-    let status = ended(&client, &server, &hog).await;
+    let status = common::ended(&client, &server, &hog).await;
     assert_eq!(status["status"], "failed");
     let killed_for_memory = status["error"]["code"] == "out-of-memory"
         || (status["error"]["code"] == "program-killed"
@@ -391,7 +331,7 @@ async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
                 .contains("memory"));
     assert!(killed_for_memory, "{status}");
 
-    let status = ended(&client, &server, &slow).await;
+    let status = common::ended(&client, &server, &slow).await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["error"]["code"], "timeout", "{status}");
 
@@ -402,10 +342,10 @@ async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
         .await
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
-    let status = ended(&client, &server, &canceled).await;
+    let status = common::ended(&client, &server, &canceled).await;
     assert_eq!(status["status"], "canceled", "{status}");
 
-    let status = ended(&client, &server, &absent).await;
+    let status = common::ended(&client, &server, &absent).await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["error"]["code"], "program-not-found", "{status}");
     assert!(
@@ -433,7 +373,7 @@ async fn a_restarted_worker_reattaches_to_the_running_container() {
     let client = common::client();
     for signal in ["KILL", "TERM"] {
         let server = engine.start(&["serve"]);
-        let id = submit(
+        let id = common::submit(
             &client,
             &server,
             "long",
@@ -493,7 +433,7 @@ async fn a_container_whose_job_was_canceled_meanwhile_is_swept() {
     };
     let client = common::client();
     let mut server = engine.start(&["serve"]);
-    let id = submit(
+    let id = common::submit(
         &client,
         &server,
         "long",
@@ -512,7 +452,7 @@ async fn a_container_whose_job_was_canceled_meanwhile_is_swept() {
         .await
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
-    let status = ended(&client, &api, &id).await;
+    let status = common::ended(&client, &api, &id).await;
     assert_eq!(status["status"], "canceled");
     assert_eq!(engine.containers_of(&id).len(), 1);
 

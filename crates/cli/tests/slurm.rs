@@ -7,10 +7,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Tools beside the demo analyzer (from `examples/slurm.toml`): a shell script that
 /// echoes a parameter (request data only ever as an argument), a memory hog and a
@@ -78,8 +78,16 @@ parameters = { seconds = 1 }
 "#;
 
 struct Cluster {
-    dir: tempfile::TempDir,
+    deployment: common::Deployment,
     job_name: String,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = common::Deployment;
+
+    fn deref(&self) -> &common::Deployment {
+        &self.deployment
+    }
 }
 
 impl Cluster {
@@ -89,7 +97,8 @@ impl Cluster {
             common::skip("set BATCHGATE_TEST_SLURM=1 with a running Slurm (tests/slurm/start.sh) to run the Slurm tests");
             return None;
         }
-        let dir = tempfile::tempdir().unwrap();
+        let deployment = common::Deployment::new();
+        let dir = &deployment.dir;
         let job_name = format!(
             "bgtest-{}",
             &uuid::Uuid::now_v7().simple().to_string()[20..]
@@ -112,45 +121,15 @@ impl Cluster {
             config.contains(&job_name),
             "the example's [slurm] table changed"
         );
-        std::fs::write(dir.path().join("batchgate.toml"), config).unwrap();
-        Some(Cluster { dir, job_name })
+        deployment.configure(&config);
+        Some(Cluster {
+            deployment,
+            job_name,
+        })
     }
 
     fn shared(&self) -> PathBuf {
         self.dir.path().join("shared")
-    }
-
-    /// `batchgate <role>` on this cluster's configuration (2 s lease, 1 s grace).
-    fn command(&self, role: &[&str]) -> Command {
-        let mut command = common::batchgate(role);
-        command
-            .arg("--config")
-            .arg(self.dir.path().join("batchgate.toml"))
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .env("BATCHGATE__LEASE_SECONDS", "2")
-            .env("BATCHGATE__SHUTDOWN_GRACE_SECONDS", "1")
-            .env("BATCHGATE_LOG", "warn")
-            .stderr(Stdio::inherit());
-        command
-    }
-
-    /// `batchgate serve …` on a free port.
-    fn start(&self, role: &[&str]) -> Server {
-        let mut command = self.command(role);
-        command.args(["--listen", "127.0.0.1:0"]);
-        let (child, address) = common::start(command);
-        Server { child, address }
-    }
-
-    /// `batchgate worker`.
-    fn worker(&self) -> Server {
-        let mut command = self.command(&["worker"]);
-        command.stdout(Stdio::null());
-        Server {
-            child: command.spawn().expect("the worker starts"),
-            address: String::new(),
-        }
     }
 
     /// This test's batch jobs in the controller: (Slurm id, state, comment).
@@ -203,44 +182,6 @@ impl Drop for Cluster {
     }
 }
 
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Server {
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn submit(client: &reqwest::Client, server: &Server, tool: &str, body: Value) -> String {
-    let response = client
-        .post(format!("{}/v1/tools/{tool}/jobs", server.address))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202, "{:?}", response.text().await);
-    let body: Value = response.json().await.unwrap();
-    body["id"].as_str().unwrap().to_owned()
-}
-
-async fn ended(client: &reqwest::Client, server: &Server, id: &str) -> Value {
-    common::wait_ended(client, &server.address, id, Duration::from_secs(90)).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
     let Some(cluster) = Cluster::new() else {
@@ -255,7 +196,7 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
         canary.display()
     );
 
-    let analyzer = submit(
+    let analyzer = common::submit(
         &client,
         &server,
         "analyzer",
@@ -269,29 +210,29 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
         }),
     )
     .await;
-    let echo = submit(
+    let echo = common::submit(
         &client,
         &server,
         "echo",
         json!({"parameters": {"text": hostile}}),
     )
     .await;
-    let exit3 = submit(
+    let exit3 = common::submit(
         &client,
         &server,
         "echo",
         json!({"parameters": {"text": "bad", "code": 3}}),
     )
     .await;
-    let hog = submit(&client, &server, "hog", json!({})).await;
-    let slow = submit(
+    let hog = common::submit(&client, &server, "hog", json!({})).await;
+    let slow = common::submit(
         &client,
         &server,
         "sleeper",
         json!({"parameters": {"seconds": 60}}),
     )
     .await;
-    let canceled = submit(
+    let canceled = common::submit(
         &client,
         &server,
         "long",
@@ -301,7 +242,7 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
 
     // The demo analyzer ran in Slurm (its batch job is named after the attempt) and its
     // result came back.
-    let status = ended(&client, &server, &analyzer).await;
+    let status = common::ended(&client, &server, &analyzer).await;
     assert_eq!(status["status"], "succeeded", "{status}");
     let result = common::get_json(
         &client,
@@ -319,7 +260,7 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
     );
 
     // Request data is an argument, never shell text.
-    let status = ended(&client, &server, &echo).await;
+    let status = common::ended(&client, &server, &echo).await;
     assert_eq!(status["status"], "succeeded", "{status}");
     let result = common::get_json(
         &client,
@@ -330,7 +271,7 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
     assert!(!canary.exists(), "request data ran as shell code");
 
     // A program's failure: its exit status and stderr.
-    let status = ended(&client, &server, &exit3).await;
+    let status = common::ended(&client, &server, &exit3).await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["error"]["code"], "program-exit-status", "{status}");
     assert_eq!(status["error"]["exit_code"], 3);
@@ -343,7 +284,7 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
     );
 
     // Slurm's OUT_OF_MEMORY (the tool's memory_mb is `--mem`, held by the cgroup).
-    let status = ended(&client, &server, &hog).await;
+    let status = common::ended(&client, &server, &hog).await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["error"]["code"], "out-of-memory", "{status}");
     assert!(cluster
@@ -352,7 +293,7 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
         .any(|(state, _)| state == "OUT_OF_MEMORY"));
 
     // The tool's timeout counts from the start of the run; the batch job is canceled.
-    let status = ended(&client, &server, &slow).await;
+    let status = common::ended(&client, &server, &slow).await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["error"]["code"], "timeout", "{status}");
     cluster.wait_slurm_state(&slow, "CANCELLED").await;
@@ -365,7 +306,7 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
         .await
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
-    let status = ended(&client, &server, &canceled).await;
+    let status = common::ended(&client, &server, &canceled).await;
     assert_eq!(status["status"], "canceled", "{status}");
     cluster.wait_slurm_state(&canceled, "CANCELLED").await;
 
@@ -387,7 +328,7 @@ async fn a_restarted_worker_reattaches_to_the_running_batch_job() {
     let client = common::client();
     for signal in ["KILL", "TERM"] {
         let server = cluster.start(&["serve"]);
-        let id = submit(
+        let id = common::submit(
             &client,
             &server,
             "long",
@@ -412,7 +353,7 @@ async fn a_restarted_worker_reattaches_to_the_running_batch_job() {
         );
 
         let server = cluster.start(&["serve"]);
-        let status = ended(&client, &server, &id).await;
+        let status = common::ended(&client, &server, &id).await;
         assert_eq!(status["status"], "succeeded", "after SIG{signal}: {status}");
         assert_eq!(status["attempt"], 2, "taken over by a second attempt");
         let result =
@@ -435,7 +376,7 @@ async fn a_batch_job_whose_job_was_canceled_meanwhile_is_swept() {
     };
     let client = common::client();
     let mut server = cluster.start(&["serve"]);
-    let id = submit(
+    let id = common::submit(
         &client,
         &server,
         "long",
@@ -454,7 +395,7 @@ async fn a_batch_job_whose_job_was_canceled_meanwhile_is_swept() {
         .await
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
-    let status = ended(&client, &api, &id).await;
+    let status = common::ended(&client, &api, &id).await;
     assert_eq!(status["status"], "canceled");
     assert_eq!(cluster.slurm_jobs_of(&id)[0].0, "RUNNING");
 

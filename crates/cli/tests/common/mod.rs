@@ -109,3 +109,113 @@ pub async fn wait_ended(
 pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
+
+/// A deployment under test: a temporary directory holding `batchgate.toml` and the data
+/// directory that every process started from it shares.
+#[allow(dead_code)]
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl Deployment {
+    pub fn new() -> Deployment {
+        Deployment {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes the configuration every process of the deployment reads.
+    pub fn configure(&self, config: &str) {
+        std::fs::write(self.dir.path().join("batchgate.toml"), config).unwrap();
+    }
+
+    /// `batchgate <role>` on this configuration (2 s lease, 1 s shutdown grace).
+    pub fn command(&self, role: &[&str]) -> Command {
+        let mut command = batchgate(role);
+        command
+            .arg("--config")
+            .arg(self.dir.path().join("batchgate.toml"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .env("BATCHGATE__LEASE_SECONDS", "2")
+            .env("BATCHGATE__SHUTDOWN_GRACE_SECONDS", "1")
+            .env("BATCHGATE_LOG", "warn")
+            .stderr(Stdio::inherit());
+        command
+    }
+
+    /// `batchgate serve …` on a free port.
+    pub fn start(&self, role: &[&str]) -> Server {
+        let mut command = self.command(role);
+        command.args(["--listen", "127.0.0.1:0"]);
+        let (child, address) = start(command);
+        Server { child, address }
+    }
+
+    /// `batchgate worker`.
+    pub fn worker(&self) -> Server {
+        let mut command = self.command(&["worker"]);
+        command.stdout(Stdio::null());
+        Server {
+            child: command.spawn().expect("the worker starts"),
+            address: String::new(),
+        }
+    }
+}
+
+/// A running `batchgate` process, killed when dropped.
+#[allow(dead_code)]
+pub struct Server {
+    pub child: Child,
+    pub address: String,
+}
+
+#[allow(dead_code)]
+impl Server {
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Submits `body` to `tool`, expects `202`, returns the job id.
+#[allow(dead_code)]
+pub async fn submit(
+    client: &reqwest::Client,
+    server: &Server,
+    tool: &str,
+    body: serde_json::Value,
+) -> String {
+    let response = client
+        .post(format!("{}/v1/tools/{tool}/jobs", server.address))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{:?}", response.text().await);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// `wait_ended` with the patience of a job run by an external engine.
+#[allow(dead_code)]
+pub async fn ended(client: &reqwest::Client, server: &Server, id: &str) -> serde_json::Value {
+    wait_ended(
+        client,
+        &server.address,
+        id,
+        std::time::Duration::from_secs(90),
+    )
+    .await
+}

@@ -23,16 +23,17 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
+use super::detached::{attempt_label, job_ended, parse_label, Reference};
 use super::{Executor, ExecutorError, RunControl, RunOutcome, RunSpec, Termination};
 use crate::config::ContainerSettings;
 use crate::store::JobStore;
 use crate::tools::decl::{ContainerDecl, ProgressStream};
 
+/// This executor's name in the references it records.
+const EXECUTOR: &str = "container";
 /// Where the work directory appears inside the container.
 pub const WORKDIR_IN_CONTAINER: &str = "/work";
 /// A call to the engine that is not a stream must answer within this.
@@ -44,13 +45,6 @@ pub struct ContainerExecutor {
     work_root: PathBuf,
     /// `uid:gid` of this worker: the default user inside the container.
     user: String,
-}
-
-/// What a job's `executor_ref` holds for a container attempt.
-#[derive(Debug, Serialize, Deserialize)]
-struct Reference {
-    container: String,
-    workdir: PathBuf,
 }
 
 impl ContainerExecutor {
@@ -93,14 +87,10 @@ impl ContainerExecutor {
     }
 
     fn reference_of(&self, reference: &str) -> Option<Reference> {
-        let reference: Reference = serde_json::from_str(reference).ok()?;
-        let ours = reference.workdir.parent() == Some(self.work_root.as_path())
-            && reference.container.starts_with("batchgate-")
-            && reference
-                .container
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        ours.then_some(reference)
+        Reference::parse(reference, EXECUTOR, &self.work_root, |id| {
+            id.starts_with("batchgate-")
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
     }
 
     /// Creates and starts the container; its name, or how starting failed.
@@ -311,31 +301,11 @@ async fn call<T>(
         .unwrap_or(Err(bollard::errors::Error::RequestTimeoutError))
 }
 
-/// `<job id>-<attempt>`, the name of an attempt's work directory.
-fn attempt_label(workdir: &Path) -> String {
-    workdir
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn parse_label(label: &str) -> Option<(Uuid, u32)> {
-    let (id, attempt) = label.rsplit_once('-')?;
-    Some((Uuid::parse_str(id).ok()?, attempt.parse().ok()?))
-}
-
 #[async_trait]
 impl Executor for ContainerExecutor {
     async fn run(&self, spec: RunSpec, control: RunControl) -> Result<RunOutcome, ExecutorError> {
         let started = Instant::now();
-        let outcome = |termination, wall_time| RunOutcome {
-            termination,
-            stderr_tail: String::new(),
-            stdout_truncated: false,
-            wall_time,
-            cpu_time: None,
-            peak_memory_bytes: None,
-        };
+        let outcome = RunOutcome::bare;
         let Some(image) = &spec.container else {
             return Err(ExecutorError::Io(std::io::Error::other(
                 "the tool names no image",
@@ -343,19 +313,17 @@ impl Executor for ContainerExecutor {
         };
         let name = match spec.attach.as_deref().and_then(|r| self.reference_of(r)) {
             Some(reference) => {
-                tracing::info!(container = %reference.container, "re-attached to a running container");
-                reference.container
+                tracing::info!(container = %reference.id, "re-attached to a running container");
+                reference.id
             }
             None => match self.start(&spec, image).await {
                 Ok(name) => {
-                    let reference = serde_json::to_string(&Reference {
-                        container: name.clone(),
+                    let reference = Reference {
+                        executor: EXECUTOR.into(),
+                        id: name.clone(),
                         workdir: spec.workdir.clone(),
-                    })
-                    .expect("a reference serializes");
-                    if let Err(error) = control.references.record(&reference).await {
-                        tracing::warn!(container = %name, %error, "cannot record the container; a restarted worker will not find it");
-                    }
+                    };
+                    reference.record(&control).await;
                     name
                 }
                 Err(Started::Transient(error)) => {
@@ -441,7 +409,7 @@ impl Executor for ContainerExecutor {
 
     async fn locate(&self, reference: &str) -> Option<PathBuf> {
         let reference = self.reference_of(reference)?;
-        call(self.docker.inspect_container(&reference.container, None))
+        call(self.docker.inspect_container(&reference.id, None))
             .await
             .ok()?;
         tokio::fs::try_exists(&reference.workdir)
@@ -463,12 +431,7 @@ impl Executor for ContainerExecutor {
             let Some((job_id, _)) = parse_label(&label) else {
                 continue;
             };
-            let ended = match store.get(job_id).await {
-                Ok(Some(job)) => job.state.is_terminal(),
-                Ok(None) => true,
-                Err(_) => false,
-            };
-            if !ended {
+            if !job_ended(store, job_id).await {
                 continue;
             }
             let name = format!("batchgate-{label}");

@@ -22,14 +22,16 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
 use kube::Api;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::detached::{attempt_label, parse_label, still_wanted, Reference};
 use super::{Executor, ExecutorError, RunControl, RunOutcome, RunSpec, Termination};
 use crate::config::KubernetesSettings;
 use crate::store::JobStore;
 
+/// This executor's name in the references it records.
+const EXECUTOR: &str = "kubernetes";
 /// Where the work directory appears in the pod.
 pub const WORKDIR_IN_POD: &str = "/work";
 /// Label keys on every Job and pod batchgate makes.
@@ -43,13 +45,6 @@ pub struct KubernetesExecutor {
     jobs: Api<Job>,
     pods: Api<Pod>,
     settings: KubernetesSettings,
-}
-
-/// What a job's `executor_ref` holds for a Kubernetes attempt.
-#[derive(Debug, Serialize, Deserialize)]
-struct Reference {
-    job: String,
-    workdir: PathBuf,
 }
 
 impl KubernetesExecutor {
@@ -89,10 +84,9 @@ impl KubernetesExecutor {
     }
 
     fn reference_of(&self, reference: &str) -> Option<Reference> {
-        let reference: Reference = serde_json::from_str(reference).ok()?;
-        let ours = reference.workdir.parent() == Some(self.settings.work_dir.as_path())
-            && reference.job.starts_with("batchgate-");
-        ours.then_some(reference)
+        Reference::parse(reference, EXECUTOR, &self.settings.work_dir, |id| {
+            id.starts_with("batchgate-")
+        })
     }
 
     /// The Job of one attempt.
@@ -317,35 +311,15 @@ fn pod_lost(name: &str, why: &str) -> Termination {
     }
 }
 
-/// `<job id>-<attempt>`, the name of an attempt's work directory.
-fn attempt_label(workdir: &Path) -> String {
-    workdir
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn parse_label(label: &str) -> Option<(Uuid, u32)> {
-    let (id, attempt) = label.rsplit_once('-')?;
-    Some((Uuid::parse_str(id).ok()?, attempt.parse().ok()?))
-}
-
 #[async_trait]
 impl Executor for KubernetesExecutor {
     async fn run(&self, spec: RunSpec, control: RunControl) -> Result<RunOutcome, ExecutorError> {
         let started = Instant::now();
-        let outcome = |termination, wall_time| RunOutcome {
-            termination,
-            stderr_tail: String::new(),
-            stdout_truncated: false,
-            wall_time,
-            cpu_time: None,
-            peak_memory_bytes: None,
-        };
+        let outcome = RunOutcome::bare;
         let name = match spec.attach.as_deref().and_then(|r| self.reference_of(r)) {
             Some(reference) => {
-                tracing::info!(k8s_job = %reference.job, "re-attached to a running Kubernetes Job");
-                reference.job
+                tracing::info!(k8s_job = %reference.id, "re-attached to a running Kubernetes Job");
+                reference.id
             }
             None => {
                 let name = format!("batchgate-{}", attempt_label(&spec.workdir));
@@ -376,14 +350,12 @@ impl Executor for KubernetesExecutor {
                         ))))
                     }
                 }
-                let reference = serde_json::to_string(&Reference {
-                    job: name.clone(),
+                let reference = Reference {
+                    executor: EXECUTOR.into(),
+                    id: name.clone(),
                     workdir: spec.workdir.clone(),
-                })
-                .expect("a reference serializes");
-                if let Err(error) = control.references.record(&reference).await {
-                    tracing::warn!(k8s_job = %name, %error, "cannot record the Job; a restarted worker finds it by its labels only");
-                }
+                };
+                reference.record(&control).await;
                 name
             }
         };
@@ -426,7 +398,7 @@ impl Executor for KubernetesExecutor {
         let exists = found
             .items
             .iter()
-            .any(|job| job.metadata.name.as_deref() == Some(reference.job.as_str()));
+            .any(|job| job.metadata.name.as_deref() == Some(reference.id.as_str()));
         exists.then_some(reference.workdir)
     }
 
@@ -457,19 +429,7 @@ impl Executor for KubernetesExecutor {
                 continue;
             };
             let name = job.metadata.name.clone().unwrap_or_default();
-            let wanted = match store.get(job_id).await {
-                Ok(Some(stored)) => {
-                    let followed = stored
-                        .executor_ref
-                        .as_deref()
-                        .and_then(|r| self.reference_of(r))
-                        .is_some_and(|r| r.job == name);
-                    !stored.state.is_terminal() && (followed || stored.attempt == attempt)
-                }
-                Ok(None) => false,
-                Err(_) => true,
-            };
-            if wanted {
+            if still_wanted(store, job_id, attempt, EXECUTOR, &name).await {
                 continue;
             }
             tracing::info!(k8s_job = %name, "deleting a Kubernetes Job whose job has ended");

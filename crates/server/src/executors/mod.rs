@@ -4,6 +4,7 @@
 //! logic.
 
 pub mod container;
+pub mod detached;
 pub mod kubernetes;
 pub mod local;
 pub mod process;
@@ -104,6 +105,20 @@ pub struct RunOutcome {
     pub cpu_time: Option<Duration>,
     /// The largest resident set of the program or one of those descendants.
     pub peak_memory_bytes: Option<u64>,
+}
+
+impl RunOutcome {
+    /// An outcome with nothing measured or captured.
+    pub fn bare(termination: Termination, wall_time: Duration) -> RunOutcome {
+        RunOutcome {
+            termination,
+            stderr_tail: String::new(),
+            stdout_truncated: false,
+            wall_time,
+            cpu_time: None,
+            peak_memory_bytes: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

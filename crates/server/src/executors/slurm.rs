@@ -16,17 +16,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
-use uuid::Uuid;
 
+use super::detached::{attempt_label, job_ended, parse_label, still_wanted, Reference};
 use super::{Executor, ExecutorError, RunControl, RunOutcome, RunSpec, Termination};
 use crate::config::SlurmSettings;
 use crate::jobs::Progress;
 use crate::store::JobStore;
 use crate::tools::ProgressSpec;
 
+/// This executor's name in the references it records.
+const EXECUTOR: &str = "slurm";
 /// The batch script: it runs its arguments. Nothing in it comes from a request.
 const SCRIPT: &str =
     "#!/bin/sh\n# Written by batchgate: runs the program given as arguments.\nexec \"$@\"\n";
@@ -40,13 +41,6 @@ pub struct SlurmExecutor {
     /// `batchgate-limits` on the shared path (the compute nodes run it).
     limits: Option<PathBuf>,
     queue: Queue,
-}
-
-/// What a job's `executor_ref` holds for a Slurm attempt.
-#[derive(Debug, Serialize, Deserialize)]
-struct Reference {
-    slurm_job: String,
-    workdir: PathBuf,
 }
 
 impl SlurmExecutor {
@@ -271,15 +265,9 @@ impl SlurmExecutor {
     }
 
     fn reference_of(&self, reference: &str) -> Option<Reference> {
-        let reference: Reference = serde_json::from_str(reference).ok()?;
-        // The directory is removed after the attempt: only ever one of ours.
-        let inside = reference.workdir.parent() == Some(self.settings.work_dir.as_path())
-            && reference
-                .workdir
-                .file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| parse_label(name).is_some());
-        inside.then_some(reference)
+        Reference::parse(reference, EXECUTOR, &self.settings.work_dir, |id| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+        })
     }
 }
 
@@ -311,29 +299,20 @@ fn is_transient(error: &str) -> bool {
 impl Executor for SlurmExecutor {
     async fn run(&self, spec: RunSpec, control: RunControl) -> Result<RunOutcome, ExecutorError> {
         let started = Instant::now();
-        let outcome = |termination, wall_time| RunOutcome {
-            termination,
-            stderr_tail: String::new(),
-            stdout_truncated: false,
-            wall_time,
-            cpu_time: None,
-            peak_memory_bytes: None,
-        };
+        let outcome = RunOutcome::bare;
         let id = match spec.attach.as_deref().and_then(|r| self.reference_of(r)) {
             Some(reference) => {
-                tracing::info!(slurm_job = %reference.slurm_job, "re-attached to a running Slurm job");
-                reference.slurm_job
+                tracing::info!(slurm_job = %reference.id, "re-attached to a running Slurm job");
+                reference.id
             }
             None => match self.submit(&spec).await {
                 Ok(id) => {
-                    let reference = serde_json::to_string(&Reference {
-                        slurm_job: id.clone(),
+                    let reference = Reference {
+                        executor: EXECUTOR.into(),
+                        id: id.clone(),
                         workdir: spec.workdir.clone(),
-                    })
-                    .expect("a reference serializes");
-                    if let Err(error) = control.references.record(&reference).await {
-                        tracing::warn!(slurm_job = %id, %error, "cannot record the Slurm job id; a restarted worker will not find it");
-                    }
+                    };
+                    reference.record(&control).await;
                     tracing::info!(slurm_job = %id, "submitted to Slurm");
                     id
                 }
@@ -381,11 +360,11 @@ impl Executor for SlurmExecutor {
         {
             return None;
         }
-        let known = match self.queue.state(&reference.slurm_job, Instant::now()).await {
+        let known = match self.queue.state(&reference.id, Instant::now()).await {
             Ok(Some(_)) => true,
             // Ended and forgotten by the controller, or the controller is not answering:
             // the accounting record says whether it ran.
-            Ok(None) | Err(_) => end_record(&reference.slurm_job).await.is_some(),
+            Ok(None) | Err(_) => end_record(&reference.id).await.is_some(),
         };
         known.then_some(reference.workdir)
     }
@@ -411,19 +390,7 @@ impl Executor for SlurmExecutor {
             if is_terminal(&entry.state) {
                 continue;
             }
-            let wanted = match store.get(job_id).await {
-                Ok(Some(job)) => {
-                    let followed = job
-                        .executor_ref
-                        .as_deref()
-                        .and_then(|r| self.reference_of(r))
-                        .is_some_and(|r| &r.slurm_job == slurm_job);
-                    !job.state.is_terminal() && (followed || job.attempt == attempt)
-                }
-                Ok(None) => false,
-                Err(_) => true,
-            };
-            if wanted {
+            if still_wanted(store, job_id, attempt, EXECUTOR, slurm_job).await {
                 busy_dirs.push(format!("{job_id}-{attempt}"));
             } else {
                 tracing::info!(slurm_job, job_id = %job_id, "canceling a Slurm job whose batchgate job has ended");
@@ -446,31 +413,15 @@ impl Executor for SlurmExecutor {
             if busy_dirs.contains(&name) {
                 continue;
             }
-            let ended = match store.get(job_id).await {
-                Ok(Some(job)) => job.state.is_terminal(),
-                Ok(None) => true,
-                Err(_) => false,
-            };
-            if ended && tokio::fs::remove_dir_all(entry.path()).await.is_ok() {
+            if job_ended(store, job_id).await
+                && tokio::fs::remove_dir_all(entry.path()).await.is_ok()
+            {
                 tracing::info!(dir = %name, "removed the work directory of an ended job");
                 swept += 1;
             }
         }
         swept
     }
-}
-
-/// `<job id>-<attempt>`, the name of an attempt's work directory.
-fn attempt_label(workdir: &Path) -> String {
-    workdir
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn parse_label(label: &str) -> Option<(Uuid, u32)> {
-    let (id, attempt) = label.rsplit_once('-')?;
-    Some((Uuid::parse_str(id).ok()?, attempt.parse().ok()?))
 }
 
 /// States after which a Slurm job never runs again (`--no-requeue`).
@@ -881,13 +832,5 @@ mod tests {
         );
         assert_eq!(parse_sacct("RUNNING|0:0\n"), None);
         assert_eq!(parse_sacct(""), None);
-    }
-
-    #[test]
-    fn labels_name_a_job_and_attempt() {
-        let id = Uuid::now_v7();
-        assert_eq!(parse_label(&format!("{id}-3")), Some((id, 3)));
-        assert_eq!(parse_label("lost+found"), None);
-        assert_eq!(parse_label(&format!("{id}-x")), None);
     }
 }
