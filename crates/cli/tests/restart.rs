@@ -88,8 +88,25 @@ async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(server); // SIGKILL
+                  // The killed server's programs live on (their delay is 2 s)…
+    let work = data_dir.join("work");
+    assert!(
+        !programs_in(&work).is_empty(),
+        "a running program outlives the killed server"
+    );
 
     let server = start(&data_dir);
+    // …until the new server, before it runs anything, stops them.
+    let orphans: Vec<i32> = programs_in(&work)
+        .into_iter()
+        .filter(|pid| !is_zombie(*pid))
+        .collect();
+    assert!(
+        orphans
+            .iter()
+            .all(|pid| started_after_restart(*pid, &server)),
+        "programs of the killed server still run: {orphans:?}"
+    );
     let mut retried = 0;
     for (index, id) in ids.iter().enumerate() {
         let status =
@@ -115,6 +132,42 @@ async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
         ids.len(),
         "no job lost or duplicated"
     );
+}
+
+/// Processes whose working directory is inside `work` (the programs of attempts).
+fn programs_in(work: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let cwd = std::fs::read_link(entry.path().join("cwd")).ok()?;
+            (cwd.starts_with(work) && cwd != work).then_some(pid)
+        })
+        .collect()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+/// Whether `pid` is a child of the restarted server (an attempt it started itself).
+fn started_after_restart(pid: i32, server: &Server) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+            fields.get(1)?.parse::<u32>().ok()
+        })
+        .is_some_and(|parent| parent == server.child.id())
 }
 
 #[test]

@@ -23,33 +23,41 @@ use crate::tools::ProgressSpec;
 pub(crate) const STDERR_TAIL_BYTES: usize = 4096;
 /// A progress line longer than this is not parsed.
 const MAX_LINE: usize = 4096;
-/// The process group of a running attempt, recorded in its work directory.
-const PID_FILE: &str = ".batchgate/pgid";
-
 /// Kills the process groups that attempts of a previous, crashed server left running in
-/// `work_root`. A group is killed only if its leader still runs inside that work
-/// directory, so a recycled pid is never hit.
+/// `work_root`: every process whose working directory is inside it (a program starts in
+/// its work directory and leads its own process group) takes its group with it. Read from
+/// `/proc` once at start, so that a running attempt writes no file for it.
 pub fn reap_orphans(work_root: &std::path::Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(work_root) else {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
-    let mut killed = 0;
+    let own_group = rustix::process::getpgrp();
+    let mut groups = std::collections::BTreeSet::new();
     for entry in entries.flatten() {
-        let workdir = entry.path();
-        let Some(pid) = std::fs::read_to_string(workdir.join(PID_FILE))
-            .ok()
-            .and_then(|text| text.trim().parse::<i32>().ok())
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
             .and_then(Pid::from_raw)
         else {
             continue;
         };
-        let cwd = std::fs::read_link(format!("/proc/{}/cwd", pid.as_raw_nonzero()));
-        if cwd.is_ok_and(|cwd| cwd.starts_with(&workdir)) {
-            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-            killed += 1;
+        let cwd = std::fs::read_link(entry.path().join("cwd"));
+        if !cwd.is_ok_and(|cwd| cwd.starts_with(work_root) && cwd != work_root) {
+            continue;
+        }
+        if let Ok(group) = rustix::process::getpgid(Some(pid)) {
+            if group != own_group {
+                groups.insert(group.as_raw_nonzero());
+            }
         }
     }
-    killed
+    for group in &groups {
+        if let Some(group) = Pid::from_raw(group.get()) {
+            let _ = rustix::process::kill_process_group(group, Signal::KILL);
+        }
+    }
+    groups.len()
 }
 
 pub async fn run(
@@ -86,12 +94,6 @@ pub async fn run(
     if !limits_applied_at_exec {
         apply_rlimits(group, &spec.rlimits);
     }
-    // Lets a restarted server stop what a crashed one left running (see `reap_orphans`).
-    let _ = tokio::fs::write(
-        spec.workdir.join(PID_FILE),
-        group.as_raw_nonzero().to_string(),
-    )
-    .await;
 
     let progress_on = |stream: ProgressStream| {
         spec.progress
