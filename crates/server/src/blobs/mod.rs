@@ -117,28 +117,9 @@ impl LocalBlobStore {
         })
     }
 
-    /// Where `key` is written. A job's blobs are files of its one directory
-    /// (`jobs/<id>/`), named by the rest of the key with `/` written as `.`
-    /// (`attempts.1.outputs.insights`): declared names are letters, digits, `_` and `-`,
-    /// so no two keys meet. One directory per job instead of six: on a disk whose inode
-    /// allocator is the bottleneck, each directory is an allocation and a removal per job.
     fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
         check_key(key)?;
-        Ok(self.root.join(flat_key(key)))
-    }
-
-    /// Where an existing blob is: its path, or where a data directory written before the
-    /// flat layout keeps it (`jobs/<id>/attempts/1/…`).
-    async fn existing(&self, key: &str) -> Result<PathBuf, BlobError> {
-        let path = self.path(key)?;
-        let legacy = self.root.join(key);
-        if path == legacy || fs::symlink_metadata(&path).await.is_ok() {
-            return Ok(path);
-        }
-        match fs::symlink_metadata(&legacy).await {
-            Ok(_) => Ok(legacy),
-            Err(_) => Ok(path),
-        }
+        Ok(self.root.join(key))
     }
 
     async fn prepare_parent(path: &Path) -> Result<(), BlobError> {
@@ -146,24 +127,6 @@ impl LocalBlobStore {
             fs::create_dir_all(parent).await?;
         }
         Ok(())
-    }
-}
-
-/// `jobs/<id>/<a>/<b>` → `jobs/<id>/<a>.<b>`; other keys as they are.
-fn flat_key(key: &str) -> String {
-    match key
-        .strip_prefix("jobs/")
-        .and_then(|rest| rest.split_once('/'))
-    {
-        Some((id, rest)) => format!("jobs/{id}/{}", rest.replace('/', ".")),
-        None => key.to_owned(),
-    }
-}
-
-async fn remove_dir_if_present(path: &Path) -> Result<(), BlobError> {
-    match fs::remove_dir_all(path).await {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
-        _ => Ok(()),
     }
 }
 
@@ -208,7 +171,7 @@ impl BlobStore for LocalBlobStore {
     /// A hard link: blobs are never modified in place (every write is a new file renamed
     /// over the key), so two keys may share one file, and no inode or data is copied.
     async fn copy(&self, from: &str, to: &str) -> Result<u64, BlobError> {
-        let (source, target) = (self.existing(from).await?, self.path(to)?);
+        let (source, target) = (self.path(from)?, self.path(to)?);
         Self::prepare_parent(&target).await?;
         let _ = fs::remove_file(&target).await;
         if fs::hard_link(&source, &target).await.is_err() {
@@ -221,12 +184,12 @@ impl BlobStore for LocalBlobStore {
     }
 
     async fn copy_to_file(&self, key: &str, target: &Path) -> Result<u64, BlobError> {
-        let source = self.existing(key).await?;
+        let source = self.path(key)?;
         Ok(fs::copy(&source, target).await.map_err(not_found(key))?)
     }
 
     async fn open(&self, key: &str) -> Result<BlobReader, BlobError> {
-        let file = fs::File::open(self.existing(key).await?)
+        let file = fs::File::open(self.path(key)?)
             .await
             .map_err(not_found(key))?;
         let size = file.metadata().await?.len();
@@ -237,42 +200,14 @@ impl BlobStore for LocalBlobStore {
     }
 
     async fn read(&self, key: &str) -> Result<Vec<u8>, BlobError> {
-        fs::read(self.existing(key).await?)
-            .await
-            .map_err(not_found(key))
+        fs::read(self.path(key)?).await.map_err(not_found(key))
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError> {
-        check_key(prefix)?;
-        // The nested layout of older data directories, or a whole job / other prefix.
-        remove_dir_if_present(&self.root.join(prefix)).await?;
-        // Part of a job: its files named `<rest>` or `<rest>.…`.
-        let Some((id, rest)) = prefix
-            .strip_prefix("jobs/")
-            .and_then(|rest| rest.split_once('/'))
-        else {
-            return Ok(());
-        };
-        let dir = self.root.join("jobs").join(id);
-        let name = rest.replace('/', ".");
-        let nested = format!("{name}.");
-        let mut entries = match fs::read_dir(&dir).await {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(error.into()),
-        };
-        while let Some(entry) = entries.next_entry().await? {
-            let entry_name = entry.file_name().to_string_lossy().into_owned();
-            if entry_name == name || entry_name.starts_with(&nested) {
-                match fs::remove_file(entry.path()).await {
-                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(error.into())
-                    }
-                    _ => {}
-                }
-            }
+        match fs::remove_dir_all(self.path(prefix)?).await {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     async fn ping(&self) -> Result<(), BlobError> {

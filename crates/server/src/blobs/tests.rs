@@ -143,58 +143,6 @@ mod local {
             .is_none());
         (blobs, dir)
     });
-
-    /// A job's blobs are files of one directory; blobs written in the nested layout of
-    /// earlier versions are still found and deleted.
-    #[tokio::test]
-    async fn one_directory_per_job_and_the_old_layout_still_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("blobs");
-        let blobs = LocalBlobStore::open(&root).await.unwrap();
-        let id = uuid::Uuid::now_v7();
-        blobs
-            .put_bytes(&crate::blobs::JobKeys::result(id, 1), b"{}")
-            .await
-            .unwrap();
-        blobs
-            .put_bytes(&crate::blobs::JobKeys::log(id, 1, "stdout"), b"out")
-            .await
-            .unwrap();
-        let job_dir = root.join(format!("jobs/{id}"));
-        let mut entries: Vec<(String, bool)> = std::fs::read_dir(&job_dir)
-            .unwrap()
-            .flatten()
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    e.path().is_dir(),
-                )
-            })
-            .collect();
-        entries.sort();
-        assert_eq!(
-            entries,
-            [
-                ("attempts.1.logs.stdout".to_owned(), false),
-                ("attempts.1.result.json".to_owned(), false)
-            ]
-        );
-
-        let old = uuid::Uuid::now_v7();
-        let nested = root.join(format!("jobs/{old}/attempts/2/outputs"));
-        std::fs::create_dir_all(&nested).unwrap();
-        std::fs::write(nested.join("out"), b"old").unwrap();
-        let key = crate::blobs::JobKeys::output(old, 2, "out");
-        assert_eq!(blobs.read(&key).await.unwrap(), b"old");
-        let copied = dir.path().join("copied");
-        blobs.copy_to_file(&key, &copied).await.unwrap();
-        assert_eq!(std::fs::read(&copied).unwrap(), b"old");
-        blobs
-            .delete_prefix(&crate::blobs::JobKeys::attempt(old, 2))
-            .await
-            .unwrap();
-        assert!(blobs.read(&key).await.unwrap_err().is_not_found());
-    }
 }
 
 /// An object store named by `variable`, or a visible skip.
