@@ -542,6 +542,66 @@ mod tests {
         [tools.example]
     "#;
 
+    /// The example configurations of the executors load (executors are not contacted
+    /// until a worker starts); a tool whose executor has no section is refused with its
+    /// name, and a Kubernetes tool cannot take an output from stdout.
+    #[test]
+    fn executor_examples_load_and_missing_sections_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let overrides = Overrides {
+            data_dir: Some(dir.path().to_owned()),
+            ..Overrides::default()
+        };
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let configmap =
+            std::fs::read_to_string(root.join("deploy/kubernetes/configmap.yaml")).unwrap();
+        let kubernetes: String = configmap
+            .split_once("batchgate.toml: |\n")
+            .unwrap()
+            .1
+            .lines()
+            .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
+            .collect();
+        let examples = [
+            (
+                "examples/slurm.toml",
+                std::fs::read_to_string(root.join("examples/slurm.toml")).unwrap(),
+            ),
+            (
+                "examples/container.toml",
+                std::fs::read_to_string(root.join("examples/container.toml")).unwrap(),
+            ),
+            ("deploy/kubernetes/configmap.yaml", kubernetes),
+        ];
+        for (name, text) in examples {
+            let source = ConfigSource::Text {
+                name: name.into(),
+                text,
+            };
+            let config = Config::load_with_env(&source, &overrides, false)
+                .unwrap_or_else(|error| panic!("{name}: {error}"));
+            assert_eq!(config.tools.all().count(), 1, "{name}");
+        }
+        let error = check(&TOOL.replace(
+            "command = [\"/bin/echo\", \"hi\"]",
+            "command = [\"/bin/echo\", \"hi\"]\n        executor = \"slurm\"",
+        ))
+        .unwrap_err();
+        assert!(
+            error.contains("tool `echo@1`") && error.contains("[slurm]"),
+            "{error}"
+        );
+        let error = check(&format!(
+            "[kubernetes]\npvc = \"w\"\nwork_dir = \"/w\"\n{}",
+            TOOL.replace(
+                "command = [\"/bin/echo\", \"hi\"]",
+                "command = [\"/bin/echo\", \"hi\"]\n        executor = \"kubernetes\"\n        kubernetes = { image = \"i\" }",
+            )
+        ))
+        .unwrap_err();
+        assert!(error.contains("outputs must be files"), "{error}");
+    }
+
     #[test]
     fn settings_and_tools_load() {
         let config = check(&format!("workers = 3\npending_status = 202\n{TOOL}")).unwrap();
