@@ -226,24 +226,13 @@ async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
     let server = engine.start(&["serve", "--workers", "8"]);
     let client = common::client();
     let canary = engine.dir.path().join("pwned");
-    let hostile = format!(
-        "a  b; touch {} $(touch {}) `x` \"q\" 'r'",
-        canary.display(),
-        canary.display()
-    );
+    let hostile = common::hostile_text(&canary);
 
     let analyzer = common::submit(
         &client,
         &server,
         "analyzer",
-        json!({
-            "parameters": {"threshold": 50, "window": 2, "label": "boxed"},
-            "inputs": {"records": [
-                {"sensor": "s1", "timestamp": "t1", "value": 10},
-                {"sensor": "s1", "timestamp": "t2", "value": 90},
-                {"sensor": "s1", "timestamp": "t3", "value": 95}
-            ]}
-        }),
+        common::analyzer_request("boxed"),
     )
     .await;
     let echo = common::submit(
@@ -281,11 +270,7 @@ async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
     let status = common::ended(&client, &server, &analyzer).await;
     assert_eq!(status["status"], "succeeded", "{status}");
     assert_eq!(status["progress"]["percent"], 100.0, "{status}");
-    let result = common::get_json(
-        &client,
-        &format!("{}/v1/jobs/{analyzer}/result", server.address),
-    )
-    .await;
+    let result = common::result(&client, &server, &analyzer).await;
     let rows = result["insights"].as_array().expect("insights rows");
     assert!(
         rows.iter().any(|row| row.to_string().contains("boxed")),
@@ -296,26 +281,13 @@ async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
     // user and has no network but loopback.
     let status = common::ended(&client, &server, &echo).await;
     assert_eq!(status["status"], "succeeded", "{status}");
-    let result = common::get_json(
-        &client,
-        &format!("{}/v1/jobs/{echo}/result", server.address),
-    )
-    .await;
+    let result = common::result(&client, &server, &echo).await;
     let uid = own_uid();
     assert_eq!(result["out"], json!([hostile, uid, "lo"]));
     assert!(!canary.exists(), "request data ran as shell code");
 
     let status = common::ended(&client, &server, &exit3).await;
-    assert_eq!(status["status"], "failed");
-    assert_eq!(status["error"]["code"], "program-exit-status", "{status}");
-    assert_eq!(status["error"]["exit_code"], 3);
-    assert!(
-        status["error"]["stderr_tail"]
-            .as_str()
-            .unwrap()
-            .contains("to stderr: bad"),
-        "{status}"
-    );
+    common::assert_exit_status(&status, 3, "to stderr: bad");
 
     // The memory limit is the container's cgroup: the kernel's OOM killer stops the
     // program. podman 4.3 with runc on cgroup v1 does not report `OOMKilled`, only the
@@ -336,12 +308,7 @@ async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
     assert_eq!(status["error"]["code"], "timeout", "{status}");
 
     engine.wait_running(&canceled).await;
-    let response = client
-        .delete(format!("{}/v1/jobs/{canceled}", server.address))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
+    common::cancel(&client, &server, &canceled).await;
     let status = common::ended(&client, &server, &canceled).await;
     assert_eq!(status["status"], "canceled", "{status}");
 
@@ -419,8 +386,7 @@ async fn a_restarted_worker_reattaches_to_the_running_container() {
         };
         assert_eq!(status["status"], "succeeded", "after SIG{signal}: {status}");
         assert_eq!(status["attempt"], 2, "taken over by a second attempt");
-        let result =
-            common::get_json(&client, &format!("{}/v1/jobs/{id}/result", server.address)).await;
+        let result = common::result(&client, &server, &id).await;
         assert_eq!(result["out"], json!(["slept"]));
         assert!(engine.containers_of(&id).is_empty());
     }
@@ -446,12 +412,7 @@ async fn a_container_whose_job_was_canceled_meanwhile_is_swept() {
 
     // No worker follows the container while the caller cancels the (queued) job.
     let api = engine.start(&["serve", "--no-worker"]);
-    let response = client
-        .delete(format!("{}/v1/jobs/{id}", api.address))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
+    common::cancel(&client, &api, &id).await;
     let status = common::ended(&client, &api, &id).await;
     assert_eq!(status["status"], "canceled");
     assert_eq!(engine.containers_of(&id).len(), 1);

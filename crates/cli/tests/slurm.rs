@@ -190,24 +190,13 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
     let server = cluster.start(&["serve", "--workers", "8"]);
     let client = common::client();
     let canary = cluster.dir.path().join("pwned");
-    let hostile = format!(
-        "a  b; touch {} $(touch {}) `x` \"q\" 'r'",
-        canary.display(),
-        canary.display()
-    );
+    let hostile = common::hostile_text(&canary);
 
     let analyzer = common::submit(
         &client,
         &server,
         "analyzer",
-        json!({
-            "parameters": {"threshold": 50, "window": 2, "label": "slurm"},
-            "inputs": {"records": [
-                {"sensor": "s1", "timestamp": "t1", "value": 10},
-                {"sensor": "s1", "timestamp": "t2", "value": 90},
-                {"sensor": "s1", "timestamp": "t3", "value": 95}
-            ]}
-        }),
+        common::analyzer_request("slurm"),
     )
     .await;
     let echo = common::submit(
@@ -244,11 +233,7 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
     // result came back.
     let status = common::ended(&client, &server, &analyzer).await;
     assert_eq!(status["status"], "succeeded", "{status}");
-    let result = common::get_json(
-        &client,
-        &format!("{}/v1/jobs/{analyzer}/result", server.address),
-    )
-    .await;
+    let result = common::result(&client, &server, &analyzer).await;
     let rows = result["insights"].as_array().expect("insights rows");
     assert!(
         rows.iter().any(|row| row.to_string().contains("slurm")),
@@ -262,26 +247,13 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
     // Request data is an argument, never shell text.
     let status = common::ended(&client, &server, &echo).await;
     assert_eq!(status["status"], "succeeded", "{status}");
-    let result = common::get_json(
-        &client,
-        &format!("{}/v1/jobs/{echo}/result", server.address),
-    )
-    .await;
+    let result = common::result(&client, &server, &echo).await;
     assert_eq!(result["out"], json!([hostile]));
     assert!(!canary.exists(), "request data ran as shell code");
 
     // A program's failure: its exit status and stderr.
     let status = common::ended(&client, &server, &exit3).await;
-    assert_eq!(status["status"], "failed");
-    assert_eq!(status["error"]["code"], "program-exit-status", "{status}");
-    assert_eq!(status["error"]["exit_code"], 3);
-    assert!(
-        status["error"]["stderr_tail"]
-            .as_str()
-            .unwrap()
-            .contains("to stderr: bad"),
-        "{status}"
-    );
+    common::assert_exit_status(&status, 3, "to stderr: bad");
 
     // Slurm's OUT_OF_MEMORY (the tool's memory_mb is `--mem`, held by the cgroup).
     let status = common::ended(&client, &server, &hog).await;
@@ -300,12 +272,7 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
 
     // DELETE of a running job: scancel.
     cluster.wait_slurm_state(&canceled, "RUNNING").await;
-    let response = client
-        .delete(format!("{}/v1/jobs/{canceled}", server.address))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
+    common::cancel(&client, &server, &canceled).await;
     let status = common::ended(&client, &server, &canceled).await;
     assert_eq!(status["status"], "canceled", "{status}");
     cluster.wait_slurm_state(&canceled, "CANCELLED").await;
@@ -356,8 +323,7 @@ async fn a_restarted_worker_reattaches_to_the_running_batch_job() {
         let status = common::ended(&client, &server, &id).await;
         assert_eq!(status["status"], "succeeded", "after SIG{signal}: {status}");
         assert_eq!(status["attempt"], 2, "taken over by a second attempt");
-        let result =
-            common::get_json(&client, &format!("{}/v1/jobs/{id}/result", server.address)).await;
+        let result = common::result(&client, &server, &id).await;
         assert_eq!(result["out"], json!(["slept"]));
         // Followed, not submitted again: one batch job, the first attempt's.
         assert_eq!(
@@ -389,12 +355,7 @@ async fn a_batch_job_whose_job_was_canceled_meanwhile_is_swept() {
 
     // No worker follows the batch job while the caller cancels the (queued) job.
     let api = cluster.start(&["serve", "--no-worker"]);
-    let response = client
-        .delete(format!("{}/v1/jobs/{id}", api.address))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
+    common::cancel(&client, &api, &id).await;
     let status = common::ended(&client, &api, &id).await;
     assert_eq!(status["status"], "canceled");
     assert_eq!(cluster.slurm_jobs_of(&id)[0].0, "RUNNING");

@@ -112,12 +112,12 @@ impl Runtime {
             (Some(kubernetes), true) => Some(KubernetesExecutor::open(kubernetes.clone()).await?),
             _ => None,
         };
-        let executors = Executors::new(
-            LocalExecutor::new(&data_dir, work_root.clone()),
+        let executors = Executors {
+            local: LocalExecutor::new(&data_dir, work_root.clone()),
             slurm,
             container,
             kubernetes,
-        );
+        };
         Ok(Runtime {
             settings,
             tools: config.tools,

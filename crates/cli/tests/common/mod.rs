@@ -219,3 +219,55 @@ pub async fn ended(client: &reqwest::Client, server: &Server, id: &str) -> serde
     )
     .await
 }
+
+/// `GET /v1/jobs/{id}/result` as JSON.
+#[allow(dead_code)]
+pub async fn result(client: &reqwest::Client, server: &Server, id: &str) -> serde_json::Value {
+    get_json(client, &format!("{}/v1/jobs/{id}/result", server.address)).await
+}
+
+/// `DELETE /v1/jobs/{id}`, which must be accepted.
+#[allow(dead_code)]
+pub async fn cancel(client: &reqwest::Client, server: &Server, id: &str) {
+    let response = client
+        .delete(format!("{}/v1/jobs/{id}", server.address))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+}
+
+/// Request text full of shell syntax that would create `canary` if it ever ran as shell
+/// code.
+#[allow(dead_code)]
+pub fn hostile_text(canary: &std::path::Path) -> String {
+    format!(
+        "a  b; touch {} $(touch {}) `x` \"q\" 'r'",
+        canary.display(),
+        canary.display()
+    )
+}
+
+/// A request to the demo analyzer whose rows are labelled `label`.
+#[allow(dead_code)]
+pub fn analyzer_request(label: &str) -> serde_json::Value {
+    serde_json::json!({
+        "parameters": {"threshold": 50, "window": 2, "label": label},
+        "inputs": {"records": [
+            {"sensor": "s1", "timestamp": "t1", "value": 10},
+            {"sensor": "s1", "timestamp": "t2", "value": 90},
+            {"sensor": "s1", "timestamp": "t3", "value": 95}
+        ]}
+    })
+}
+
+/// The job failed because its program exited with `code`, and its error carries the
+/// end of stderr, which contains `stderr`.
+#[allow(dead_code)]
+pub fn assert_exit_status(status: &serde_json::Value, code: i64, stderr: &str) {
+    assert_eq!(status["status"], "failed", "{status}");
+    assert_eq!(status["error"]["code"], "program-exit-status", "{status}");
+    assert_eq!(status["error"]["exit_code"], code, "{status}");
+    let tail = status["error"]["stderr_tail"].as_str().unwrap_or_default();
+    assert!(tail.contains(stderr), "{status}");
+}

@@ -115,11 +115,10 @@ impl ContainerExecutor {
         let _ = self.remove(&name).await;
         let limits = &spec.rlimits;
         // Every limit explicitly: an engine fills in the rest from its own defaults, which
-        // may exceed what it may set (podman's nproc does, on these hosts).
-        let nproc = limits
-            .processes
-            .unwrap_or(4096)
-            .min(own_hard_limit(rustix::process::Resource::Nproc));
+        // may exceed what it may set (podman's nproc does, on these hosts). RLIMIT_NPROC
+        // counts all processes of the uid on the host (the worker's own included), so it
+        // stays generous; the tool's process cap is the pids limit below.
+        let nproc = 4096.min(own_hard_limit(rustix::process::Resource::Nproc));
         let nofile = limits
             .open_files
             .unwrap_or(1024)
@@ -307,9 +306,7 @@ impl Executor for ContainerExecutor {
         let started = Instant::now();
         let outcome = RunOutcome::bare;
         let Some(image) = &spec.container else {
-            return Err(ExecutorError::Io(std::io::Error::other(
-                "the tool names no image",
-            )));
+            return Err(ExecutorError::Engine("the tool names no image".into()));
         };
         let name = match spec.attach.as_deref().and_then(|r| self.reference_of(r)) {
             Some(reference) => {
@@ -318,18 +315,11 @@ impl Executor for ContainerExecutor {
             }
             None => match self.start(&spec, image).await {
                 Ok(name) => {
-                    let reference = Reference {
-                        executor: EXECUTOR.into(),
-                        id: name.clone(),
-                        workdir: spec.workdir.clone(),
-                    };
-                    reference.record(&control).await;
+                    Reference::record(&control, EXECUTOR, &name, &spec.workdir).await;
                     name
                 }
                 Err(Started::Transient(error)) => {
-                    return Err(ExecutorError::Io(std::io::Error::other(format!(
-                        "container engine: {error}"
-                    ))))
+                    return Err(ExecutorError::Engine(format!("container engine: {error}")))
                 }
                 Err(Started::Refused { not_found, message }) => {
                     return Ok(outcome(
@@ -390,8 +380,7 @@ impl Executor for ContainerExecutor {
         if let Err(error) = self.remove(&name).await {
             tracing::warn!(container = %name, %error, "cannot remove the container");
         }
-        let termination =
-            termination.map_err(|error| ExecutorError::Io(std::io::Error::other(error)))?;
+        let termination = termination.map_err(ExecutorError::Engine)?;
         Ok(RunOutcome {
             stderr_tail,
             stdout_truncated,

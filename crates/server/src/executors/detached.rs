@@ -37,11 +37,17 @@ impl Reference {
         ours.then_some(reference)
     }
 
-    /// Records the reference with the attempt before the executor follows the program.
-    pub async fn record(&self, control: &RunControl) {
-        let text = serde_json::to_string(self).expect("a reference serializes");
+    /// Records where `executor` started the attempt's program (`id`, in `workdir`) with
+    /// the attempt, before the executor follows it.
+    pub async fn record(control: &RunControl, executor: &str, id: &str, workdir: &Path) {
+        let reference = Reference {
+            executor: executor.to_owned(),
+            id: id.to_owned(),
+            workdir: workdir.to_owned(),
+        };
+        let text = serde_json::to_string(&reference).expect("a reference serializes");
         if let Err(error) = control.references.record(&text).await {
-            tracing::warn!(executor = %self.executor, id = %self.id, %error, "cannot record where the program runs; a restarted worker will not follow it");
+            tracing::warn!(executor, id, %error, "cannot record where the program runs; a restarted worker will not follow it");
         }
     }
 }

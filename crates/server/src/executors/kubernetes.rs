@@ -323,9 +323,7 @@ impl Executor for KubernetesExecutor {
             }
             None => {
                 let name = format!("batchgate-{}", attempt_label(&spec.workdir));
-                let job = self
-                    .manifest(&spec, &name)
-                    .map_err(|error| ExecutorError::Io(std::io::Error::other(error)))?;
+                let job = self.manifest(&spec, &name).map_err(ExecutorError::Engine)?;
                 // A Job of the same attempt left by a crash is replaced.
                 self.delete(&name).await;
                 match self.jobs.create(&PostParams::default(), &job).await {
@@ -345,17 +343,12 @@ impl Executor for KubernetesExecutor {
                         ));
                     }
                     Err(error) => {
-                        return Err(ExecutorError::Io(std::io::Error::other(format!(
+                        return Err(ExecutorError::Engine(format!(
                             "creating the Kubernetes Job: {error}"
-                        ))))
+                        )))
                     }
                 }
-                let reference = Reference {
-                    executor: EXECUTOR.into(),
-                    id: name.clone(),
-                    workdir: spec.workdir.clone(),
-                };
-                reference.record(&control).await;
+                Reference::record(&control, EXECUTOR, &name, &spec.workdir).await;
                 name
             }
         };

@@ -55,4 +55,8 @@ impl Executor for LocalExecutor {
     fn work_root(&self) -> &std::path::Path {
         &self.work_root
     }
+
+    fn on_this_host(&self) -> bool {
+        true
+    }
 }

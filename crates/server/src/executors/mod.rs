@@ -61,8 +61,10 @@ pub struct ResourceLimits {
     pub memory_bytes: Option<u64>,
     pub file_size_bytes: Option<u64>,
     pub open_files: Option<u64>,
-    /// RLIMIT_NPROC: counted per user, so it contains a fork bomb only when the program
-    /// runs as a user of its own (`RunSpec::run_as`).
+    /// Processes the program may have at once. How it holds is the executor's: the local
+    /// executor sets RLIMIT_NPROC, which counts per user, only for a program with a uid of
+    /// its own (`RunSpec::run_as`); a container gets it as its pids limit; Slurm and
+    /// Kubernetes leave it to the cluster.
     pub processes: Option<u64>,
 }
 
@@ -125,6 +127,10 @@ impl RunOutcome {
 pub enum ExecutorError {
     #[error("executor failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The execution engine (Slurm, the container engine, Kubernetes) failed or did not
+    /// answer: the platform's fault, so the attempt is retried.
+    #[error("{0}")]
+    Engine(String),
 }
 
 /// How a worker steers a running attempt.
@@ -157,6 +163,12 @@ pub trait Executor: Send + Sync {
     /// The directory under which attempts' work directories are made.
     fn work_root(&self) -> &Path;
 
+    /// Programs run as children of this worker: the host's sandbox (`sandbox = "bwrap"`)
+    /// and per-job users (`run_as_uid`) apply to them.
+    fn on_this_host(&self) -> bool {
+        false
+    }
+
     /// Where the program sees its work directory `workdir` (argv placeholders, `HOME` and
     /// `TMPDIR` are written with it): the same path, unless it is mounted elsewhere.
     fn program_workdir(&self, workdir: &Path) -> PathBuf {
@@ -177,71 +189,45 @@ pub trait Executor: Send + Sync {
     }
 }
 
-/// The executors a worker has: the local one always, Slurm and containers when
-/// `[slurm]` and `[container]` are configured.
+/// The executors a worker has: the local one always, Slurm, containers and Kubernetes
+/// when `[slurm]`, `[container]` and `[kubernetes]` are configured.
 pub struct Executors {
     pub local: local::LocalExecutor,
     pub slurm: Option<slurm::SlurmExecutor>,
     pub container: Option<container::ContainerExecutor>,
     pub kubernetes: Option<kubernetes::KubernetesExecutor>,
-    sweep_interval: Duration,
 }
 
 impl Executors {
-    pub fn new(
-        local: local::LocalExecutor,
-        slurm: Option<slurm::SlurmExecutor>,
-        container: Option<container::ContainerExecutor>,
-        kubernetes: Option<kubernetes::KubernetesExecutor>,
-    ) -> Executors {
-        let sweep_interval = [
-            slurm.as_ref().map(|slurm| slurm.sweep_interval()),
-            container
-                .as_ref()
-                .map(|container| container.sweep_interval()),
-            kubernetes
-                .as_ref()
-                .map(|kubernetes| kubernetes.sweep_interval()),
+    /// The executor that runs `tool`'s programs.
+    pub fn for_tool(&self, tool: &crate::tools::Tool) -> Result<&dyn Executor, String> {
+        use crate::tools::decl::ExecutorDecl;
+        let (executor, section): (Option<&dyn Executor>, &str) = match tool.executor {
+            ExecutorDecl::Local => return Ok(&self.local),
+            ExecutorDecl::Slurm => (self.slurm.as_ref().map(|e| e as _), "slurm"),
+            ExecutorDecl::Container => (self.container.as_ref().map(|e| e as _), "container"),
+            ExecutorDecl::Kubernetes => (self.kubernetes.as_ref().map(|e| e as _), "kubernetes"),
+        };
+        executor.ok_or_else(|| format!("this worker has no [{section}] configuration"))
+    }
+
+    /// The shortest sweep interval of the executors whose programs outlive the worker
+    /// (an hour when there are none: nothing to sweep).
+    pub fn sweep_interval(&self) -> Duration {
+        [
+            self.slurm.as_ref().map(|slurm| slurm.sweep_interval()),
+            self.container.as_ref().map(|c| c.sweep_interval()),
+            self.kubernetes.as_ref().map(|k| k.sweep_interval()),
         ]
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or(Duration::from_secs(3600));
-        Executors {
-            local,
-            slurm,
-            container,
-            kubernetes,
-            sweep_interval,
-        }
+        .unwrap_or(Duration::from_secs(3600))
     }
 
-    /// The executor that runs `tool`'s programs.
-    pub fn for_tool(&self, tool: &crate::tools::Tool) -> Result<&dyn Executor, String> {
-        match tool.executor {
-            crate::tools::decl::ExecutorDecl::Local => Ok(&self.local),
-            crate::tools::decl::ExecutorDecl::Slurm => match &self.slurm {
-                Some(slurm) => Ok(slurm),
-                None => Err("this worker has no [slurm] configuration".into()),
-            },
-            crate::tools::decl::ExecutorDecl::Container => match &self.container {
-                Some(container) => Ok(container),
-                None => Err("this worker has no [container] configuration".into()),
-            },
-            crate::tools::decl::ExecutorDecl::Kubernetes => match &self.kubernetes {
-                Some(kubernetes) => Ok(kubernetes),
-                None => Err("this worker has no [kubernetes] configuration".into()),
-            },
-        }
-    }
-
-    pub fn sweep_interval(&self) -> Duration {
-        self.sweep_interval
-    }
-
-    /// Every executor's `sweep`.
+    /// Every configured executor's `sweep`.
     pub async fn sweep(&self, store: &dyn crate::store::JobStore) -> usize {
-        let mut swept = self.local.sweep(store).await;
+        let mut swept = 0;
         if let Some(slurm) = &self.slurm {
             swept += slurm.sweep(store).await;
         }

@@ -67,6 +67,12 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<RunOutcome, ExecutorError> {
     let started = Instant::now();
+    let mut spec = spec;
+    if spec.run_as.is_none() {
+        // RLIMIT_NPROC counts every process of the user: the server's own user would be
+        // capped, not the program.
+        spec.rlimits.processes = None;
+    }
     let spawned = match spawn(&spec, limits).await {
         Ok(spawned) => spawned,
         Err(error) => {

@@ -164,7 +164,6 @@ impl SlurmExecutor {
             ("cpu", limits.cpu_seconds),
             ("fsize", limits.file_size_bytes),
             ("nofile", limits.open_files),
-            ("nproc", limits.processes),
         ]
         .into_iter()
         .filter_map(|(name, value)| value.map(|value| format!("{name}={value}")))
@@ -307,19 +306,12 @@ impl Executor for SlurmExecutor {
             }
             None => match self.submit(&spec).await {
                 Ok(id) => {
-                    let reference = Reference {
-                        executor: EXECUTOR.into(),
-                        id: id.clone(),
-                        workdir: spec.workdir.clone(),
-                    };
-                    reference.record(&control).await;
+                    Reference::record(&control, EXECUTOR, &id, &spec.workdir).await;
                     tracing::info!(slurm_job = %id, "submitted to Slurm");
                     id
                 }
                 Err(Submission::Transient(error)) => {
-                    return Err(ExecutorError::Io(std::io::Error::other(format!(
-                        "sbatch: {error}"
-                    ))))
+                    return Err(ExecutorError::Engine(format!("sbatch: {error}")))
                 }
                 Err(Submission::Refused(error)) => {
                     let message = format!("Slurm refused the batch job: {error}");

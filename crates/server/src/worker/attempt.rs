@@ -21,7 +21,7 @@ use crate::jobs::{
 };
 use crate::store::{AttemptUsage, Completion, Heartbeat};
 use crate::tools::argv::ArgValues;
-use crate::tools::decl::{ExecutorDecl, OutputSource};
+use crate::tools::decl::OutputSource;
 use crate::tools::Tool;
 use crate::transforms::outputs;
 use crate::worker::Steering;
@@ -514,9 +514,9 @@ async fn execute(
         .iter()
         .map(|argument| argument.render(&values))
         .collect::<Result<Vec<_>, _>>()?;
-    // The sandbox and per-job users belong to this host; a cluster job gets the
-    // cluster's isolation (cgroups, its own node).
-    let local = tool.executor == ExecutorDecl::Local;
+    // The sandbox and per-job users belong to this host; a container or a cluster job
+    // gets the engine's isolation.
+    let local = executor.on_this_host();
     let run_as = run_as.filter(|_| local);
     if let Some(bwrap) = runtime.sandbox.as_ref().filter(|_| local) {
         argv = crate::executors::sandbox::wrap(bwrap, argv, workdir, &runtime.data_dir);
@@ -537,9 +537,7 @@ async fn execute(
             memory_bytes: tool.limits.memory_bytes,
             file_size_bytes: tool.limits.file_size_bytes,
             open_files: Some(tool.limits.open_files),
-            // Per user: it holds with a uid of the job's own, or in a container (pids).
-            processes: (run_as.is_some() || tool.executor == ExecutorDecl::Container)
-                .then_some(tool.limits.processes),
+            processes: Some(tool.limits.processes),
         },
         progress: tool.progress.clone(),
         stdout_path: live_log(workdir, "stdout"),
