@@ -758,18 +758,20 @@ impl Budget {
     }
 }
 
-/// Streams a body into `path`, hashing and counting; never holds more than one chunk.
+/// Bytes of a body held in memory before they are written: a small body (most job
+/// requests) reaches its file in one blocking call, a large one in steps of this size.
+const BODY_BUFFER: usize = 256 * 1024;
+
+/// Streams a body into `path`, hashing and counting; holds at most `BODY_BUFFER` bytes
+/// and a chunk.
 async fn stream_body(
     body: Body,
     path: &Path,
     budget: &mut Budget,
     hasher: &mut Sha256,
 ) -> Result<u64, ApiError> {
-    let mut file = tokio::io::BufWriter::new(
-        tokio::fs::File::create(path)
-            .await
-            .map_err(ApiError::internal)?,
-    );
+    let mut file: Option<std::fs::File> = None;
+    let mut pending: Vec<u8> = Vec::new();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|error| {
@@ -781,10 +783,37 @@ async fn stream_body(
         })?;
         budget.take(chunk.len())?;
         hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+        pending.extend_from_slice(&chunk);
+        if pending.len() >= BODY_BUFFER {
+            let written;
+            (file, written) = write_body(file, path, pending).await?;
+            pending = written;
+        }
     }
-    file.flush().await.map_err(ApiError::internal)?;
+    write_body(file, path, pending).await?;
     Ok(budget.used)
+}
+
+/// Appends `bytes` to the body's file (created on the first call) in one blocking call;
+/// returns the file and the emptied buffer for reuse.
+async fn write_body(
+    file: Option<std::fs::File>,
+    path: &Path,
+    mut bytes: Vec<u8>,
+) -> Result<(Option<std::fs::File>, Vec<u8>), ApiError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut file = match file {
+            Some(file) => file,
+            None => std::fs::File::create(&path)?,
+        };
+        std::io::Write::write_all(&mut file, &bytes)?;
+        bytes.clear();
+        Ok::<_, std::io::Error>((Some(file), bytes))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -8,11 +8,12 @@
 
 pub mod object;
 
+use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::fs;
 use tokio::io::AsyncRead;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,16 @@ pub struct BlobReader {
 pub trait BlobStore: Send + Sync {
     /// Stores the local file `source` under `key`, durably. The source may be moved.
     async fn put_file(&self, key: &str, source: &Path) -> Result<u64, BlobError>;
+    /// Stores several local files (key, source), durably, as `put_file` does each;
+    /// returns their sizes in order. A store may make them durable together (one
+    /// directory sync for files that share a directory).
+    async fn put_files(&self, files: &[(String, PathBuf)]) -> Result<Vec<u64>, BlobError> {
+        let mut sizes = Vec::with_capacity(files.len());
+        for (key, source) in files {
+            sizes.push(self.put_file(key, source).await?);
+        }
+        Ok(sizes)
+    }
     async fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError>;
     /// Stores a copy of the blob `from` under `to`, durably; returns its size.
     async fn copy(&self, from: &str, to: &str) -> Result<u64, BlobError>;
@@ -111,7 +122,7 @@ pub struct LocalBlobStore {
 
 impl LocalBlobStore {
     pub async fn open(root: &Path) -> Result<LocalBlobStore, BlobError> {
-        fs::create_dir_all(root).await?;
+        tokio::fs::create_dir_all(root).await?;
         Ok(LocalBlobStore {
             root: root.to_owned(),
         })
@@ -121,12 +132,23 @@ impl LocalBlobStore {
         check_key(key)?;
         Ok(self.root.join(key))
     }
+}
 
-    async fn prepare_parent(path: &Path) -> Result<(), BlobError> {
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).await?;
-        }
-        Ok(())
+/// Runs one operation's filesystem calls on one thread of the blocking pool: a put is a
+/// handful of system calls, and a hop per call (as `tokio::fs` makes) cost more than the
+/// calls themselves (bench/README.md).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BlobError> + Send + 'static,
+) -> Result<T, BlobError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| BlobError::Io(std::io::Error::other(error)))?
+}
+
+fn prepare_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(parent) => fs::create_dir_all(parent),
+        None => Ok(()),
     }
 }
 
@@ -137,77 +159,127 @@ fn not_found(key: &str) -> impl Fn(std::io::Error) -> BlobError + '_ {
     }
 }
 
-/// fsyncs a file and the directory that holds its name.
-async fn sync_path(path: &Path) -> std::io::Result<()> {
-    fs::File::open(path).await?.sync_all().await?;
-    if let Some(parent) = path.parent() {
-        fs::File::open(parent).await?.sync_all().await?;
+/// fsyncs the directory that holds `path`'s name.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(parent) => fs::File::open(parent)?.sync_all(),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// fsyncs a file and the directory that holds its name; returns the file's size.
+fn sync_path(path: &Path) -> std::io::Result<u64> {
+    let file = fs::File::open(path)?;
+    file.sync_all()?;
+    let size = file.metadata()?.len();
+    sync_parent(path)?;
+    Ok(size)
 }
 
 #[async_trait]
 impl BlobStore for LocalBlobStore {
     async fn put_file(&self, key: &str, source: &Path) -> Result<u64, BlobError> {
-        let target = self.path(key)?;
-        Self::prepare_parent(&target).await?;
-        if fs::rename(source, &target).await.is_err() {
-            fs::copy(source, &target).await?;
-        }
-        sync_path(&target).await?;
-        Ok(fs::metadata(&target).await?.len())
+        let sizes = self
+            .put_files(&[(key.to_owned(), source.to_owned())])
+            .await?;
+        Ok(sizes[0])
+    }
+
+    async fn put_files(&self, files: &[(String, PathBuf)]) -> Result<Vec<u64>, BlobError> {
+        let moves = files
+            .iter()
+            .map(|(key, source)| Ok((source.clone(), self.path(key)?)))
+            .collect::<Result<Vec<_>, BlobError>>()?;
+        blocking(move || {
+            let mut sizes = Vec::with_capacity(moves.len());
+            let mut directories = std::collections::BTreeSet::new();
+            for (source, target) in &moves {
+                prepare_parent(target)?;
+                if fs::rename(source, target).is_err() {
+                    fs::copy(source, target)?;
+                }
+                let file = fs::File::open(target)?;
+                file.sync_all()?;
+                sizes.push(file.metadata()?.len());
+                directories.extend(target.parent().map(Path::to_owned));
+            }
+            for directory in directories {
+                fs::File::open(directory)?.sync_all()?;
+            }
+            Ok(sizes)
+        })
+        .await
     }
 
     async fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError> {
         let target = self.path(key)?;
-        Self::prepare_parent(&target).await?;
-        let temporary = target.with_extension(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
-        fs::write(&temporary, bytes).await?;
-        fs::rename(&temporary, &target).await?;
-        sync_path(&target).await?;
-        Ok(())
+        let bytes = bytes.to_vec();
+        blocking(move || {
+            prepare_parent(&target)?;
+            let temporary = target.with_extension(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
+            let mut file = fs::File::create(&temporary)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            drop(file);
+            fs::rename(&temporary, &target)?;
+            sync_parent(&target)?;
+            Ok(())
+        })
+        .await
     }
 
     /// A hard link: blobs are never modified in place (every write is a new file renamed
     /// over the key), so two keys may share one file, and no inode or data is copied.
     async fn copy(&self, from: &str, to: &str) -> Result<u64, BlobError> {
         let (source, target) = (self.path(from)?, self.path(to)?);
-        Self::prepare_parent(&target).await?;
-        let _ = fs::remove_file(&target).await;
-        if fs::hard_link(&source, &target).await.is_err() {
-            fs::copy(&source, &target).await.map_err(not_found(from))?;
-            sync_path(&target).await?;
-        } else if let Some(parent) = target.parent() {
-            fs::File::open(parent).await?.sync_all().await?;
-        }
-        Ok(fs::metadata(&target).await?.len())
+        let from = from.to_owned();
+        blocking(move || {
+            prepare_parent(&target)?;
+            let _ = fs::remove_file(&target);
+            if fs::hard_link(&source, &target).is_err() {
+                fs::copy(&source, &target).map_err(not_found(&from))?;
+                return Ok(sync_path(&target)?);
+            }
+            sync_parent(&target)?;
+            Ok(fs::metadata(&target)?.len())
+        })
+        .await
     }
 
     async fn copy_to_file(&self, key: &str, target: &Path) -> Result<u64, BlobError> {
         let source = self.path(key)?;
-        Ok(fs::copy(&source, target).await.map_err(not_found(key))?)
+        let (key, target) = (key.to_owned(), target.to_owned());
+        blocking(move || fs::copy(&source, &target).map_err(not_found(&key))).await
     }
 
     async fn open(&self, key: &str) -> Result<BlobReader, BlobError> {
-        let file = fs::File::open(self.path(key)?)
-            .await
-            .map_err(not_found(key))?;
-        let size = file.metadata().await?.len();
+        let path = self.path(key)?;
+        let key = key.to_owned();
+        let (file, size) = blocking(move || {
+            let file = fs::File::open(&path).map_err(not_found(&key))?;
+            let size = file.metadata()?.len();
+            Ok((file, size))
+        })
+        .await?;
         Ok(BlobReader {
             size,
-            reader: Box::new(file),
+            reader: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 
     async fn read(&self, key: &str) -> Result<Vec<u8>, BlobError> {
-        fs::read(self.path(key)?).await.map_err(not_found(key))
+        let path = self.path(key)?;
+        let key = key.to_owned();
+        blocking(move || fs::read(&path).map_err(not_found(&key))).await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError> {
-        match fs::remove_dir_all(self.path(prefix)?).await {
+        let path = self.path(prefix)?;
+        blocking(move || match fs::remove_dir_all(&path) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
             _ => Ok(()),
-        }
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), BlobError> {

@@ -72,6 +72,31 @@ macro_rules! blob_conformance {
         }
 
         #[tokio::test]
+        async fn several_files_are_stored_at_once_in_order() {
+            let (blobs, dir) = $make;
+            let root = format!("jobs/{}", uuid::Uuid::now_v7());
+            let files = [
+                ("logs/stdout", "out"),
+                ("logs/stderr", ""),
+                ("outputs/copy", "a copy"),
+            ]
+            .iter()
+            .map(|(key, text)| {
+                let source = dir.path().join(key.replace('/', "-"));
+                std::fs::write(&source, text).unwrap();
+                (format!("{root}/{key}"), source)
+            })
+            .collect::<Vec<_>>();
+            assert_eq!(blobs.put_files(&files).await.unwrap(), vec![3, 0, 6]);
+            for ((key, _), text) in files.iter().zip(["out", "", "a copy"]) {
+                assert_eq!(blobs.read(key).await.unwrap(), text.as_bytes());
+            }
+            let missing = vec![(format!("{root}/logs/other"), dir.path().join("none"))];
+            assert!(blobs.put_files(&missing).await.is_err());
+            blobs.delete_prefix(&root).await.unwrap();
+        }
+
+        #[tokio::test]
         async fn deleting_an_attempt_leaves_the_others() {
             let (blobs, _dir) = $make;
             let root = format!("jobs/{}", uuid::Uuid::now_v7());

@@ -22,7 +22,7 @@ use crate::jobs::{
 use crate::store::{AttemptUsage, Completion, Heartbeat};
 use crate::tools::argv::ArgValues;
 use crate::tools::decl::OutputSource;
-use crate::tools::Tool;
+use crate::tools::{OutputSpec, Tool};
 use crate::transforms::outputs;
 use crate::worker::Steering;
 
@@ -437,13 +437,14 @@ async fn execute(
         move |error: std::io::Error| format!("{what}: {error}")
     };
     let staging = attach.is_none();
+    let mut output_paths = BTreeMap::new();
+    for output in &tool.outputs {
+        if let Some(relative) = &output.path {
+            output_paths.insert(output.name.clone(), workdir.join(relative));
+        }
+    }
     if staging {
-        // A fresh work directory, even if a crashed attempt left one behind.
-        let _ = tokio::fs::remove_dir_all(workdir).await;
-        tokio::fs::create_dir_all(meta_dir(workdir))
-            .await
-            .map_err(io("create the work directory"))?;
-        tokio::fs::create_dir_all(workdir.join("tmp"))
+        create_work_dir(workdir, &output_paths)
             .await
             .map_err(io("create the work directory"))?;
     }
@@ -477,18 +478,6 @@ async fn execute(
         }
         None => None,
     };
-    let mut output_paths = BTreeMap::new();
-    for output in &tool.outputs {
-        if let Some(relative) = &output.path {
-            let path = workdir.join(relative);
-            if let Some(parent) = path.parent().filter(|_| staging) {
-                tokio::fs::create_dir_all(parent)
-                    .await
-                    .map_err(io("create an output directory"))?;
-            }
-            output_paths.insert(output.name.clone(), path);
-        }
-    }
     // The argv names the files as the program sees them (a container mounts the work
     // directory elsewhere).
     let view = executor.program_workdir(workdir);
@@ -582,21 +571,99 @@ async fn execute(
     measured.cpu = run.cpu_time;
     measured.peak_memory = run.peak_memory_bytes;
 
-    // Logs are kept whatever happened: they are how a user understands a failure.
-    for (stream, path) in [("stdout", &stdout_path), ("stderr", &stderr_path)] {
-        if tokio::fs::try_exists(path).await.unwrap_or(false) {
-            measured.bytes_out += runtime
-                .blobs
-                .put_file(&JobKeys::log(id, attempt, stream), path)
-                .await
-                .map_err(|error| format!("store the {stream} log: {error}"))?;
+    // Logs are kept whatever happened (they are how a user understands a failure), and
+    // stored with the file outputs in one call.
+    let failure = classify(tool, &run);
+    let logs = [("stdout", stdout_path), ("stderr", stderr_path)];
+    let file_outputs: Vec<(&OutputSpec, &PathBuf)> = match failure {
+        Some(_) => Vec::new(),
+        None => tool
+            .outputs
+            .iter()
+            .filter_map(|output| Some((output, output_paths.get(&output.name)?)))
+            .collect(),
+    };
+    let mut probed: Vec<PathBuf> = logs.iter().map(|(_, path)| path.clone()).collect();
+    probed.extend(file_outputs.iter().map(|(_, path)| (*path).clone()));
+    let sizes = file_sizes(probed).await;
+    let (log_sizes, output_sizes) = sizes.split_at(logs.len());
+    let mut files: Vec<(String, PathBuf)> = logs
+        .iter()
+        .zip(log_sizes)
+        .filter(|(_, size)| size.is_some())
+        .map(|((stream, path), _)| (JobKeys::log(id, attempt, stream), path.clone()))
+        .collect();
+    let stored_logs = files.len();
+    let failure = failure.or_else(|| check_outputs(tool, &run, &file_outputs, output_sizes));
+    if failure.is_none() {
+        files.extend(
+            file_outputs
+                .iter()
+                .zip(output_sizes)
+                .filter(|(_, size)| size.is_some())
+                .map(|((output, path), _)| {
+                    (JobKeys::output(id, attempt, &output.name), (*path).clone())
+                }),
+        );
+    }
+    let stored = runtime
+        .blobs
+        .put_files(&files)
+        .await
+        .map_err(|error| format!("store the logs and outputs: {error}"))?;
+    measured.bytes_out += stored[..stored_logs].iter().sum::<u64>();
+    match failure {
+        Some(failure) => Ok((failure, Vec::new())),
+        None => {
+            let sizes = files[stored_logs..]
+                .iter()
+                .zip(&stored[stored_logs..])
+                .map(|((key, _), size)| (key.clone(), *size))
+                .collect();
+            collect_outputs(runtime, job, tool, &run, sizes).await
         }
     }
-    match classify(tool, &run) {
-        Some(failure) => Ok((failure, Vec::new())),
-        // `put_file` may have moved the captures: a stdout output is read from its log blob.
-        None => collect_outputs(runtime, job, tool, &output_paths, &run).await,
-    }
+}
+
+/// The size of each path that is a regular file, in one blocking call.
+async fn file_sizes(paths: Vec<PathBuf>) -> Vec<Option<u64>> {
+    let count = paths.len();
+    tokio::task::spawn_blocking(move || {
+        paths
+            .iter()
+            .map(|path| {
+                std::fs::metadata(path)
+                    .ok()
+                    .filter(std::fs::Metadata::is_file)
+                    .map(|metadata| metadata.len())
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_else(|_| vec![None; count])
+}
+
+/// A fresh work directory (even if a crashed attempt left one behind) with the server's
+/// `.batchgate`, the program's `tmp` and the outputs' directories, in one blocking call.
+async fn create_work_dir(
+    workdir: &Path,
+    output_paths: &BTreeMap<String, PathBuf>,
+) -> std::io::Result<()> {
+    let workdir = workdir.to_owned();
+    let mut directories = vec![meta_dir(&workdir), workdir.join("tmp")];
+    directories.extend(
+        output_paths
+            .values()
+            .filter_map(|path| path.parent())
+            .filter(|parent| *parent != workdir)
+            .map(Path::to_owned),
+    );
+    tokio::task::spawn_blocking(move || {
+        let _ = std::fs::remove_dir_all(&workdir);
+        directories.iter().try_for_each(std::fs::create_dir_all)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Gives the work directory (except the server's own `.batchgate`) to the program's
@@ -743,81 +810,94 @@ fn classify(tool: &Tool, run: &RunOutcome) -> Option<AttemptOutcome> {
     }
 }
 
+/// Why a successful run's outputs cannot be taken (missing, too large), if they cannot.
+/// `sizes` holds the size of each file output's path (`None`: not a file).
+fn check_outputs(
+    tool: &Tool,
+    run: &RunOutcome,
+    file_outputs: &[(&OutputSpec, &PathBuf)],
+    sizes: &[Option<u64>],
+) -> Option<AttemptOutcome> {
+    let program_failed = |code: &str, message: String| {
+        Some(AttemptOutcome::ProgramFailed(JobError {
+            code: code.into(),
+            message,
+            exit_code: None,
+            signal: None,
+            stderr_tail: (!run.stderr_tail.is_empty()).then(|| run.stderr_tail.clone()),
+        }))
+    };
+    let limit = tool.limits.max_output_bytes;
+    if run.stdout_truncated {
+        if let Some(output) = tool
+            .outputs
+            .iter()
+            .find(|o| o.source == OutputSource::Stdout)
+        {
+            return program_failed(
+                "output-too-large",
+                format!(
+                    "output `{}` (stdout) is larger than the tool's limit of {limit} bytes",
+                    output.name
+                ),
+            );
+        }
+    }
+    for ((output, _), size) in file_outputs.iter().zip(sizes) {
+        match size {
+            None if !output.required => {}
+            None => {
+                return program_failed(
+                    "missing-output",
+                    format!(
+                        "the program ended successfully but did not write its output `{}` ({})",
+                        output.name,
+                        output.path.as_deref().unwrap_or_default()
+                    ),
+                )
+            }
+            Some(size) if *size > limit => {
+                return program_failed(
+                    "output-too-large",
+                    format!(
+                        "output `{}` is {size} bytes, over the tool's limit of {limit}",
+                        output.name
+                    ),
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// Takes the outputs of a successful run: file outputs are stored already (`stored`:
+/// blob key → size), a stdout output is its log blob under its own key; outputs marked
+/// `result` are parsed into the job's JSON result.
 async fn collect_outputs(
     runtime: &Runtime,
     job: &Job,
     tool: &Tool,
-    output_paths: &BTreeMap<String, PathBuf>,
     run: &RunOutcome,
+    stored: BTreeMap<String, u64>,
 ) -> Result<(AttemptOutcome, Vec<StoredOutput>), String> {
     let id = job.id;
     let attempt = job.attempt;
-    let program_failed = |code: &str, message: String| {
-        Ok((
-            AttemptOutcome::ProgramFailed(JobError {
-                code: code.into(),
-                message,
-                exit_code: None,
-                signal: None,
-                stderr_tail: (!run.stderr_tail.is_empty()).then(|| run.stderr_tail.clone()),
-            }),
-            Vec::new(),
-        ))
-    };
-    let mut stored = Vec::new();
+    let mut taken = Vec::new();
     let mut result = Map::new();
     for output in &tool.outputs {
         let key = JobKeys::output(id, attempt, &output.name);
         let size = match output.source {
-            OutputSource::Stdout => {
-                if run.stdout_truncated {
-                    return program_failed(
-                        "output-too-large",
-                        format!(
-                            "output `{}` (stdout) is larger than the tool's limit of {} bytes",
-                            output.name, tool.limits.max_output_bytes
-                        ),
-                    );
-                }
-                runtime
-                    .blobs
-                    .copy(&JobKeys::log(id, attempt, "stdout"), &key)
-                    .await
-                    .map_err(|error| format!("store output: {error}"))?
-            }
-            OutputSource::File => {
-                let path = &output_paths[&output.name];
-                let metadata = match tokio::fs::metadata(path).await {
-                    Ok(metadata) if metadata.is_file() => metadata,
-                    _ if !output.required => continue,
-                    _ => {
-                        return program_failed(
-                            "missing-output",
-                            format!(
-                            "the program ended successfully but did not write its output `{}` ({})",
-                            output.name,
-                            output.path.as_deref().unwrap_or_default()
-                        ),
-                        )
-                    }
-                };
-                if metadata.len() > tool.limits.max_output_bytes {
-                    return program_failed(
-                        "output-too-large",
-                        format!(
-                            "output `{}` is {} bytes, over the tool's limit of {}",
-                            output.name,
-                            metadata.len(),
-                            tool.limits.max_output_bytes
-                        ),
-                    );
-                }
-                runtime
-                    .blobs
-                    .put_file(&key, path)
-                    .await
-                    .map_err(|error| format!("store output: {error}"))?
-            }
+            OutputSource::Stdout => runtime
+                .blobs
+                .copy(&JobKeys::log(id, attempt, "stdout"), &key)
+                .await
+                .map_err(|error| format!("store output: {error}"))?,
+            // An optional output the program did not write.
+            OutputSource::File => match stored.get(&key) {
+                Some(size) => *size,
+                None => continue,
+            },
         };
         if output.result {
             let bytes = runtime
@@ -836,19 +916,26 @@ async fn collect_outputs(
                     result.insert(output.name.clone(), value);
                 }
                 Err(error) => {
-                    return program_failed(
-                        "output-unparseable",
-                        format!(
-                            "output `{}` is not valid {}: {}",
-                            output.name,
-                            output.format.as_str(),
-                            error.0
-                        ),
-                    )
+                    return Ok((
+                        AttemptOutcome::ProgramFailed(JobError {
+                            code: "output-unparseable".into(),
+                            message: format!(
+                                "output `{}` is not valid {}: {}",
+                                output.name,
+                                output.format.as_str(),
+                                error.0
+                            ),
+                            exit_code: None,
+                            signal: None,
+                            stderr_tail: (!run.stderr_tail.is_empty())
+                                .then(|| run.stderr_tail.clone()),
+                        }),
+                        Vec::new(),
+                    ))
                 }
             }
         }
-        stored.push(StoredOutput {
+        taken.push(StoredOutput {
             name: output.name.clone(),
             media_type: output.media_type.clone(),
             size,
@@ -860,7 +947,7 @@ async fn collect_outputs(
         .put_bytes(&JobKeys::result(id, attempt), &body)
         .await
         .map_err(|error| format!("store the result: {error}"))?;
-    Ok((AttemptOutcome::Succeeded, stored))
+    Ok((AttemptOutcome::Succeeded, taken))
 }
 
 /// A fraction in [0, 1) for retry jitter, from the clock's nanoseconds.
