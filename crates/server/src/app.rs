@@ -21,6 +21,7 @@ use crate::store::postgres::PgJobStore;
 use crate::store::sqlite::SqliteJobStore;
 use crate::store::JobStore;
 use crate::tools::ToolRegistry;
+use crate::worker::workdirs::WorkDirs;
 use crate::worker::{RunningJobs, UidPool};
 
 /// Everything the API handlers and the workers share.
@@ -37,6 +38,8 @@ pub struct Runtime {
     /// Request bodies being received, before the job is committed.
     pub staging_root: PathBuf,
     pub running: RunningJobs,
+    /// Makes, and recycles, the work directories of attempts on this host.
+    pub work_dirs: WorkDirs,
     pub uids: UidPool,
     /// `bwrap`, when programs run sandboxed.
     pub sandbox: Option<PathBuf>,
@@ -92,6 +95,15 @@ impl Runtime {
             prepare_run_as(&work_root)?;
         }
         let uids = UidPool::new(settings.run_as_uid, settings.worker_count());
+        // Only a process that runs jobs owns the work root (and its spare directories).
+        let work_dirs = WorkDirs::new(
+            &work_root,
+            if runs_jobs {
+                settings.worker_count()
+            } else {
+                0
+            },
+        );
         let sandbox = match settings.sandbox {
             SandboxMode::None => None,
             SandboxMode::Bwrap => Some(crate::executors::sandbox::find_bwrap().ok_or(
@@ -129,6 +141,7 @@ impl Runtime {
             work_root,
             staging_root,
             running: RunningJobs::default(),
+            work_dirs,
             uids,
             sandbox,
             data_dir,

@@ -163,7 +163,7 @@ async fn submit_as(
     }
 
     let id = Uuid::now_v7();
-    let staging = Staging::create(runtime.staging_root.join(id.to_string())).await?;
+    let staging = Staging::new(&runtime.staging_root, id, &tool);
     let deadline = Duration::from_secs(runtime.settings.body_timeout_seconds);
     let received = tokio::time::timeout(
         deadline,
@@ -251,7 +251,7 @@ async fn submit_as(
             .blobs
             .put_file(
                 &JobKeys::input(id, &input.name),
-                &staging.path.join(&input.name),
+                &staging.files.path(&input.name),
             )
             .await?;
     }
@@ -461,16 +461,16 @@ async fn receive(
                 "with a JSON body, parameters go in the body's `parameters`, not the query string",
             ));
         }
-        let body_path = staging.path.join(".body.json");
+        let body_path = staging.files.path(".body.json");
         let mut counter = Budget::new(limit);
         stream_body(request.into_body(), &body_path, &mut counter, &mut hasher).await?;
         let tool = tool.clone();
-        let dir = staging.path.clone();
+        let files = staging.files.clone();
         let parsed = tokio::task::spawn_blocking(move || {
             let file = std::io::BufReader::new(std::fs::File::open(&body_path)?);
             let mut sinks = FileSinks {
                 tool: &tool,
-                dir: &dir,
+                files: &files,
                 sizes: Vec::new(),
             };
             let result = parse_json_request(file, &mut sinks);
@@ -517,7 +517,7 @@ async fn receive(
             ),
         ));
     }
-    let path = staging.path.join(&input.name);
+    let path = staging.files.path(&input.name);
     let mut counter = Budget::new(limit);
     let size = stream_body(request.into_body(), &path, &mut counter, &mut hasher).await?;
     normalize(&input.layout, &path, &input.name).await?;
@@ -598,11 +598,11 @@ async fn receive_multipart(
                 "input given twice",
             )));
         }
-        let target = staging.path.join(&input.name);
+        let target = staging.files.path(&input.name);
         let as_json =
             part_type.as_deref() == Some("application/json") && input.layout.format != Format::Json;
         let raw_path = if as_json {
-            staging.path.join(format!(".{}.json", input.name))
+            staging.files.path(&format!(".{}.json", input.name))
         } else {
             target.clone()
         };
@@ -617,7 +617,7 @@ async fn receive_multipart(
         file.flush().await.map_err(ApiError::internal)?;
         drop(file);
         if as_json {
-            convert_json_part(tool, &input.name, &raw_path, &staging.path).await?;
+            convert_json_part(tool, &input.name, &raw_path, &staging.files).await?;
         } else {
             normalize(&input.layout, &target, &input.name).await?;
         }
@@ -642,13 +642,13 @@ async fn convert_json_part(
     tool: &Arc<Tool>,
     name: &str,
     source: &Path,
-    dir: &Path,
+    files: &StagedFiles,
 ) -> Result<(), ApiError> {
-    let (tool, name, source, dir) = (
+    let (tool, name, source, files) = (
         tool.clone(),
         name.to_owned(),
         source.to_owned(),
-        dir.to_owned(),
+        files.clone(),
     );
     let wrapped = tokio::task::spawn_blocking(move || -> Result<(), RequestError> {
         // Parse `{"inputs": {name: <part>}}` without building it: chain the part between
@@ -666,7 +666,7 @@ async fn convert_json_part(
         );
         let mut sinks = FileSinks {
             tool: &tool,
-            dir: &dir,
+            files: &files,
             sizes: Vec::new(),
         };
         parse_json_request(reader, &mut sinks)?;
@@ -711,7 +711,7 @@ async fn normalize(layout: &Layout, path: &Path, name: &str) -> Result<(), ApiEr
 /// Input files written into the staging directory, one per input, named by the server.
 struct FileSinks<'a> {
     tool: &'a Tool,
-    dir: &'a Path,
+    files: &'a StagedFiles,
     sizes: Vec<StoredInput>,
 }
 
@@ -722,7 +722,7 @@ impl InputSinks for FileSinks<'_> {
     }
     fn open(&mut self, name: &str) -> std::io::Result<Self::Sink> {
         Ok(std::io::BufWriter::new(std::fs::File::create(
-            self.dir.join(name),
+            self.files.path(name),
         )?))
     }
     fn close(&mut self, name: &str, sink: Self::Sink) -> std::io::Result<()> {
@@ -842,23 +842,51 @@ fn accepts(accepted: &[String], media_type: &str) -> bool {
     })
 }
 
-/// A request's staging directory, removed when the request ends (accepted inputs were
-/// moved out of it by then).
+/// Where a request's files wait until its job is accepted: `<staging>/<job id>-<name>`,
+/// names the server makes from the tool's declared inputs. Files, not a directory per
+/// request: a directory made and removed per job costs an inode allocation and leaves a
+/// freed inode that some filesystems search past for minutes (bench/README.md).
+#[derive(Clone)]
+struct StagedFiles {
+    root: PathBuf,
+    id: Uuid,
+}
+
+impl StagedFiles {
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{}-{name}", self.id))
+    }
+}
+
+/// A request's staged files, removed when the request ends (accepted inputs were moved
+/// out by then).
 struct Staging {
-    path: PathBuf,
+    files: StagedFiles,
+    /// Every name a request for this tool may stage.
+    names: Vec<String>,
 }
 
 impl Staging {
-    async fn create(path: PathBuf) -> Result<Staging, ApiError> {
-        tokio::fs::create_dir_all(&path)
-            .await
-            .map_err(ApiError::internal)?;
-        Ok(Staging { path })
+    fn new(root: &Path, id: Uuid, tool: &Tool) -> Staging {
+        let mut names = vec![".body.json".to_owned()];
+        for input in &tool.inputs {
+            names.push(input.name.clone());
+            names.push(format!(".{}.json", input.name));
+        }
+        Staging {
+            files: StagedFiles {
+                root: root.to_owned(),
+                id,
+            },
+            names,
+        }
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        for name in &self.names {
+            let _ = std::fs::remove_file(self.files.path(name));
+        }
     }
 }

@@ -31,9 +31,9 @@ pub fn work_dir(work_root: &Path, id: uuid::Uuid, attempt: u32) -> PathBuf {
     work_root.join(format!("{id}-{attempt}"))
 }
 
-/// The server's own files inside a work directory (captured streams, the process group).
+/// The server's own files inside a work directory (captured streams).
 fn meta_dir(work_dir: &Path) -> PathBuf {
-    work_dir.join(".batchgate")
+    work_dir.join(crate::worker::workdirs::META)
 }
 
 /// Where the executor captures a stream (`stdout`, `stderr`) while the attempt runs.
@@ -162,11 +162,8 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
     };
     // A program left running for the next worker keeps its directory.
     if !measured.detached {
-        if let Err(error) = tokio::fs::remove_dir_all(&workdir).await {
-            if error.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(job_id = %id, %error, "cannot remove the work directory");
-            }
-        }
+        let recyclable = executor.on_this_host() && uid.uid().is_none();
+        runtime.work_dirs.release(&workdir, recyclable).await;
     }
     drop(uid);
     account(&runtime, &job, label, attempt_ended, &measured).await;
@@ -444,7 +441,15 @@ async fn execute(
         }
     }
     if staging {
-        create_work_dir(workdir, &output_paths)
+        let directories = output_paths
+            .values()
+            .filter_map(|path| path.parent())
+            .filter(|parent| *parent != workdir)
+            .map(Path::to_owned)
+            .collect();
+        runtime
+            .work_dirs
+            .create(workdir, directories, executor.on_this_host())
             .await
             .map_err(io("create the work directory"))?;
     }
@@ -643,29 +648,6 @@ async fn file_sizes(paths: Vec<PathBuf>) -> Vec<Option<u64>> {
     .unwrap_or_else(|_| vec![None; count])
 }
 
-/// A fresh work directory (even if a crashed attempt left one behind) with the server's
-/// `.batchgate`, the program's `tmp` and the outputs' directories, in one blocking call.
-async fn create_work_dir(
-    workdir: &Path,
-    output_paths: &BTreeMap<String, PathBuf>,
-) -> std::io::Result<()> {
-    let workdir = workdir.to_owned();
-    let mut directories = vec![meta_dir(&workdir), workdir.join("tmp")];
-    directories.extend(
-        output_paths
-            .values()
-            .filter_map(|path| path.parent())
-            .filter(|parent| *parent != workdir)
-            .map(Path::to_owned),
-    );
-    tokio::task::spawn_blocking(move || {
-        let _ = std::fs::remove_dir_all(&workdir);
-        directories.iter().try_for_each(std::fs::create_dir_all)
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
 /// Gives the work directory (except the server's own `.batchgate`) to the program's
 /// user, so that a program running as that user can read its inputs and write outputs.
 async fn hand_over(workdir: &Path, uid: u32) -> std::io::Result<()> {
@@ -678,7 +660,7 @@ async fn hand_over(workdir: &Path, uid: u32) -> std::io::Result<()> {
             if std::fs::symlink_metadata(&path)?.is_dir() {
                 for entry in std::fs::read_dir(&path)? {
                     let entry = entry?;
-                    if entry.file_name() != ".batchgate" || path != workdir {
+                    if entry.file_name() != crate::worker::workdirs::META || path != workdir {
                         pending.push(entry.path());
                     }
                 }
@@ -698,7 +680,10 @@ fn environment(tool: &Tool, workdir: &Path) -> Vec<(String, String)> {
     env.insert("HOME".into(), workdir.to_string_lossy().into_owned());
     env.insert(
         "TMPDIR".into(),
-        workdir.join("tmp").to_string_lossy().into_owned(),
+        workdir
+            .join(crate::worker::workdirs::TMP)
+            .to_string_lossy()
+            .into_owned(),
     );
     env.insert("LANG".into(), "C.UTF-8".into());
     for name in &tool.env_allow {

@@ -3,6 +3,7 @@
 
 pub mod attempt;
 pub mod reaper;
+pub mod workdirs;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

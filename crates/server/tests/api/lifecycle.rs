@@ -317,12 +317,27 @@ async fn deleting_a_finished_job_removes_its_data_then_410() {
         "job-not-found",
     )
     .await;
-    // Work directories are cleaned after every attempt (the worker's lock file stays).
-    let left: Vec<_> = std::fs::read_dir(app.data_dir.join("work"))
+    // Work directories are cleaned after every attempt (the worker's lock file stays, and
+    // emptied directories kept for reuse hold nothing of any job).
+    let work = app.data_dir.join("work");
+    let mut left: Vec<_> = std::fs::read_dir(&work)
         .unwrap()
-        .map(|entry| entry.unwrap().file_name())
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(left, vec![std::ffi::OsString::from(".lock")]);
+    left.sort();
+    assert_eq!(left, [".lock", ".spare"]);
+    for spare in std::fs::read_dir(work.join(".spare")).unwrap() {
+        let spare = spare.unwrap().path();
+        let mut inside: Vec<_> = std::fs::read_dir(&spare)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        inside.sort();
+        assert_eq!(inside, [spare.join(".batchgate"), spare.join("tmp")]);
+        for directory in inside {
+            assert_eq!(std::fs::read_dir(directory).unwrap().count(), 0);
+        }
+    }
 }
 
 #[tokio::test]
