@@ -228,42 +228,14 @@ async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
     let canary = engine.dir.path().join("pwned");
     let hostile = common::hostile_text(&canary);
 
-    let analyzer = common::submit(
-        &client,
-        &server,
-        "analyzer",
-        common::analyzer_request("boxed"),
-    )
-    .await;
-    let echo = common::submit(
-        &client,
-        &server,
-        "echo",
-        json!({"parameters": {"text": hostile}}),
-    )
-    .await;
-    let exit3 = common::submit(
-        &client,
-        &server,
-        "echo",
-        json!({"parameters": {"text": "bad", "code": 3}}),
-    )
-    .await;
-    let hog = common::submit(&client, &server, "hog", json!({})).await;
-    let slow = common::submit(
-        &client,
-        &server,
-        "sleeper",
-        json!({"parameters": {"seconds": 60}}),
-    )
-    .await;
-    let canceled = common::submit(
-        &client,
-        &server,
-        "long",
-        json!({"parameters": {"seconds": 60}}),
-    )
-    .await;
+    let common::Endings {
+        analyzer,
+        echo,
+        exit3,
+        hog,
+        slow,
+        canceled,
+    } = common::Endings::submit(&client, &server, "boxed", &hostile).await;
     let absent = common::submit(&client, &server, "absent", json!({})).await;
 
     // The demo analyzer ran in its image; its progress and result came back.

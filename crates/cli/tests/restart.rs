@@ -50,15 +50,7 @@ async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
             "parameters": {"delay_seconds": if i < 2 { 2 } else { 0 }, "label": format!("job{i}")},
             "inputs": {"records": [{"sensor": "s", "timestamp": "t", "value": i}]}
         });
-        let response = client
-            .post(format!("{}/v1/tools/analyzer/jobs", server.address))
-            .json(&request)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        let body: Value = response.json().await.unwrap();
-        ids.push(body["id"].as_str().unwrap().to_owned());
+        ids.push(common::submit(&client, &server, "analyzer", request).await);
     }
     // Wait until the two slow jobs run, then kill the server without warning.
     let started = Instant::now();
@@ -109,8 +101,7 @@ async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
         if attempt == 2 {
             retried += 1;
         }
-        let result =
-            common::get_json(&client, &format!("{}/v1/jobs/{id}/result", server.address)).await;
+        let result = common::result(&client, &server, id).await;
         let label = result["insights"][0]["name"].as_str().unwrap();
         assert!(label.starts_with(&format!("job{index}:")), "{result}");
     }
@@ -251,15 +242,7 @@ async fn submit_slow(client: &reqwest::Client, server: &Server, delay_seconds: u
         "parameters": {"delay_seconds": delay_seconds, "label": "slow"},
         "inputs": {"records": [{"sensor": "s", "timestamp": "t", "value": 1}]}
     });
-    let response = client
-        .post(format!("{}/v1/tools/analyzer/jobs", server.address))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.unwrap();
-    let id = body["id"].as_str().unwrap().to_owned();
+    let id = common::submit(client, server, "analyzer", request).await;
     let started = Instant::now();
     loop {
         let status = common::get_json(client, &format!("{}/v1/jobs/{id}", server.address)).await;

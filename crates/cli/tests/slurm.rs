@@ -192,42 +192,14 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
     let canary = cluster.dir.path().join("pwned");
     let hostile = common::hostile_text(&canary);
 
-    let analyzer = common::submit(
-        &client,
-        &server,
-        "analyzer",
-        common::analyzer_request("slurm"),
-    )
-    .await;
-    let echo = common::submit(
-        &client,
-        &server,
-        "echo",
-        json!({"parameters": {"text": hostile}}),
-    )
-    .await;
-    let exit3 = common::submit(
-        &client,
-        &server,
-        "echo",
-        json!({"parameters": {"text": "bad", "code": 3}}),
-    )
-    .await;
-    let hog = common::submit(&client, &server, "hog", json!({})).await;
-    let slow = common::submit(
-        &client,
-        &server,
-        "sleeper",
-        json!({"parameters": {"seconds": 60}}),
-    )
-    .await;
-    let canceled = common::submit(
-        &client,
-        &server,
-        "long",
-        json!({"parameters": {"seconds": 60}}),
-    )
-    .await;
+    let common::Endings {
+        analyzer,
+        echo,
+        exit3,
+        hog,
+        slow,
+        canceled,
+    } = common::Endings::submit(&client, &server, "slurm", &hostile).await;
 
     // The demo analyzer ran in Slurm (its batch job is named after the attempt) and its
     // result came back.

@@ -261,6 +261,64 @@ pub fn analyzer_request(label: &str) -> serde_json::Value {
     })
 }
 
+/// The jobs an executor's test submits at once, one per way a run can end: the demo
+/// analyzer (rows labelled `label`), `echo` of request text full of shell syntax, `echo`
+/// exiting 3, a memory `hog`, a `sleeper` over its timeout, and a `long` one to cancel.
+/// The test's configuration declares those tools for its executor.
+#[allow(dead_code)]
+pub struct Endings {
+    pub analyzer: String,
+    pub echo: String,
+    pub exit3: String,
+    pub hog: String,
+    pub slow: String,
+    pub canceled: String,
+}
+
+impl Endings {
+    #[allow(dead_code)]
+    pub async fn submit(
+        client: &reqwest::Client,
+        server: &Server,
+        label: &str,
+        hostile: &str,
+    ) -> Endings {
+        use serde_json::json;
+        Endings {
+            analyzer: submit(client, server, "analyzer", analyzer_request(label)).await,
+            echo: submit(
+                client,
+                server,
+                "echo",
+                json!({"parameters": {"text": hostile}}),
+            )
+            .await,
+            exit3: submit(
+                client,
+                server,
+                "echo",
+                json!({"parameters": {"text": "bad", "code": 3}}),
+            )
+            .await,
+            hog: submit(client, server, "hog", json!({})).await,
+            slow: submit(
+                client,
+                server,
+                "sleeper",
+                json!({"parameters": {"seconds": 60}}),
+            )
+            .await,
+            canceled: submit(
+                client,
+                server,
+                "long",
+                json!({"parameters": {"seconds": 60}}),
+            )
+            .await,
+        }
+    }
+}
+
 /// The job failed because its program exited with `code`, and its error carries the
 /// end of stderr, which contains `stderr`.
 #[allow(dead_code)]

@@ -167,11 +167,16 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// fsyncs a file and the directory that holds its name; returns the file's size.
-fn sync_path(path: &Path) -> std::io::Result<u64> {
+/// fsyncs a file; returns its size.
+fn sync_file(path: &Path) -> std::io::Result<u64> {
     let file = fs::File::open(path)?;
     file.sync_all()?;
-    let size = file.metadata()?.len();
+    Ok(file.metadata()?.len())
+}
+
+/// fsyncs a file and the directory that holds its name; returns the file's size.
+fn sync_path(path: &Path) -> std::io::Result<u64> {
+    let size = sync_file(path)?;
     sync_parent(path)?;
     Ok(size)
 }
@@ -198,9 +203,7 @@ impl BlobStore for LocalBlobStore {
                 if fs::rename(source, target).is_err() {
                     fs::copy(source, target)?;
                 }
-                let file = fs::File::open(target)?;
-                file.sync_all()?;
-                sizes.push(file.metadata()?.len());
+                sizes.push(sync_file(target)?);
                 directories.extend(target.parent().map(Path::to_owned));
             }
             for directory in directories {

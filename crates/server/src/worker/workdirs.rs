@@ -127,10 +127,8 @@ fn empty_for_reuse(workdir: &Path) -> std::io::Result<()> {
         if (name == META || name == TMP) && file_type.is_dir() && usable() {
             empty(&entry.path())?;
             kept += 1;
-        } else if file_type.is_dir() {
-            fs::remove_dir_all(entry.path())?;
         } else {
-            fs::remove_file(entry.path())?;
+            remove_entry(&entry)?;
         }
     }
     if kept < 2 {
@@ -140,15 +138,16 @@ fn empty_for_reuse(workdir: &Path) -> std::io::Result<()> {
 }
 
 fn empty(directory: &Path) -> std::io::Result<()> {
-    for entry in fs::read_dir(directory)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            fs::remove_dir_all(entry.path())?;
-        } else {
-            fs::remove_file(entry.path())?;
-        }
+    fs::read_dir(directory)?.try_for_each(|entry| remove_entry(&entry?))
+}
+
+/// Removes a directory entry; a link is removed, never followed.
+fn remove_entry(entry: &fs::DirEntry) -> std::io::Result<()> {
+    if entry.file_type()?.is_dir() {
+        fs::remove_dir_all(entry.path())
+    } else {
+        fs::remove_file(entry.path())
     }
-    Ok(())
 }
 
 #[cfg(test)]
