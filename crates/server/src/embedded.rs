@@ -42,3 +42,95 @@ pub fn install(data_dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<Pat
     std::fs::rename(&temporary, &target)?;
     Ok(target)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Output};
+
+    /// Runs the embedded `batchgate-limits` with `args`, only `env` in its environment.
+    fn limits(args: &[&str], env: &[(&str, &str)]) -> Output {
+        let data = tempfile::tempdir().unwrap();
+        let wrapper = install(data.path(), "batchgate-limits", LIMITS).unwrap();
+        Command::new(wrapper)
+            .args(args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .current_dir(data.path())
+            .output()
+            .unwrap()
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    const PATH: (&str, &str) = ("PATH", "/usr/bin:/bin");
+
+    #[test]
+    fn the_wrapper_sets_soft_and_hard_limits_and_runs_the_program_found_on_path() {
+        let out = limits(
+            &[
+                "nofile=77",
+                "cpu=5",
+                "core=0",
+                "--",
+                "sh",
+                "-c",
+                "ulimit -Sn; ulimit -Hn; ulimit -t; ulimit -c; echo \"$0 $X\"",
+            ],
+            &[("PATH", "/nonexistent:/usr/bin:/bin"), ("X", "kept")],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "77\n77\n5\n0\nsh kept\n");
+    }
+
+    #[test]
+    fn the_wrapper_refuses_bad_limits_and_missing_programs_with_127() {
+        for (args, message) in [
+            (&["nofile=1x", "--", "true"][..], "bad limit nofile=1x"),
+            (&["bogus=1", "--", "true"][..], "bad limit bogus=1"),
+            (&["nofile=", "--", "true"][..], "bad limit nofile="),
+            (
+                &["cpu=99999999999999999999999", "--", "true"][..],
+                "bad limit cpu=",
+            ),
+            (&["nofile=5"][..], "usage: batchgate-limits"),
+            (
+                &["--", "no-such-program"][..],
+                "cannot run no-such-program: no such file or directory",
+            ),
+            (&["--", "/"][..], "cannot run /: permission denied"),
+        ] {
+            let out = limits(args, &[PATH]);
+            assert_eq!(out.status.code(), Some(127), "{args:?}");
+            assert!(
+                text(&out.stderr).contains(message),
+                "{args:?}: {}",
+                text(&out.stderr)
+            );
+        }
+    }
+
+    /// execvp(3) hands an executable without a known format to /bin/sh; the wrapper does
+    /// not (a job's files never become shell text).
+    #[test]
+    fn the_wrapper_never_hands_a_file_to_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("script");
+        std::fs::write(&script, "echo ran by a shell\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let on_path = format!("{}:/usr/bin:/bin", dir.path().display());
+        for program in [script.to_str().unwrap(), "script"] {
+            let out = limits(&["nofile=64", "--", program], &[("PATH", &on_path)]);
+            assert_eq!(out.status.code(), Some(127), "{program}");
+            assert!(out.stdout.is_empty(), "{program}: {}", text(&out.stdout));
+            assert!(
+                text(&out.stderr).contains("exec format error"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+    }
+}
