@@ -157,11 +157,13 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = access.caller()?;
+    let waiter = super::live::Waiter::before_reading(&runtime, &headers, &id);
     let job = load(&runtime, caller, &id).await?;
-    let Some(wait) = super::live::preferred_wait(&runtime, &headers) else {
+    let Some(waiter) = waiter else {
         return monitor(&runtime, &job).await;
     };
-    let job = super::live::wait_for_end(&runtime, job, wait).await?;
+    let wait = waiter.limit;
+    let job = super::live::wait_with(&runtime, job, waiter).await?;
     let mut response = monitor(&runtime, &job).await?;
     super::live::preference_applied(&mut response, wait);
     Ok(response)
@@ -196,7 +198,7 @@ pub(super) async fn monitor(runtime: &Runtime, job: &Job) -> Result<Response, Ap
             .into_response());
     }
     let status = StatusCode::from_u16(runtime.settings.pending_status).unwrap_or(StatusCode::OK);
-    let retry_after = retry_after_seconds(runtime, job).await;
+    let retry_after = retry_after_seconds(runtime, job, None).await;
     let mut response = (
         status,
         [(header::RETRY_AFTER, retry_after.into()), no_store()],

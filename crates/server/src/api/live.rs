@@ -55,7 +55,29 @@ pub(super) fn preference_applied(response: &mut Response, wait: Duration) {
     );
 }
 
-/// Waits until the job ends or `limit` passes, and returns it as last read.
+/// A subscription to a job's changes made before the job is read, for a request that
+/// asked to wait (`Prefer: wait`): the job as read is where the wait starts, and no change
+/// after that read is missed.
+pub(super) struct Waiter {
+    pub limit: Duration,
+    changes: Subscription,
+}
+
+impl Waiter {
+    /// `None` without a `wait` preference, or when `id` names no job (the read fails).
+    pub(super) fn before_reading(runtime: &Runtime, headers: &HeaderMap, id: &str) -> Option<Self> {
+        let limit = preferred_wait(runtime, headers)?;
+        let id = uuid::Uuid::parse_str(id).ok()?;
+        Some(Waiter {
+            limit,
+            changes: runtime.store.changes().subscribe(id),
+        })
+    }
+}
+
+/// Waits until the job ends or `limit` passes, and returns it as last read. `job` was just
+/// read; the job is read again after a change that could have ended it (not after its
+/// claim or progress) and when the re-check timer fires, which it does at the deadline.
 pub(super) async fn wait_for_end(
     runtime: &Runtime,
     job: Job,
@@ -64,27 +86,48 @@ pub(super) async fn wait_for_end(
     if job.state.is_terminal() || limit.is_zero() {
         return Ok(job);
     }
+    // Subscribed only now: read again, so a change right before this still counts.
+    let changes = runtime.store.changes().subscribe(job.id);
+    let job = reread(runtime, job.id).await?;
+    wait_with(runtime, job, Waiter { limit, changes }).await
+}
+
+/// `wait_for_end` for a job read after `waiter` subscribed.
+pub(super) async fn wait_with(
+    runtime: &Runtime,
+    job: Job,
+    waiter: Waiter,
+) -> Result<Job, ApiError> {
+    let Waiter { limit, mut changes } = waiter;
     let deadline = Instant::now() + limit;
-    // Subscribed before reading again, so a change right after the read still wakes us.
-    let mut changes = runtime.store.changes().subscribe(job.id);
+    let mut current = job;
     loop {
-        let current = runtime
-            .store
-            .get(job.id)
-            .await?
-            .ok_or_else(ApiError::job_not_found)?;
         let now = Instant::now();
         if current.state.is_terminal() || current.purged_at.is_some() || now >= deadline {
             return Ok(current);
         }
+        // Ends at the deadline at the latest, so the answer then is read then.
         let pause = RECHECK.min(deadline - now);
         tokio::select! {
-            _ = changes.changed() => {}
+            may_have_ended = changes.changed() => {
+                if !may_have_ended {
+                    continue;
+                }
+            }
             _ = tokio::time::sleep(pause) => {}
             // Shutting down: answer now with the job as it is.
             _ = runtime.stopping.cancelled() => return Ok(current),
         }
+        current = reread(runtime, current.id).await?;
     }
+}
+
+async fn reread(runtime: &Runtime, id: uuid::Uuid) -> Result<Job, ApiError> {
+    runtime
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(ApiError::job_not_found)
 }
 
 /// The URL clients use to reach this server: `public_url`, or the request's host.
@@ -278,10 +321,11 @@ pub async fn operation(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
+    let waiter = Waiter::before_reading(&runtime, &headers, &id);
     let job = load(&runtime, access.caller()?, &id).await?;
-    let wait = preferred_wait(&runtime, &headers);
-    let job = match wait {
-        Some(wait) => wait_for_end(&runtime, job, wait).await?,
+    let wait = waiter.as_ref().map(|waiter| waiter.limit);
+    let job = match waiter {
+        Some(waiter) => wait_with(&runtime, job, waiter).await?,
         None => job,
     };
     let base = public_base(&runtime, &headers, &uri);
@@ -323,7 +367,7 @@ pub async fn operation(
         preference_applied(&mut response, wait);
     }
     if !job.state.is_terminal() {
-        let retry_after = retry_after_seconds(&runtime, &job).await;
+        let retry_after = retry_after_seconds(&runtime, &job, None).await;
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, retry_after.into());

@@ -115,7 +115,8 @@ fn job_status(job: &Job) -> JobStatus {
 }
 
 /// Seconds until the job is worth polling again (see `jobs::retry_after`).
-async fn retry_after_seconds(runtime: &Runtime, job: &Job) -> u64 {
+/// `queued_ahead`: the jobs ahead of a queued `job`, if the caller knows them (else counted).
+async fn retry_after_seconds(runtime: &Runtime, job: &Job, queued_ahead: Option<u64>) -> u64 {
     let typical = match runtime
         .store
         .recent_run_time(&job.tool, job.tool_version)
@@ -128,10 +129,10 @@ async fn retry_after_seconds(runtime: &Runtime, job: &Job) -> u64 {
             .map(|tool| tool.expected_run)
             .unwrap_or(Duration::from_secs(1)),
     };
-    let queued_ahead = if job.state == JobState::Queued {
-        runtime.store.queued_ahead(job).await.unwrap_or(0)
-    } else {
-        0
+    let queued_ahead = match (job.state, queued_ahead) {
+        (JobState::Queued, Some(known)) => known,
+        (JobState::Queued, None) => runtime.store.queued_ahead(job).await.unwrap_or(0),
+        _ => 0,
     };
     let running_for = job
         .started_at

@@ -69,14 +69,15 @@ pub async fn submit(
     let headers = request.headers().clone();
     let uri = request.uri().clone();
     // Refusals are counted by the auth middleware, which knows the caller's tier.
-    let job = submit_as(&runtime, access.caller()?, &tool_ref, &query, request).await?;
+    let (job, queued_before) =
+        submit_as(&runtime, access.caller()?, &tool_ref, &query, request).await?;
     let operation = format!(
         "{}/v1/operations/{}",
         live::public_base(&runtime, &headers, &uri),
         job.id
     );
     let mut response = match live::preferred_wait(&runtime, &headers) {
-        None => accepted(&runtime, &job).await?,
+        None => accepted(&runtime, &job, queued_before).await?,
         Some(wait) => {
             // The job is stored whatever happens now: a failed wait still answers 202.
             let waited = live::wait_for_end(&runtime, job.clone(), wait)
@@ -85,7 +86,7 @@ pub async fn submit(
             let mut response = if waited.state.is_terminal() {
                 super::jobs::monitor(&runtime, &waited).await?
             } else {
-                accepted(&runtime, &waited).await?
+                accepted(&runtime, &waited, None).await?
             };
             live::preference_applied(&mut response, wait);
             response
@@ -97,13 +98,14 @@ pub async fn submit(
     Ok(response)
 }
 
+/// The job, and how many jobs were queued when it was admitted (`None` for a replay).
 async fn submit_as(
     runtime: &Runtime,
     caller: &Caller,
     tool_ref: &str,
     query: &[(String, String)],
     request: Request,
-) -> Result<Job, ApiError> {
+) -> Result<(Job, Option<u64>), ApiError> {
     let tool = runtime.tools.resolve(tool_ref).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -158,9 +160,10 @@ async fn submit_as(
             .is_some(),
         None => false,
     };
-    if !replaying {
-        admit(runtime, caller).await?;
-    }
+    let queued_before = match replaying {
+        true => None,
+        false => Some(admit(runtime, caller).await?),
+    };
 
     let id = Uuid::now_v7();
     let staging = Staging::new(&runtime.staging_root, id, &tool);
@@ -240,7 +243,7 @@ async fn submit_as(
             .find_by_idempotency_key(&caller.owner, key)
             .await?
         {
-            return replay(existing, &request_hash, &tool);
+            return Ok((replay(existing, &request_hash, &tool)?, None));
         }
     }
 
@@ -303,7 +306,7 @@ async fn submit_as(
         Inserted::Existing(existing) => {
             // Another request with the same key won the race.
             let _ = runtime.blobs.delete_prefix(&JobKeys::job(id)).await;
-            return replay(*existing, &request_hash, &tool);
+            return Ok((replay(*existing, &request_hash, &tool)?, None));
         }
         Inserted::Refused(refusal) => {
             // A concurrent request took the last place: nothing of this one stays.
@@ -313,7 +316,7 @@ async fn submit_as(
     }
     crate::telemetry::submitted(&job.tool, &job.tier);
     tracing::info!(job_id = %id, tool = %tool.id(), key = %caller.owner, "job accepted");
-    Ok(job)
+    Ok((job, queued_before))
 }
 
 /// The quota checks made with the insert.
@@ -331,9 +334,11 @@ fn admission(caller: &Caller, now: chrono::DateTime<chrono::Utc>) -> Admission {
 }
 
 /// Refuses early, before the body is read: a full queue (503) or a full quota (429).
-async fn admit(runtime: &Runtime, caller: &Caller) -> Result<(), ApiError> {
+/// Returns how many jobs are queued.
+async fn admit(runtime: &Runtime, caller: &Caller) -> Result<u64, ApiError> {
     let cap = runtime.settings.max_queued_jobs;
-    if runtime.store.queued_count(cap).await? >= cap {
+    let queued = runtime.store.queued_count(cap).await?;
+    if queued >= cap {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "queue-full",
@@ -344,7 +349,7 @@ async fn admit(runtime: &Runtime, caller: &Caller) -> Result<(), ApiError> {
     let now = crate::jobs::now();
     let admission = admission(caller, now);
     if admission.window.is_none() && admission.concurrent.is_none() {
-        return Ok(());
+        return Ok(queued);
     }
     let since = admission.window.map_or(now, |(_, since)| since);
     let standing = runtime.store.standing(&caller.owner, since).await?;
@@ -359,7 +364,7 @@ async fn admit(runtime: &Runtime, caller: &Caller) -> Result<(), ApiError> {
             return Err(quota_error(caller, &Refusal::Concurrent));
         }
     }
-    Ok(())
+    Ok(queued)
 }
 
 fn quota_error(caller: &Caller, refusal: &Refusal) -> ApiError {
@@ -412,9 +417,15 @@ fn replay(existing: Job, request_hash: &str, tool: &Tool) -> Result<Job, ApiErro
     Ok(existing)
 }
 
-async fn accepted(runtime: &Runtime, job: &Job) -> Result<Response, ApiError> {
+/// `202` for `job`; `queued_before` (jobs queued when it was admitted) stands for the jobs
+/// ahead of it in the `Retry-After` estimate, sparing a count.
+async fn accepted(
+    runtime: &Runtime,
+    job: &Job,
+    queued_before: Option<u64>,
+) -> Result<Response, ApiError> {
     let location = format!("/v1/jobs/{}", job.id);
-    let retry_after = retry_after_seconds(runtime, job).await;
+    let retry_after = retry_after_seconds(runtime, job, queued_before).await;
     Ok((
         StatusCode::ACCEPTED,
         [

@@ -1,6 +1,7 @@
 //! Read caches a store keeps in front of its database, for the reads that every request
 //! makes and whose answer almost never changes: a finished job (status monitors are
-//! polled far more often than jobs finish) and whether any API key exists.
+//! polled far more often than jobs finish), whether any API key exists, and a tool's
+//! recent run time (an estimate behind every `Retry-After`).
 //!
 //! Each entry is trusted for at most `FRESH` after it was read, so a change made by
 //! another process that shares the database (a reaper purging a job, `batchgate keys
@@ -95,6 +96,38 @@ impl KeysExist {
     }
 }
 
+/// (tool, version) → (its mean run time, `None` before its first run; when it was read).
+type RunTimeEntries = HashMap<(String, u32), (Option<Duration>, Instant)>;
+
+/// A tool version's recent mean run time, by tool and version.
+#[derive(Default)]
+pub struct RunTimes {
+    entries: Mutex<RunTimeEntries>,
+}
+
+impl RunTimes {
+    /// The cached answer, if it was read less than `FRESH` ago.
+    pub fn get(&self, tool: &str, version: u32) -> Option<Option<Duration>> {
+        let entries = self.lock();
+        let (mean, read_at) = entries.get(&(tool.to_owned(), version))?;
+        (read_at.elapsed() < FRESH).then_some(*mean)
+    }
+
+    pub fn record(&self, tool: &str, version: u32, mean: Option<Duration>) {
+        let mut entries = self.lock();
+        if entries.len() >= CAPACITY {
+            entries.clear();
+        }
+        entries.insert((tool.to_owned(), version), (mean, Instant::now()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunTimeEntries> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +157,16 @@ mod tests {
         assert_eq!(keys.known(), Some(false));
         keys.record(true);
         assert_eq!(keys.known(), Some(true));
+    }
+
+    #[test]
+    fn run_times_are_kept_per_tool_version_including_none_yet() {
+        let times = RunTimes::default();
+        assert_eq!(times.get("t", 1), None, "never read");
+        times.record("t", 1, None);
+        times.record("t", 2, Some(Duration::from_millis(40)));
+        assert_eq!(times.get("t", 1), Some(None), "no run yet is an answer too");
+        assert_eq!(times.get("t", 2), Some(Some(Duration::from_millis(40))));
+        assert_eq!(times.get("u", 2), None);
     }
 }

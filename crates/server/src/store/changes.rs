@@ -4,10 +4,12 @@
 //!
 //! It also wakes idle workers when a job becomes claimable (`job_queued`).
 //!
-//! This only carries "something changed"; what changed is read from the store (its event
-//! log), so a lost or merged wake-up costs latency, never data. Waiters also re-read on a
-//! timer. A store shared by several processes (PostgreSQL) feeds the changes the others
-//! announce into the same registry.
+//! This only carries "something changed" and whether the change could have ended the job
+//! (a claim or a progress report cannot: a `Prefer: wait` need not re-read the job for
+//! them); what changed is read from the store (its event log), so a lost or merged
+//! wake-up costs latency, never data. Waiters also re-read on a timer. A store shared by
+//! several processes (PostgreSQL) feeds the changes the others announce into the same
+//! registry, as changes that could have ended the job.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,8 @@ use uuid::Uuid;
 
 #[derive(Debug, Default)]
 pub struct Changes {
-    watched: Mutex<HashMap<Uuid, watch::Sender<()>>>,
+    /// Per watched job: how many changes that could have ended it were announced.
+    watched: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
     queued: Notify,
 }
 
@@ -26,11 +29,21 @@ impl Changes {
         Arc::new(Changes::default())
     }
 
-    /// Wakes the subscribers of job `id`, if any.
+    /// Wakes the subscribers of job `id`, if any, for a change that could have ended it.
     pub fn notify(&self, id: Uuid) {
+        self.wake(id, 1);
+    }
+
+    /// Wakes the subscribers of job `id` for a change that cannot have ended it (a claim,
+    /// a heartbeat with progress).
+    pub fn progressed(&self, id: Uuid) {
+        self.wake(id, 0);
+    }
+
+    fn wake(&self, id: Uuid, ends: u64) {
         let watched = self.watched.lock().expect("changes lock");
         if let Some(sender) = watched.get(&id) {
-            sender.send_replace(());
+            sender.send_modify(|count| *count += ends);
         }
     }
 
@@ -49,12 +62,14 @@ impl Changes {
         let mut watched = self.watched.lock().expect("changes lock");
         let receiver = watched
             .entry(id)
-            .or_insert_with(|| watch::channel(()).0)
+            .or_insert_with(|| watch::channel(0).0)
             .subscribe();
+        let ends = *receiver.borrow();
         Subscription {
             changes: self.clone(),
             id,
             receiver,
+            ends,
         }
     }
 
@@ -67,17 +82,21 @@ impl Changes {
 pub struct Subscription {
     changes: Arc<Changes>,
     id: Uuid,
-    receiver: watch::Receiver<()>,
+    receiver: watch::Receiver<u64>,
+    /// The sender's count of possibly ending changes when this subscriber last looked.
+    ends: u64,
 }
 
 impl Subscription {
     /// Waits until the job changed since the subscription began or since the last call
-    /// returned.
-    pub async fn changed(&mut self) {
+    /// returned; true if one of those changes could have ended it.
+    pub async fn changed(&mut self) -> bool {
         if self.receiver.changed().await.is_err() {
             // The sender lives as long as a subscription exists; never here.
             std::future::pending::<()>().await;
         }
+        let ends = *self.receiver.borrow_and_update();
+        std::mem::replace(&mut self.ends, ends) != ends
     }
 }
 
@@ -115,9 +134,22 @@ mod tests {
         let waited = tokio::time::timeout(Duration::from_millis(50), first.changed()).await;
         assert!(waited.is_err(), "another job's change does not wake");
         changes.notify(id);
-        tokio::time::timeout(Duration::from_secs(1), first.changed())
+        let ended = tokio::time::timeout(Duration::from_secs(1), first.changed())
             .await
             .expect("woken");
+        assert!(ended, "a change that could have ended the job says so");
+        changes.progressed(id);
+        let ended = tokio::time::timeout(Duration::from_secs(1), first.changed())
+            .await
+            .expect("woken by progress");
+        assert!(!ended, "progress cannot have ended the job");
+        // Merged wake-ups: an ending change among them is not lost.
+        changes.notify(id);
+        changes.progressed(id);
+        let ended = tokio::time::timeout(Duration::from_secs(1), first.changed())
+            .await
+            .expect("woken");
+        assert!(ended, "an ending change merged with progress still counts");
         drop(first);
         assert_eq!(changes.watched(), 1);
         drop(second);

@@ -227,7 +227,8 @@ pub trait JobStore: Send + Sync {
     async fn recover_expired_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Queued jobs due before this one.
     async fn queued_ahead(&self, job: &Job) -> Result<u64, StoreError>;
-    /// Mean run time of the tool's last successful jobs.
+    /// Mean run time of the tool's last successful jobs (an estimate: cached for up to a
+    /// second).
     async fn recent_run_time(
         &self,
         tool: &str,

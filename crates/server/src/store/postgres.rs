@@ -29,7 +29,7 @@ use sqlx::types::Json;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::cache::{FinishedJobs, KeysExist};
+use super::cache::{FinishedJobs, KeysExist, RunTimes};
 use super::changes::Changes;
 use super::{
     lease_lost_error, Admission, ApiKey, AttemptUsage, Completion, Heartbeat, Inserted, JobStore,
@@ -182,6 +182,7 @@ pub struct PgJobStore {
     changes: Arc<Changes>,
     finished: Arc<FinishedJobs>,
     keys_exist: KeysExist,
+    run_times: RunTimes,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -221,6 +222,7 @@ impl PgJobStore {
             changes,
             finished,
             keys_exist: KeysExist::default(),
+            run_times: RunTimes::default(),
             listener,
         })
     }
@@ -557,7 +559,7 @@ impl JobStore for PgJobStore {
         .map_err(unavailable)?;
         let job = row.as_ref().map(job_from_row).transpose()?;
         if let Some(job) = &job {
-            self.changes.notify(job.id);
+            self.changes.progressed(job.id);
         }
         Ok(job)
     }
@@ -581,7 +583,7 @@ impl JobStore for PgJobStore {
         .await
         .map_err(unavailable)?;
         if cancel.is_some() && progress.is_some() {
-            self.changes.notify(id);
+            self.changes.progressed(id);
         }
         Ok(match cancel {
             Some(cancel_requested) => Heartbeat::Held { cancel_requested },
@@ -595,10 +597,10 @@ impl JobStore for PgJobStore {
         attempt: u32,
         completion: &Completion,
     ) -> Result<bool, StoreError> {
-        let result = sqlx::query(
+        let row = sqlx::query(
             "UPDATE jobs SET state = $1, error = $2, outputs = $3, finished_at = $4, \
              expires_at = $5, lease_until = NULL, cancel_requested = FALSE \
-             WHERE id = $6 AND attempt = $7 AND state = 'running'",
+             WHERE id = $6 AND attempt = $7 AND state = 'running' RETURNING *",
         )
         .bind(completion.state.as_str())
         .bind(completion.error.as_ref().map(Json))
@@ -607,15 +609,16 @@ impl JobStore for PgJobStore {
         .bind(completion.expires_at)
         .bind(id)
         .bind(attempt as i64)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;
-        let changed = result.rows_affected() == 1;
-        if changed {
-            self.finished.forget(id);
-            self.changes.notify(id);
-        }
-        Ok(changed)
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        // The ended job as stored: its waiters' next read needs no round trip.
+        self.finished.offer(&job_from_row(&row)?);
+        self.changes.notify(id);
+        Ok(true)
     }
 
     async fn requeue(
@@ -798,6 +801,9 @@ impl JobStore for PgJobStore {
         tool: &str,
         version: u32,
     ) -> Result<Option<Duration>, StoreError> {
+        if let Some(mean) = self.run_times.get(tool, version) {
+            return Ok(mean);
+        }
         let mean: Option<f64> = sqlx::query_scalar(
             "SELECT AVG(EXTRACT(EPOCH FROM finished_at - started_at))::float8 FROM \
              (SELECT finished_at, started_at FROM jobs \
@@ -809,7 +815,9 @@ impl JobStore for PgJobStore {
         .fetch_one(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(mean.map(|seconds| Duration::from_secs_f64(seconds.max(0.0))))
+        let mean = mean.map(|seconds| Duration::from_secs_f64(seconds.max(0.0)));
+        self.run_times.record(tool, version, mean);
+        Ok(mean)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -19,7 +19,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
-use super::cache::{FinishedJobs, KeysExist};
+use super::cache::{FinishedJobs, KeysExist, RunTimes};
 use super::changes::Changes;
 use super::durable::WalSync;
 use super::{
@@ -178,6 +178,7 @@ pub struct SqliteJobStore {
     changes: Arc<Changes>,
     finished: FinishedJobs,
     keys_exist: KeysExist,
+    run_times: RunTimes,
 }
 
 impl SqliteJobStore {
@@ -207,6 +208,7 @@ impl SqliteJobStore {
             changes: Changes::new(),
             finished: FinishedJobs::default(),
             keys_exist: KeysExist::default(),
+            run_times: RunTimes::default(),
         })
     }
 }
@@ -552,7 +554,7 @@ impl JobStore for SqliteJobStore {
             .map_err(unavailable)?;
         let job = row.as_ref().map(job_from_row).transpose()?;
         if let Some(job) = &job {
-            self.changes.notify(job.id);
+            self.changes.progressed(job.id);
         }
         Ok(job)
     }
@@ -576,7 +578,7 @@ impl JobStore for SqliteJobStore {
         .await
         .map_err(unavailable)?;
         if row.is_some() && progress.is_some() {
-            self.changes.notify(id);
+            self.changes.progressed(id);
         }
         Ok(match row {
             Some(row) => Heartbeat::Held {
@@ -592,10 +594,10 @@ impl JobStore for SqliteJobStore {
         attempt: u32,
         completion: &Completion,
     ) -> Result<bool, StoreError> {
-        let result = sqlx::query(
+        let row = sqlx::query(
             "UPDATE jobs SET state = ?, error = ?, outputs = ?, finished_at = ?, expires_at = ?, \
              lease_until = NULL, cancel_requested = 0 \
-             WHERE id = ? AND attempt = ? AND state = 'running'",
+             WHERE id = ? AND attempt = ? AND state = 'running' RETURNING *",
         )
         .bind(completion.state.as_str())
         .bind(completion.error.as_ref().map(json))
@@ -604,16 +606,17 @@ impl JobStore for SqliteJobStore {
         .bind(completion.expires_at.map(millis))
         .bind(id.to_string())
         .bind(attempt as i64)
-        .execute(&self.writer)
+        .fetch_optional(&self.writer)
         .await
         .map_err(unavailable)?;
-        let changed = result.rows_affected() == 1;
-        if changed {
-            self.durable().await?;
-            self.finished.forget(id);
-            self.changes.notify(id);
-        }
-        Ok(changed)
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        self.durable().await?;
+        // The ended job as stored: its waiters' next read needs no round trip.
+        self.finished.offer(&job_from_row(&row)?);
+        self.changes.notify(id);
+        Ok(true)
     }
 
     async fn requeue(
@@ -813,6 +816,9 @@ impl JobStore for SqliteJobStore {
         tool: &str,
         version: u32,
     ) -> Result<Option<Duration>, StoreError> {
+        if let Some(mean) = self.run_times.get(tool, version) {
+            return Ok(mean);
+        }
         let mean: Option<f64> = sqlx::query_scalar(
             "SELECT AVG(finished_at - started_at) FROM (SELECT finished_at, started_at FROM jobs \
              WHERE tool = ? AND tool_version = ? AND state = 'succeeded' \
@@ -823,7 +829,9 @@ impl JobStore for SqliteJobStore {
         .fetch_one(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(mean.map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)))
+        let mean = mean.map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+        self.run_times.record(tool, version, mean);
+        Ok(mean)
     }
 
     async fn create_key(&self, key: &ApiKey) -> Result<(), StoreError> {

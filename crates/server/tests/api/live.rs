@@ -189,6 +189,22 @@ async fn prefer_wait_answers_as_soon_as_the_job_ends() {
     // Without the preference nothing waits and nothing is claimed applied.
     let response = app.client.get(app.url(&sleeping)).send().await.unwrap();
     assert!(!response.headers().contains_key("preference-applied"));
+
+    // The pending answer shows the job as it is when the wait ends (its progress during
+    // the wait included), not as it was when the wait began.
+    let progressing = app.submit_ok("analyzer@2", &slow_analyzer(4)).await;
+    let response = app
+        .client
+        .get(app.url(&progressing))
+        .header("prefer", "wait=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let pending: Value = response.json().await.unwrap();
+    assert_eq!(pending["status"], "running", "{pending}");
+    let percent = pending["progress"]["percent"].as_f64().unwrap_or(0.0);
+    assert!(percent >= 20.0, "progress made during the wait: {pending}");
 }
 
 #[tokio::test]
