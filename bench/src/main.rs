@@ -3,6 +3,7 @@
 //! figure. See `bench/README.md` for the figures, the targets and the latest results.
 
 mod http;
+mod postgres;
 mod store;
 
 use std::io::{BufRead, BufReader};
@@ -18,6 +19,8 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 use http::Conn;
+use postgres::Postgres;
+use store::Backend;
 
 /// The trivial legacy program: prints the time of its first instruction, copies its input.
 const STAMP: &str = env!("BATCHGATE_BENCH_STAMP");
@@ -40,11 +43,18 @@ struct Args {
     /// The server's workers (jobs run at once).
     #[arg(long, default_value_t = 16)]
     workers: usize,
-    /// The server's job store (`--store` of `batchgate serve`): a `postgres://` URL to
-    /// measure on PostgreSQL (an empty database or schema); default the embedded SQLite.
-    /// `claim_us` is measured on SQLite either way.
+    /// PostgreSQL to measure on as well, when it answers: the server figures and
+    /// `claim_us` are measured again there, each in a schema of its own made in this
+    /// database and dropped afterwards.
+    #[arg(
+        long,
+        env = "BATCHGATE_BENCH_PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres: String,
+    /// Measure on the embedded SQLite only.
     #[arg(long)]
-    store: Option<String>,
+    no_postgres: bool,
     /// Only these figures (comma-separated): spawn, upload, e2e, start, status, claim.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -138,33 +148,20 @@ async fn run(args: &Args) -> Result<(), Failure> {
     }
     if args.wants("upload") {
         // A fresh server: nothing else has raised its memory yet.
-        let server = Server::start(&binary, args.workers, args.store.as_deref())?;
+        let server = Server::start(&binary, args.workers, None)?;
         upload_growth(&server, args.smoke).await?;
     }
-    let needs_server = ["e2e", "start", "status"].iter().any(|f| args.wants(f));
-    if needs_server {
-        let server = Server::start(&binary, args.workers, args.store.as_deref())?;
-        let mut sustainable = None;
-        if args.wants("e2e") {
-            let rate = end_to_end(&server, args).await?;
-            let extra = match spawn_rate {
-                Some(spawn) => json!({ "store": server.store, "clients": args.clients,
-                    "workers": args.workers, "of_spawn_limit": round(rate / spawn) }),
-                None => {
-                    json!({ "store": server.store, "clients": args.clients, "workers": args.workers })
-                }
-            };
-            emit("e2e_jobs_per_s", rate, "jobs/s", extra);
-            sustainable = Some(rate);
+    let postgres = match args.no_postgres {
+        true => None,
+        false => Postgres::reachable(&args.postgres).await,
+    };
+    server_figures(args, &binary, None, spawn_rate).await?;
+    if let Some(postgres) = &postgres {
+        if SERVER_FIGURES.iter().any(|f| args.wants(f)) {
+            let schema = postgres.schema("server").await?;
+            server_figures(args, &binary, Some(&schema.url), spawn_rate).await?;
+            schema.drop().await?;
         }
-        if args.wants("start") {
-            let rate = (sustainable.unwrap_or(200.0) / 2.0).max(1.0);
-            submit_to_start(&server, rate, args.load_seconds().min(5.0)).await?;
-        }
-        if args.wants("status") {
-            status_polls(&server, args).await?;
-        }
-        server.check_no_failures().await?;
     }
     if args.wants("claim") {
         let sizes: &[u64] = if args.smoke {
@@ -172,9 +169,51 @@ async fn run(args: &Args) -> Result<(), Failure> {
         } else {
             &[1_000, 1_000_000]
         };
-        store::claim_cost(sizes, if args.smoke { 200 } else { 2_000 }).await?;
+        let samples = if args.smoke { 200 } else { 2_000 };
+        store::claim_cost(Backend::Sqlite, sizes, samples).await?;
+        if let Some(postgres) = &postgres {
+            store::claim_cost(Backend::Postgres(postgres), sizes, samples).await?;
+        }
     }
     Ok(())
+}
+
+/// The figures measured through a running server.
+const SERVER_FIGURES: [&str; 3] = ["e2e", "start", "status"];
+
+/// `e2e_jobs_per_s`, `submit_to_start_ms` and `status_polls_per_s` on one server, whose
+/// job store is `store` (`--store` of `batchgate serve`; `None`: the embedded SQLite).
+async fn server_figures(
+    args: &Args,
+    binary: &Path,
+    store: Option<&str>,
+    spawn_rate: Option<f64>,
+) -> Result<(), Failure> {
+    if !SERVER_FIGURES.iter().any(|f| args.wants(f)) {
+        return Ok(());
+    }
+    let server = Server::start(binary, args.workers, store)?;
+    let mut sustainable = None;
+    if args.wants("e2e") {
+        let rate = end_to_end(&server, args).await?;
+        let extra = match spawn_rate {
+            Some(spawn) => json!({ "store": server.store, "clients": args.clients,
+                "workers": args.workers, "of_spawn_limit": round(rate / spawn) }),
+            None => {
+                json!({ "store": server.store, "clients": args.clients, "workers": args.workers })
+            }
+        };
+        emit("e2e_jobs_per_s", rate, "jobs/s", extra);
+        sustainable = Some(rate);
+    }
+    if args.wants("start") {
+        let rate = (sustainable.unwrap_or(200.0) / 2.0).max(1.0);
+        submit_to_start(&server, rate, args.load_seconds().min(5.0)).await?;
+    }
+    if args.wants("status") {
+        status_polls(&server, args).await?;
+    }
+    server.check_no_failures().await
 }
 
 fn kernel() -> String {

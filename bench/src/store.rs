@@ -1,35 +1,92 @@
 //! `claim_us`: the cost of one claim (the worker's "take the oldest due job" step) with a
-//! short and with a very long queue, against the store itself.
+//! short and with a very long queue, against the store itself: SQLite, and PostgreSQL when
+//! one is reachable.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use batchgate_server::jobs::{Job, JobState, StoredInput};
+use batchgate_server::store::postgres::PgJobStore;
 use batchgate_server::store::sqlite::SqliteJobStore;
 use batchgate_server::store::{Admission, Inserted, JobStore};
 use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::postgres::{Postgres, Schema};
 use crate::{emit, percentile, round, sorted, Failure};
 
-pub async fn claim_cost(sizes: &[u64], samples: usize) -> Result<(), Failure> {
-    let mut p99s = Vec::new();
-    for &queued in sizes {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("jobs.db");
-        let store = SqliteJobStore::open(&path).await?;
+/// Which store's claim to measure.
+#[derive(Clone, Copy)]
+pub enum Backend<'a> {
+    Sqlite,
+    Postgres(&'a Postgres),
+}
+
+/// A store with `queued` jobs waiting, and what must live as long as it does.
+struct Filled {
+    store: Box<dyn JobStore>,
+    fill_seconds: f64,
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<Schema>,
+}
+
+impl Backend<'_> {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// A new store holding the template job and `queued - 1` copies of it.
+    async fn filled(self, queued: u64) -> Result<Filled, Failure> {
         let template = queued_job();
+        let (store, dir, schema): (Box<dyn JobStore>, _, _) = match self {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir()?;
+                let store = SqliteJobStore::open(&dir.path().join("jobs.db")).await?;
+                (Box::new(store), Some(dir), None)
+            }
+            Backend::Postgres(postgres) => {
+                let schema = postgres.schema(&format!("claim{queued}")).await?;
+                let store = PgJobStore::open(&schema.url).await?;
+                (Box::new(store), None, Some(schema))
+            }
+        };
         match store.insert(&template, &Admission::default()).await? {
             Inserted::Created => {}
             other => return Err(format!("the template job was not stored: {other:?}").into()),
         }
         let filling = Instant::now();
-        fill(&path, &template.id, queued - 1).await?;
-        let filled = filling.elapsed();
+        match (&dir, &schema) {
+            (Some(dir), _) => {
+                fill_sqlite(&dir.path().join("jobs.db"), &template.id, queued - 1).await?
+            }
+            (_, Some(schema)) => fill_postgres(&schema.url, &template.id, queued - 1).await?,
+            _ => unreachable!("a store is in a directory or a schema"),
+        }
+        Ok(Filled {
+            store,
+            fill_seconds: filling.elapsed().as_secs_f64(),
+            _dir: dir,
+            schema,
+        })
+    }
+}
 
+pub async fn claim_cost(
+    backend: Backend<'_>,
+    sizes: &[u64],
+    samples: usize,
+) -> Result<(), Failure> {
+    let mut p99s = Vec::new();
+    for &queued in sizes {
+        let filled = backend.filled(queued).await?;
+        let store = &filled.store;
         let mut latencies = Vec::with_capacity(samples);
         for _ in 0..samples {
             let now = chrono::Utc::now() + chrono::Duration::milliseconds(1);
@@ -53,8 +110,13 @@ pub async fn claim_cost(sizes: &[u64], samples: usize) -> Result<(), Failure> {
             p99,
             "us",
             json!({ "percentile": "p99", "queued": queued, "p50_us": round(percentile(&latencies, 0.5)),
-                    "claims": samples, "store": "sqlite", "fill_s": round(filled.as_secs_f64()) }),
+                    "claims": samples, "store": backend.name(), "fill_s": round(filled.fill_seconds) }),
         );
+        let Filled { store, schema, .. } = filled;
+        drop(store);
+        if let Some(schema) = schema {
+            schema.drop().await?;
+        }
     }
     if let (Some(first), Some(last)) = (p99s.first(), p99s.last()) {
         emit(
@@ -62,7 +124,7 @@ pub async fn claim_cost(sizes: &[u64], samples: usize) -> Result<(), Failure> {
             last / first,
             "ratio",
             json!({ "of": format!("p99 at {} queued / p99 at {} queued",
-                sizes.last().unwrap_or(&0), sizes.first().unwrap_or(&0)) }),
+                sizes.last().unwrap_or(&0), sizes.first().unwrap_or(&0)), "store": backend.name() }),
         );
     }
     Ok(())
@@ -105,7 +167,7 @@ fn queued_job() -> Job {
 
 /// Copies the template job `count` times under new ids in one transaction (through the
 /// store's own triggers and indexes), far faster than `count` durable inserts.
-async fn fill(path: &Path, template: &Uuid, count: u64) -> Result<(), Failure> {
+async fn fill_sqlite(path: &Path, template: &Uuid, count: u64) -> Result<(), Failure> {
     let options = SqliteConnectOptions::from_str("sqlite:")?
         .filename(path)
         .pragma("synchronous", "OFF");
@@ -138,6 +200,50 @@ async fn fill(path: &Path, template: &Uuid, count: u64) -> Result<(), Failure> {
         .bind(template.to_string())
         .execute(&pool)
         .await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Copies the template job `count` times under new ids in one statement, with the change
+/// trigger off (it would log and announce each copy to nobody); the indexes are kept.
+async fn fill_postgres(url: &str, template: &Uuid, count: u64) -> Result<(), Failure> {
+    let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = 'jobs' ORDER BY ordinal_position",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let select: Vec<String> = columns
+        .iter()
+        .map(|column| match column.as_str() {
+            // Ordered after the template (ids break run_after ties), like the SQLite copies.
+            "id" => "('ffffffff-0000-7000-8000-' || lpad(to_hex(n.i), 12, '0'))::uuid".to_owned(),
+            other => format!("t.{other}"),
+        })
+        .collect();
+    let mut transaction = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::query("ALTER TABLE jobs DISABLE TRIGGER USER")
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::query(&format!(
+        "INSERT INTO jobs ({}) SELECT {} FROM generate_series(1, $1) AS n(i), jobs AS t \
+         WHERE t.id = $2",
+        columns.join(", "),
+        select.join(", ")
+    ))
+    .bind(count as i64)
+    .bind(template)
+    .execute(&mut *transaction)
+    .await?;
+    sqlx::query("ALTER TABLE jobs ENABLE TRIGGER USER")
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    sqlx::query("ANALYZE jobs").execute(&pool).await?;
     pool.close().await;
     Ok(())
 }
