@@ -297,9 +297,10 @@ macro_rules! conformance {
             let now = chrono::Utc::now();
             let lease = now + chrono::Duration::seconds(60);
             store.claim(now, lease, &[]).await.unwrap().unwrap();
-            tokio::time::timeout(std::time::Duration::from_secs(1), woken.changed())
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(1), woken.changed())
                 .await
                 .expect("a claim wakes the job's subscribers");
+            assert!(!ended, "a claim cannot have ended the job");
             let progress = Progress {
                 percent: Some(10.0),
                 message: None,
@@ -896,9 +897,10 @@ mod postgres {
             .await
             .unwrap()
             .unwrap();
-        tokio::time::timeout(wait, woken.changed())
+        let ended = tokio::time::timeout(wait, woken.changed())
             .await
             .expect("the claim wakes the job's subscribers elsewhere");
+        assert!(!ended, "a claim says it cannot have ended the job");
         // A finished job cached by one instance is forgotten when another purges it.
         a.complete(
             job.id,
@@ -907,7 +909,8 @@ mod postgres {
         )
         .await
         .unwrap();
-        tokio::time::timeout(wait, woken.changed()).await.unwrap();
+        let ended = tokio::time::timeout(wait, woken.changed()).await.unwrap();
+        assert!(ended, "a completion may have ended the job");
         assert_eq!(
             b.get(job.id).await.unwrap().unwrap().state,
             JobState::Succeeded
