@@ -113,7 +113,13 @@ type Failure = Box<dyn std::error::Error + Send + Sync>;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    match run(&args).await {
+    let outcome = run(&args).await;
+    // Only now: see `ENDED_SERVERS`.
+    ENDED_SERVERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clear();
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("batchgate-bench: {error}");
@@ -230,13 +236,18 @@ fn profile_of(binary: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The data directories of servers that have stopped, deleted only when the benchmark
+/// ends: deleting tens of thousands of files slows every later file creation on ext4
+/// without a journal for minutes (bench/README.md), which would slow the next server.
+static ENDED_SERVERS: std::sync::Mutex<Vec<tempfile::TempDir>> = std::sync::Mutex::new(Vec::new());
+
 /// A `batchgate serve` child process with the benchmark's tool, on a free port.
 struct Server {
     child: Child,
     addr: SocketAddr,
     /// `sqlite` or `postgres`, for the figures' `store` field.
     store: &'static str,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -269,7 +280,7 @@ impl Server {
                 Some(url) if url.starts_with("postgres") => "postgres",
                 _ => "sqlite",
             },
-            _dir: dir,
+            dir: Some(dir),
         })
     }
 
@@ -317,6 +328,12 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = self.dir.take() {
+            ENDED_SERVERS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(dir);
+        }
     }
 }
 
