@@ -38,7 +38,7 @@ use super::{
 use crate::jobs::{EventKind, Job, JobError, JobEvent, JobState, Progress, StoredOutput};
 
 /// Migrations, applied in order; `batchgate_schema.version` counts those applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// An arbitrary constant: the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x6261_7463_6867_6174; // "batchgat"
@@ -174,42 +174,6 @@ CREATE TRIGGER jobs_changed AFTER INSERT OR UPDATE ON jobs
 /// Where a running attempt's program can be found again (see `JobStore::set_executor_ref`).
 const V2: &str = "ALTER TABLE jobs ADD COLUMN executor_ref TEXT;";
 
-/// V1's change trigger function with the state in the payload (a released migration is
-/// never edited, so the function is given again whole).
-const V3: &str = r#"
--- Payload: the job id, then `q` when it is (again) claimable or `r` when it is running
--- (either way that change cannot have ended it: a `Prefer: wait` need not read it again).
-CREATE OR REPLACE FUNCTION batchgate_job_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    event_kind TEXT;
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        event_kind := 'state';
-    ELSIF NEW.purged_at IS NOT NULL AND OLD.purged_at IS NULL THEN
-        DELETE FROM job_events WHERE job_id = NEW.id;
-        PERFORM pg_notify('batchgate_changes', NEW.id::text);
-        RETURN NULL;
-    ELSIF NEW.state IS DISTINCT FROM OLD.state OR NEW.attempt IS DISTINCT FROM OLD.attempt THEN
-        event_kind := 'state';
-    ELSIF NEW.cancel_requested IS DISTINCT FROM OLD.cancel_requested THEN
-        event_kind := 'cancel-requested';
-    ELSIF NEW.progress IS DISTINCT FROM OLD.progress THEN
-        event_kind := 'progress';
-    ELSE
-        RETURN NULL;
-    END IF;
-    INSERT INTO job_events (job_id, kind, at, state, attempt, progress, error, cancel_requested)
-    VALUES (NEW.id, event_kind,
-            CASE WHEN TG_OP = 'INSERT' THEN NEW.created_at ELSE clock_timestamp() END,
-            NEW.state, NEW.attempt, NEW.progress, NEW.error, NEW.cancel_requested);
-    PERFORM pg_notify('batchgate_changes',
-                      NEW.id::text || CASE NEW.state WHEN 'queued' THEN ' q'
-                                                     WHEN 'running' THEN ' r' ELSE '' END);
-    RETURN NULL;
-END;
-$$;
-"#;
-
 /// Connections per store instance (the listener takes one more).
 const POOL_SIZE: u32 = 16;
 
@@ -276,14 +240,9 @@ async fn listen(mut listener: PgListener, changes: Arc<Changes>, finished: Arc<F
                     continue;
                 };
                 finished.forget(id);
-                // Queued or running: that change cannot have ended the job.
-                match parts.next() {
-                    Some("r") => changes.progressed(id),
-                    Some("q") => {
-                        changes.progressed(id);
-                        changes.job_queued();
-                    }
-                    _ => changes.notify(id),
+                changes.notify(id);
+                if parts.next() == Some("q") {
+                    changes.job_queued();
                 }
             }
             Ok(None) => {

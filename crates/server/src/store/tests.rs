@@ -297,10 +297,9 @@ macro_rules! conformance {
             let now = chrono::Utc::now();
             let lease = now + chrono::Duration::seconds(60);
             store.claim(now, lease, &[]).await.unwrap().unwrap();
-            let ended = tokio::time::timeout(std::time::Duration::from_secs(1), woken.changed())
+            tokio::time::timeout(std::time::Duration::from_secs(1), woken.changed())
                 .await
                 .expect("a claim wakes the job's subscribers");
-            assert!(!ended, "a claim cannot have ended the job");
             let progress = Progress {
                 percent: Some(10.0),
                 message: None,
@@ -897,10 +896,9 @@ mod postgres {
             .await
             .unwrap()
             .unwrap();
-        let ended = tokio::time::timeout(wait, woken.changed())
+        tokio::time::timeout(wait, woken.changed())
             .await
             .expect("the claim wakes the job's subscribers elsewhere");
-        assert!(!ended, "a claim says it cannot have ended the job");
         // A finished job cached by one instance is forgotten when another purges it.
         a.complete(
             job.id,
@@ -909,8 +907,7 @@ mod postgres {
         )
         .await
         .unwrap();
-        let ended = tokio::time::timeout(wait, woken.changed()).await.unwrap();
-        assert!(ended, "a completion may have ended the job");
+        tokio::time::timeout(wait, woken.changed()).await.unwrap();
         assert_eq!(
             b.get(job.id).await.unwrap().unwrap().state,
             JobState::Succeeded
