@@ -181,19 +181,11 @@ async fn fill_sqlite(path: &Path, template: &Uuid, count: u64) -> Result<(), Fai
         .iter()
         .map(|row| row.get::<String, _>(0))
         .collect();
-    let select: Vec<String> = columns
-        .iter()
-        .map(|column| match column.as_str() {
-            // Valid UUID text, ordered after the template (ids break run_after ties).
-            "id" => "printf('ffffffff-0000-7000-8000-%012x', n.i)".to_owned(),
-            other => format!("t.{other}"),
-        })
-        .collect();
+    // Valid UUID text.
+    let (columns, select) = copies(&columns, "printf('ffffffff-0000-7000-8000-%012x', n.i)");
     let sql = format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
-         INSERT INTO jobs ({}) SELECT {} FROM n, jobs AS t WHERE t.id = ?",
-        columns.join(", "),
-        select.join(", ")
+         INSERT INTO jobs ({columns}) SELECT {select} FROM n, jobs AS t WHERE t.id = ?"
     );
     sqlx::query(&sql)
         .bind(count as i64)
@@ -214,14 +206,10 @@ async fn fill_postgres(url: &str, template: &Uuid, count: u64) -> Result<(), Fai
     )
     .fetch_all(&pool)
     .await?;
-    let select: Vec<String> = columns
-        .iter()
-        .map(|column| match column.as_str() {
-            // Ordered after the template (ids break run_after ties), like the SQLite copies.
-            "id" => "('ffffffff-0000-7000-8000-' || lpad(to_hex(n.i), 12, '0'))::uuid".to_owned(),
-            other => format!("t.{other}"),
-        })
-        .collect();
+    let (columns, select) = copies(
+        &columns,
+        "('ffffffff-0000-7000-8000-' || lpad(to_hex(n.i), 12, '0'))::uuid",
+    );
     let mut transaction = pool.begin().await?;
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *transaction)
@@ -230,10 +218,8 @@ async fn fill_postgres(url: &str, template: &Uuid, count: u64) -> Result<(), Fai
         .execute(&mut *transaction)
         .await?;
     sqlx::query(&format!(
-        "INSERT INTO jobs ({}) SELECT {} FROM generate_series(1, $1) AS n(i), jobs AS t \
-         WHERE t.id = $2",
-        columns.join(", "),
-        select.join(", ")
+        "INSERT INTO jobs ({columns}) SELECT {select} FROM generate_series(1, $1) AS n(i), \
+         jobs AS t WHERE t.id = $2"
     ))
     .bind(count as i64)
     .bind(template)
@@ -246,4 +232,18 @@ async fn fill_postgres(url: &str, template: &Uuid, count: u64) -> Result<(), Fai
     sqlx::query("ANALYZE jobs").execute(&pool).await?;
     pool.close().await;
     Ok(())
+}
+
+/// The column list of `jobs` and the matching select list that copies row `t` with the id
+/// `id` (an SQL expression of the copy's number `n.i`; the ids sort after the template's,
+/// and ids break `run_after` ties, so the template is claimed first).
+fn copies(columns: &[String], id: &str) -> (String, String) {
+    let select: Vec<String> = columns
+        .iter()
+        .map(|column| match column.as_str() {
+            "id" => id.to_owned(),
+            other => format!("t.{other}"),
+        })
+        .collect();
+    (columns.join(", "), select.join(", "))
 }

@@ -31,7 +31,13 @@ fi
 answers() { curl -s -o /dev/null --unix-socket "$socket" http://d/_ping; }
 if ! answers; then
   mkdir -p "$(dirname "$socket")"
-  nohup podman system service --time=0 "unix://$socket" > /tmp/podman-service.log 2>&1 &
+  # From a directory of its own: conmon before 2.1.13 writes a file named `oom` into its
+  # working directory when a container is killed for memory (containers/conmon#504).
+  (
+    cd "$(dirname "$socket")"
+    exec > /tmp/podman-service.log 2>&1 < /dev/null
+    exec nohup podman system service --time=0 "unix://$socket"
+  ) &
   for _ in $(seq 1 30); do answers && break; sleep 1; done
 fi
 answers || { echo "podman's API service did not start:" >&2; cat /tmp/podman-service.log >&2; exit 1; }
