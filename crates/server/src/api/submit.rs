@@ -254,7 +254,7 @@ async fn submit_as(
             .blobs
             .put_file(
                 &JobKeys::input(id, &input.name),
-                &staging.files.path(&input.name),
+                &staging.files.input(&input.name),
             )
             .await?;
     }
@@ -472,7 +472,7 @@ async fn receive(
                 "with a JSON body, parameters go in the body's `parameters`, not the query string",
             ));
         }
-        let body_path = staging.files.path(".body.json");
+        let body_path = staging.files.body();
         let mut counter = Budget::new(limit);
         stream_body(request.into_body(), &body_path, &mut counter, &mut hasher).await?;
         let tool = tool.clone();
@@ -528,7 +528,7 @@ async fn receive(
             ),
         ));
     }
-    let path = staging.files.path(&input.name);
+    let path = staging.files.input(&input.name);
     let mut counter = Budget::new(limit);
     let size = stream_body(request.into_body(), &path, &mut counter, &mut hasher).await?;
     normalize(&input.layout, &path, &input.name).await?;
@@ -609,11 +609,11 @@ async fn receive_multipart(
                 "input given twice",
             )));
         }
-        let target = staging.files.path(&input.name);
+        let target = staging.files.input(&input.name);
         let as_json =
             part_type.as_deref() == Some("application/json") && input.layout.format != Format::Json;
         let raw_path = if as_json {
-            staging.files.path(&format!(".{}.json", input.name))
+            staging.files.json_part(&input.name)
         } else {
             target.clone()
         };
@@ -733,7 +733,7 @@ impl InputSinks for FileSinks<'_> {
     }
     fn open(&mut self, name: &str) -> std::io::Result<Self::Sink> {
         Ok(std::io::BufWriter::new(std::fs::File::create(
-            self.files.path(name),
+            self.files.input(name),
         )?))
     }
     fn close(&mut self, name: &str, sink: Self::Sink) -> std::io::Result<()> {
@@ -867,37 +867,50 @@ impl StagedFiles {
     fn path(&self, name: &str) -> PathBuf {
         self.root.join(format!("{}-{name}", self.id))
     }
+
+    /// Input `name`, as the program will get it.
+    fn input(&self, name: &str) -> PathBuf {
+        self.path(name)
+    }
+
+    /// A JSON request body, before its inputs are taken out of it.
+    fn body(&self) -> PathBuf {
+        self.path(".body.json")
+    }
+
+    /// A multipart part of input `name` sent as JSON, before its conversion.
+    fn json_part(&self, name: &str) -> PathBuf {
+        self.path(&format!(".{name}.json"))
+    }
 }
 
 /// A request's staged files, removed when the request ends (accepted inputs were moved
 /// out by then).
 struct Staging {
     files: StagedFiles,
-    /// Every name a request for this tool may stage.
-    names: Vec<String>,
+    /// Every file a request for this tool may stage.
+    paths: Vec<PathBuf>,
 }
 
 impl Staging {
     fn new(root: &Path, id: Uuid, tool: &Tool) -> Staging {
-        let mut names = vec![".body.json".to_owned()];
+        let files = StagedFiles {
+            root: root.to_owned(),
+            id,
+        };
+        let mut paths = vec![files.body()];
         for input in &tool.inputs {
-            names.push(input.name.clone());
-            names.push(format!(".{}.json", input.name));
+            paths.push(files.input(&input.name));
+            paths.push(files.json_part(&input.name));
         }
-        Staging {
-            files: StagedFiles {
-                root: root.to_owned(),
-                id,
-            },
-            names,
-        }
+        Staging { files, paths }
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        for name in &self.names {
-            let _ = std::fs::remove_file(self.files.path(name));
+        for path in &self.paths {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

@@ -309,22 +309,30 @@ pub fn normalize_tabular_file(
         })
         .collect();
     let rewritten = path.with_extension("reordered");
-    let mut writer = csv::WriterBuilder::new()
-        .delimiter(layout.format.delimiter())
-        .from_path(&rewritten)
-        .map_err(io)?;
-    writer.write_record(&layout.columns).map_err(io)?;
-    for (index, record) in reader.records().enumerate() {
-        let record = record
-            .map_err(|error| FieldFault::new(pointer, format!("row {}: {error}", index + 1)))?;
-        writer
-            .write_record(order.iter().map(|&i| record.get(i).unwrap_or("")))
+    let mut rewrite = || {
+        let mut writer = csv::WriterBuilder::new()
+            .delimiter(layout.format.delimiter())
+            .from_path(&rewritten)
             .map_err(io)?;
-    }
-    writer
-        .flush()
-        .map_err(|error| FieldFault::new(pointer, error.to_string()))?;
-    std::fs::rename(&rewritten, path).map_err(|error| FieldFault::new(pointer, error.to_string()))
+        writer.write_record(&layout.columns).map_err(io)?;
+        for (index, record) in reader.records().enumerate() {
+            let record = record
+                .map_err(|error| FieldFault::new(pointer, format!("row {}: {error}", index + 1)))?;
+            writer
+                .write_record(order.iter().map(|&i| record.get(i).unwrap_or("")))
+                .map_err(io)?;
+        }
+        writer
+            .flush()
+            .map_err(|error| FieldFault::new(pointer, error.to_string()))?;
+        std::fs::rename(&rewritten, path)
+            .map_err(|error| FieldFault::new(pointer, error.to_string()))
+    };
+    // A refused file leaves no half-written copy beside it (whoever staged `path` only
+    // knows that name).
+    rewrite().inspect_err(|_| {
+        let _ = std::fs::remove_file(&rewritten);
+    })
 }
 
 /// The text of a scalar JSON value as a legacy program expects it.
@@ -445,6 +453,8 @@ mod tests {
             ("sensor\na\n", Err("lacks the column `value`")),
             ("sensor,value,x\na,1,2\n", Err("unknown column `x`")),
             ("", Err("empty")),
+            // Refused while it is being rewritten.
+            ("value,sensor\n1,a\n1,2,3\n", Err("row 2")),
         ];
         for (text, expected) in cases {
             std::fs::write(&path, text).unwrap();
@@ -460,6 +470,11 @@ mod tests {
                     assert!(fault.message.contains(message), "{fault}");
                 }
             }
+            let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name())
+                .collect();
+            assert_eq!(left, [path.file_name().unwrap()], "only the input itself");
         }
     }
 

@@ -795,6 +795,18 @@ fn classify(tool: &Tool, run: &RunOutcome) -> Option<AttemptOutcome> {
     }
 }
 
+/// A run that ended well whose outputs cannot be taken: the program's failure, with the
+/// end of its stderr.
+fn output_failure(run: &RunOutcome, code: &str, message: String) -> AttemptOutcome {
+    AttemptOutcome::ProgramFailed(JobError {
+        code: code.into(),
+        message,
+        exit_code: None,
+        signal: None,
+        stderr_tail: (!run.stderr_tail.is_empty()).then(|| run.stderr_tail.clone()),
+    })
+}
+
 /// Why a successful run's outputs cannot be taken (missing, too large), if they cannot.
 /// `sizes` holds the size of each file output's path (`None`: not a file).
 fn check_outputs(
@@ -803,15 +815,7 @@ fn check_outputs(
     file_outputs: &[(&OutputSpec, &PathBuf)],
     sizes: &[Option<u64>],
 ) -> Option<AttemptOutcome> {
-    let program_failed = |code: &str, message: String| {
-        Some(AttemptOutcome::ProgramFailed(JobError {
-            code: code.into(),
-            message,
-            exit_code: None,
-            signal: None,
-            stderr_tail: (!run.stderr_tail.is_empty()).then(|| run.stderr_tail.clone()),
-        }))
-    };
+    let program_failed = |code: &str, message: String| Some(output_failure(run, code, message));
     let limit = tool.limits.max_output_bytes;
     if run.stdout_truncated {
         if let Some(output) = tool
@@ -901,22 +905,16 @@ async fn collect_outputs(
                     result.insert(output.name.clone(), value);
                 }
                 Err(error) => {
+                    let message = format!(
+                        "output `{}` is not valid {}: {}",
+                        output.name,
+                        output.format.as_str(),
+                        error.0
+                    );
                     return Ok((
-                        AttemptOutcome::ProgramFailed(JobError {
-                            code: "output-unparseable".into(),
-                            message: format!(
-                                "output `{}` is not valid {}: {}",
-                                output.name,
-                                output.format.as_str(),
-                                error.0
-                            ),
-                            exit_code: None,
-                            signal: None,
-                            stderr_tail: (!run.stderr_tail.is_empty())
-                                .then(|| run.stderr_tail.clone()),
-                        }),
+                        output_failure(run, "output-unparseable", message),
                         Vec::new(),
-                    ))
+                    ));
                 }
             }
         }
