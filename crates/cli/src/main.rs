@@ -228,6 +228,12 @@ fn main() -> ExitCode {
                     println!("{}: ok", file.display());
                     for tool in config.tools.all() {
                         println!("  {} — {}", tool.id(), tool.title);
+                        for warning in &tool.warnings {
+                            println!("    warning: {warning}");
+                        }
+                    }
+                    if let Some(warning) = config.settings.containment_warning() {
+                        println!("warning: {warning}");
                     }
                     ExitCode::SUCCESS
                 }

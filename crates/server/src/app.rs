@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::signing::Signer;
 use crate::auth::Tiers;
 use crate::blobs::{BlobStore, LocalBlobStore};
-use crate::config::{AuthMode, Config, SandboxMode, Settings};
+use crate::config::{AuthMode, Config, ProgramUsers, SandboxMode, Settings};
 use crate::executors::container::ContainerExecutor;
 use crate::executors::kubernetes::KubernetesExecutor;
 use crate::executors::local::LocalExecutor;
@@ -40,7 +40,8 @@ pub struct Runtime {
     pub running: RunningJobs,
     /// Makes, and recycles, the work directories of attempts on this host.
     pub work_dirs: WorkDirs,
-    pub uids: UidPool,
+    /// The uids programs run as, one per job; `None`: the server's own user.
+    pub uids: Option<UidPool>,
     /// `bwrap`, when programs run sandboxed.
     pub sandbox: Option<PathBuf>,
     pub data_dir: PathBuf,
@@ -62,8 +63,13 @@ impl Runtime {
     ) -> Result<Runtime, StartError> {
         let settings = config.settings;
         crate::telemetry::handle();
+        for tool in config.tools.all() {
+            for warning in &tool.warnings {
+                tracing::warn!(tool = %tool.id(), "{warning}");
+            }
+        }
         let data_dir = std::path::absolute(&settings.data_dir)?;
-        std::fs::create_dir_all(&data_dir)?;
+        crate::datadir::prepare(&data_dir)?;
         let store = open_store(&settings).await?;
         let signer = Signer::load(store.clone()).await?;
         let blobs = open_blobs(&settings, &data_dir).await?;
@@ -74,7 +80,7 @@ impl Runtime {
         if serves_api {
             let _ = std::fs::remove_dir_all(&staging_root);
         }
-        std::fs::create_dir_all(&work_root)?;
+        crate::datadir::create_with_mode(&work_root, 0o711)?;
         let work_lock = if runs_jobs {
             Some(lock_work_root(&work_root)?)
         } else {
@@ -88,13 +94,21 @@ impl Runtime {
                     "stopped programs left running by a previous server"
                 );
             }
+            let abandoned =
+                crate::worker::workdirs::remove_abandoned(&work_root, store.as_ref()).await;
+            if abandoned > 0 {
+                tracing::info!(
+                    abandoned,
+                    "removed work directories of attempts a previous server left"
+                );
+            }
         }
-        std::fs::create_dir_all(&staging_root)?;
-        std::fs::create_dir_all(&work_root)?;
-        if settings.run_as_uid.is_some() {
-            prepare_run_as(&work_root)?;
-        }
-        let uids = UidPool::new(settings.run_as_uid, settings.worker_count());
+        crate::datadir::create_with_mode(&staging_root, 0o700)?;
+        let uids = if runs_jobs {
+            program_users(&settings, &data_dir)?
+        } else {
+            None
+        };
         // Only a process that runs jobs owns the work root (and its spare directories).
         let work_dirs = WorkDirs::new(
             &work_root,
@@ -199,26 +213,52 @@ async fn open_blobs(
     Ok(Arc::new(LocalBlobStore::open(&root).await?))
 }
 
-/// Programs run as other users need the server to be root, and must be able to reach
-/// their work directories: every directory above them must be searchable by others.
-fn prepare_run_as(work_root: &std::path::Path) -> Result<(), StartError> {
-    use std::os::unix::fs::PermissionsExt;
-    if !rustix::process::geteuid().is_root() {
-        return Err("`run_as_uid` needs the server to run as root".into());
-    }
-    std::fs::set_permissions(work_root, std::fs::Permissions::from_mode(0o711))?;
-    for directory in work_root.ancestors().skip(1) {
-        let mode = std::fs::metadata(directory)?.permissions().mode();
-        if mode & 0o001 == 0 {
-            return Err(format!(
-                "`run_as_uid`: programs cannot reach their work directories because {} is \
-                 not searchable by other users (chmod o+x it, or choose another data_dir)",
-                directory.display()
-            )
-            .into());
+/// The pool of uids local programs run as, or `None` when they run as the server's own
+/// user (said in the log, with what that lets them reach). A pool needs the server to be
+/// root, uids that belong to no account of this machine (every process of a job's uid is
+/// killed when the job ends), and a data directory other users can pass through.
+fn program_users(settings: &Settings, data_dir: &std::path::Path) -> Result<Option<UidPool>, StartError> {
+    let (first, count) = match settings.program_users() {
+        ProgramUsers::Server(_) => {
+            if let Some(warning) = settings.containment_warning() {
+                tracing::warn!("{warning}");
+            }
+            return Ok(None);
         }
+        ProgramUsers::Pool { first, count } => (first, count),
+    };
+    if !rustix::process::geteuid().is_root() {
+        return Err("`run_as_uid` needs the server to run as root (or run_as_uid = \"server\")".into());
     }
-    Ok(())
+    let last = first.saturating_add(count - 1);
+    if let Some((account, uid)) = account_in(first..=last) {
+        return Err(format!(
+            "uid {uid} of the program users' pool ({first}–{last}) belongs to the account \
+             `{account}`: every process of a job's uid is killed when the job ends; choose \
+             another range with run_as_uid and run_as_uid_count"
+        )
+        .into());
+    }
+    crate::datadir::reachable_by_others(data_dir)?;
+    let pool = UidPool::open(first, count)
+        .map_err(|error| format!("cannot prepare the program users' pool: {error}"))?;
+    tracing::info!(
+        first,
+        last,
+        "programs run as uids of their own, one per running job (run_as_uid; \"server\" opts out)"
+    );
+    Ok(Some(pool))
+}
+
+/// An account of `/etc/passwd` whose uid is in `range`.
+fn account_in(range: std::ops::RangeInclusive<u32>) -> Option<(String, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let uid = fields.nth(1)?.parse::<u32>().ok()?;
+        range.contains(&uid).then(|| (name.to_owned(), uid))
+    })
 }
 
 /// Without keys, a server is open to anyone who can reach it: allowed on a loopback

@@ -74,9 +74,13 @@ pub struct Settings {
     pub max_header_bytes: usize,
     /// Open connections at once; more wait in the listen backlog.
     pub max_connections: usize,
-    /// Run programs as dedicated users: one uid per running job, from this one up
-    /// (the server must run as root). Lets `limits.processes` contain fork bombs.
-    pub run_as_uid: Option<u32>,
+    /// Who local programs run as: a number is the first uid of a pool of
+    /// `run_as_uid_count` uids, one per running job on this machine (the server must run
+    /// as root); `"server"` is the server's own user. Unset: the pool from 61000 when
+    /// the server runs as root (a program never runs as root), else the server's user.
+    pub run_as_uid: Option<RunAs>,
+    /// How many uids the pool of `run_as_uid` holds.
+    pub run_as_uid_count: u32,
     /// `bwrap`: run programs in a bubblewrap sandbox (no network, read-only outside their
     /// work directory, the server's data hidden).
     pub sandbox: SandboxMode,
@@ -121,6 +125,7 @@ impl Default for Settings {
             max_header_bytes: 16 * 1024,
             max_connections: 1024,
             run_as_uid: None,
+            run_as_uid_count: 512,
             sandbox: SandboxMode::None,
             slurm: None,
             container: None,
@@ -245,6 +250,10 @@ pub struct KubernetesSettings {
     /// Every Job carries the label `batchgate.dev/label=<this>`.
     pub label: String,
     pub sweep_interval_seconds: f64,
+    /// Time a Job's pod may take to be scheduled and started, added to the tool's timeout
+    /// for the Job's `activeDeadlineSeconds`; the program's own timeout counts from its
+    /// start.
+    pub start_allowance_seconds: u64,
 }
 
 impl Default for KubernetesSettings {
@@ -257,7 +266,82 @@ impl Default for KubernetesSettings {
             service_account: None,
             label: "batchgate".into(),
             sweep_interval_seconds: 60.0,
+            start_allowance_seconds: 600,
         }
+    }
+}
+
+/// `run_as_uid`: a uid, or `"server"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RunAs {
+    /// The first uid of the pool.
+    Uid(u32),
+    Keyword(RunAsKeyword),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunAsKeyword {
+    /// Programs run as the server's own user.
+    Server,
+}
+
+/// Who local programs run as, once the setting and the server's own user are known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramUsers {
+    /// The server's own user (uid).
+    Server(u32),
+    /// One uid of `first..first + count` per running job.
+    Pool { first: u32, count: u32 },
+}
+
+/// The first uid of the pool when the server runs as root and `run_as_uid` is unset.
+pub const DEFAULT_FIRST_UID: u32 = 61000;
+
+impl Settings {
+    /// Who local programs run as (see `run_as_uid`).
+    pub fn program_users(&self) -> ProgramUsers {
+        let own = rustix::process::geteuid().as_raw();
+        let count = self.run_as_uid_count.max(1);
+        match self.run_as_uid {
+            Some(RunAs::Uid(first)) => ProgramUsers::Pool { first, count },
+            Some(RunAs::Keyword(RunAsKeyword::Server)) => ProgramUsers::Server(own),
+            None if own == 0 => ProgramUsers::Pool {
+                first: DEFAULT_FIRST_UID,
+                count,
+            },
+            None => ProgramUsers::Server(own),
+        }
+    }
+
+    /// What a program can reach under these settings, for `serve` and `check-config` to
+    /// say plainly; `None` when programs are contained (a uid of their own).
+    pub fn containment_warning(&self) -> Option<String> {
+        let ProgramUsers::Server(uid) = self.program_users() else {
+            return None;
+        };
+        let sandboxed = self.sandbox == SandboxMode::Bwrap;
+        let reach = if sandboxed {
+            "they run in the bubblewrap sandbox (no network, the data directory hidden, the \
+             rest of the machine read-only), but as this user they can still signal the \
+             server and read what it can read outside the data directory"
+        } else {
+            "they can read and change everything this user can: the database with its \
+             URL-signing secret, every job's inputs and outputs, other running jobs and the \
+             server's own environment"
+        };
+        let remedy = if uid == 0 {
+            "set run_as_uid to a uid (or leave it unset) to give each job a user of its own"
+        } else if sandboxed {
+            "run the server as root to give each job a user of its own"
+        } else {
+            "set sandbox = \"bwrap\", or run the server as root to give each job a user of \
+             its own"
+        };
+        Some(format!(
+            "programs run as the server's own user (uid {uid}): {reach}; to contain them, {remedy}"
+        ))
     }
 }
 

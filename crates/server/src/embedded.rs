@@ -31,7 +31,10 @@ pub fn install(data_dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<Pat
     if target.exists() {
         return Ok(target);
     }
-    std::fs::create_dir_all(&dir)?;
+    // Programs with uids of their own pass through to execute these, and list nothing.
+    for directory in [data_dir.join("bin"), dir.clone()] {
+        crate::datadir::create_with_mode(&directory, 0o711)?;
+    }
     let temporary = dir.join(format!(".{name}.{}", std::process::id()));
     {
         let mut file = std::fs::File::create(&temporary)?;

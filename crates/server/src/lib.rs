@@ -10,12 +10,14 @@
 //! - `tools/`: tool declarations, argv templates and control files.
 //! - `worker/`: the embedded worker pool and the pipeline of one attempt.
 //! - `config`, `demo`, `app`: settings, the built-in demo, and the wiring.
+//! - `datadir`: the data directory's modes (what a job's program may reach).
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod blobs;
 pub mod config;
+pub mod datadir;
 pub mod demo;
 pub mod embedded;
 pub mod executors;

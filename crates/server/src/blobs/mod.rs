@@ -121,8 +121,12 @@ pub struct LocalBlobStore {
 }
 
 impl LocalBlobStore {
+    /// The store in `root`, which only the server's user may enter (0700): every job's
+    /// inputs and outputs are in it.
     pub async fn open(root: &Path) -> Result<LocalBlobStore, BlobError> {
         tokio::fs::create_dir_all(root).await?;
+        tokio::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .await?;
         Ok(LocalBlobStore {
             root: root.to_owned(),
         })

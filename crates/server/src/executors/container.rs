@@ -24,7 +24,6 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
 
 use super::detached::{attempt_label, job_ended, parse_label, Reference};
 use super::{Executor, ExecutorError, RunControl, RunOutcome, RunSpec, Termination};
@@ -235,14 +234,14 @@ impl ContainerExecutor {
         name: &str,
         spec: &RunSpec,
         control: &RunControl,
-        overflow: &CancellationToken,
+        overflow: &super::process::Overflow,
     ) -> Result<Termination, String> {
         let mut wait = Box::pin(self.docker.wait_container(name, None));
         let ended = tokio::select! {
             biased;
             () = control.detach.cancelled() => return Ok(Termination::Detached),
             () = control.cancel.cancelled() => Some(Termination::Canceled),
-            () = overflow.cancelled() => Some(Termination::OutputTooLarge),
+            stream = overflow.stream() => Some(Termination::OutputTooLarge { stream }),
             () = tokio::time::sleep(spec.timeout) => Some(Termination::TimedOut),
             status = wait.next() => match status {
                 // A non-zero status arrives as an error; `ended` reads it either way.
@@ -331,7 +330,7 @@ impl Executor for ContainerExecutor {
         };
 
         // The engine's log stream, split into the two captures a local program has.
-        let overflow = CancellationToken::new();
+        let overflow = super::process::Overflow::default();
         let progress_on = |stream: ProgressStream| {
             spec.progress
                 .clone()
@@ -346,7 +345,7 @@ impl Executor for ContainerExecutor {
             progress_on(ProgressStream::Stdout),
             control.progress.clone(),
             false,
-            spec.stop_at_stdout_cap.then(|| overflow.clone()),
+            overflow.stdout.clone(),
         ));
         let stderr_task = tokio::spawn(super::process::capture(
             stderr_reader,
@@ -355,7 +354,7 @@ impl Executor for ContainerExecutor {
             progress_on(ProgressStream::Stderr),
             control.progress.clone(),
             true,
-            None,
+            overflow.stderr.clone(),
         ));
         let options = LogsOptions {
             follow: true,

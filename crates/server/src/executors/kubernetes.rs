@@ -5,7 +5,9 @@
 //! mounts the volume (a PVC: NFS, Azure Files, CephFS…) that the Job's pod mounts at
 //! `/work` with the directory as its `subPath`. The Job: the tool's image, the argv as
 //! command and args (no shell), the allowlisted environment, requests = limits from the
-//! tool, `activeDeadlineSeconds` from its timeout, `backoffLimit: 0` (batchgate owns
+//! tool, `activeDeadlineSeconds` = its timeout + `start_allowance_seconds` (the program's
+//! own timeout counts from the moment its container runs, so that pods waiting to be
+//! scheduled under load do not fail as timeouts), `backoffLimit: 0` (batchgate owns
 //! retries), no service-account token, no privilege escalation, all capabilities dropped,
 //! labels naming the job and attempt. The executor watches the Job until it completes or
 //! fails, reads the pod for the reason (exit code, `OOMKilled`, evicted, deadline) and its
@@ -142,18 +144,28 @@ impl KubernetesExecutor {
             "metadata": {"name": name, "labels": labels},
             "spec": {
                 "backoffLimit": 0,
-                "activeDeadlineSeconds": spec.timeout.as_secs().max(1),
+                "activeDeadlineSeconds": self.job_deadline(spec).as_secs().max(1),
                 "template": {"metadata": {"labels": labels}, "spec": pod_spec},
             },
         });
         serde_json::from_value(job).map_err(|error| format!("the Job manifest: {error}"))
     }
 
-    /// Follows Job `name` to its end (watching it, renewing the watch as needed).
+    /// The Job's own deadline: the program's timeout and the time its pod may take to
+    /// start.
+    fn job_deadline(&self, spec: &RunSpec) -> Duration {
+        spec.timeout + Duration::from_secs(self.settings.start_allowance_seconds)
+    }
+
+    /// Follows Job `name` to its end (watching it, renewing the watch as needed). The
+    /// program's timeout counts from when its container is first seen running.
     async fn follow(&self, name: &str, spec: &RunSpec, control: &RunControl) -> Termination {
-        // Kubernetes enforces the deadline; this is a backstop if it does not.
-        let backstop = tokio::time::sleep(spec.timeout + spec.kill_grace + Duration::from_secs(60));
+        // Kubernetes enforces the Job's deadline; this is a backstop if it does not.
+        let backstop =
+            tokio::time::sleep(self.job_deadline(spec) + spec.kill_grace + Duration::from_secs(60));
         tokio::pin!(backstop);
+        let mut started: Option<Instant> = None;
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
         loop {
             let params = WatchParams::default()
                 .fields(&format!("metadata.name={name}"))
@@ -178,12 +190,24 @@ impl KubernetesExecutor {
                         self.delete(name).await;
                         return Termination::TimedOut;
                     }
+                    _ = ticker.tick() => {
+                        match started {
+                            Some(at) if at.elapsed() >= spec.timeout => {
+                                self.delete(name).await;
+                                return Termination::TimedOut;
+                            }
+                            Some(_) => {}
+                            None if self.pod_running(name).await => started = Some(Instant::now()),
+                            None => {}
+                        }
+                        continue;
+                    }
                     event = events.try_next() => event,
                 };
                 match event {
                     Ok(Some(WatchEvent::Added(job) | WatchEvent::Modified(job))) => {
                         if let Some(ended) = job_ended(&job) {
-                            return self.ended(name, ended).await;
+                            return self.ended(name, ended, started.is_some()).await;
                         }
                     }
                     Ok(Some(WatchEvent::Deleted(_))) => {
@@ -202,7 +226,7 @@ impl KubernetesExecutor {
                 Ok(None) => return pod_lost(name, "the Job was deleted"),
                 Ok(Some(job)) => {
                     if let Some(ended) = job_ended(&job) {
-                        return self.ended(name, ended).await;
+                        return self.ended(name, ended, started.is_some()).await;
                     }
                 }
                 Err(error) => tracing::warn!(k8s_job = name, %error, "cannot read the Job"),
@@ -210,10 +234,34 @@ impl KubernetesExecutor {
         }
     }
 
-    /// Maps an ended Job (and its pod) to a termination.
-    async fn ended(&self, name: &str, ended: JobEnd) -> Termination {
+    /// Whether the Job's pod has a container that runs or ran.
+    async fn pod_running(&self, name: &str) -> bool {
+        let Some(pod) = self.pod_of(name).await else {
+            return false;
+        };
+        pod.status
+            .as_ref()
+            .and_then(|status| status.container_statuses.as_ref())
+            .and_then(|statuses| statuses.first())
+            .and_then(|container| container.state.as_ref())
+            .is_some_and(|state| state.running.is_some() || state.terminated.is_some())
+    }
+
+    /// Maps an ended Job (and its pod) to a termination. `started`: the program was seen
+    /// running.
+    async fn ended(&self, name: &str, ended: JobEnd, started: bool) -> Termination {
         if ended == JobEnd::DeadlineExceeded {
-            return Termination::TimedOut;
+            if started || self.pod_running(name).await {
+                return Termination::TimedOut;
+            }
+            return Termination::Engine {
+                code: "not-started",
+                message: format!(
+                    "the Job's pod was not started within {} s (start_allowance_seconds)",
+                    self.settings.start_allowance_seconds
+                ),
+                retry: true,
+            };
         }
         let pod = self.pod_of(name).await;
         let status = pod.as_ref().and_then(|pod| pod.status.as_ref());

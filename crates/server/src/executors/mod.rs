@@ -34,12 +34,11 @@ pub struct RunSpec {
     pub kill_grace: Duration,
     pub rlimits: ResourceLimits,
     pub progress: Option<ProgressSpec>,
-    /// Where stdout and stderr are captured, and how many bytes of each are kept.
+    /// Where stdout and stderr are captured, and how many bytes of each are kept. A
+    /// program that writes past a cap is stopped (`Termination::OutputTooLarge`): a stream
+    /// without end would otherwise run until the timeout and cost the server its draining.
     pub stdout_path: PathBuf,
     pub stdout_cap: u64,
-    /// Stop the program once stdout passes its cap (stdout is an output, so the job fails
-    /// anyway); otherwise the excess is dropped and the program goes on.
-    pub stop_at_stdout_cap: bool,
     pub stderr_path: PathBuf,
     pub stderr_cap: u64,
     /// Run as this uid and gid (the server must be root).
@@ -75,8 +74,8 @@ pub enum Termination {
     Signaled(i32),
     TimedOut,
     Canceled,
-    /// Stopped because stdout (an output) passed its cap.
-    OutputTooLarge,
+    /// Stopped because a captured stream (`"stdout"` or `"stderr"`) passed its cap.
+    OutputTooLarge { stream: &'static str },
     /// The program could not be started.
     SpawnFailed {
         not_found: bool,

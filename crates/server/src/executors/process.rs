@@ -60,6 +60,28 @@ pub fn reap_orphans(work_root: &std::path::Path) -> usize {
     groups.len()
 }
 
+/// A program that passes the cap of a captured stream is stopped: each stream's token is
+/// cancelled when it does.
+#[derive(Debug, Default, Clone)]
+pub struct Overflow {
+    pub stdout: CancellationToken,
+    pub stderr: CancellationToken,
+}
+
+impl Overflow {
+    /// Waits until a stream passes its cap; its name.
+    pub async fn stream(&self) -> &'static str {
+        tokio::select! {
+            () = self.stdout.cancelled() => "stdout",
+            () = self.stderr.cancelled() => "stderr",
+        }
+    }
+}
+
+/// How long past the grace period a contained program's wrapper may take to end
+/// everything before the server kills its process group itself.
+const WRAPPER_MARGIN: Duration = Duration::from_secs(2);
+
 pub async fn run(
     spec: RunSpec,
     limits: Option<&std::path::Path>,
@@ -68,25 +90,34 @@ pub async fn run(
 ) -> Result<RunOutcome, ExecutorError> {
     let started = Instant::now();
     let mut spec = spec;
-    if spec.run_as.is_none() {
+    match spec.run_as {
         // RLIMIT_NPROC counts every process of the user: the server's own user would be
         // capped, not the program.
-        spec.rlimits.processes = None;
+        None => spec.rlimits.processes = None,
+        // Whatever an earlier holder of this uid left running goes first.
+        Some(uid) => kill_user(limits, uid).await,
     }
+    // The capture files are the server's, opened before the program exists: a program
+    // cannot swap the directory under them for a link.
+    let stdout_file = tokio::fs::File::create(&spec.stdout_path).await?;
+    let stderr_file = tokio::fs::File::create(&spec.stderr_path).await?;
     let spawned = match spawn(&spec, limits).await {
         Ok(spawned) => spawned,
         Err(error) => {
-            return Ok(RunOutcome {
-                termination: Termination::SpawnFailed {
-                    not_found: error.kind() == std::io::ErrorKind::NotFound,
-                    message: format!("cannot start `{}`: {error}", spec.argv[0]),
-                },
-                stderr_tail: String::new(),
-                stdout_truncated: false,
-                wall_time: started.elapsed(),
-                cpu_time: None,
-                peak_memory_bytes: None,
-            })
+            // Named by its file name only: a path of this machine is not the client's.
+            let program = std::path::Path::new(&spec.argv[0])
+                .file_name()
+                .map_or_else(|| spec.argv[0].clone(), |name| name.to_string_lossy().into_owned());
+            let reason = match error.kind() {
+                std::io::ErrorKind::NotFound => "no such program".to_owned(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+                _ => error.kind().to_string(),
+            };
+            let termination = Termination::SpawnFailed {
+                not_found: error.kind() == std::io::ErrorKind::NotFound,
+                message: format!("cannot start `{program}`: {reason}"),
+            };
+            return Ok(RunOutcome::bare(termination, started.elapsed()));
         }
     };
     let Spawned {
@@ -95,6 +126,7 @@ pub async fn run(
         stdout,
         stderr,
         limits_applied_at_exec,
+        contained,
     } = spawned;
     let guard = GroupGuard(Some(group));
     if !limits_applied_at_exec {
@@ -108,26 +140,32 @@ pub async fn run(
     };
     let peak_memory = Arc::new(AtomicU64::new(0));
     let sampler = tokio::spawn(sample_peak_memory(group, peak_memory.clone()));
-    let overflow = CancellationToken::new();
+    let overflow = Overflow::default();
     let stdout_task = tokio::spawn(capture(
         stdout,
-        tokio::fs::File::create(&spec.stdout_path).await?,
+        stdout_file,
         spec.stdout_cap,
         progress_on(ProgressStream::Stdout),
         progress.clone(),
         false,
-        spec.stop_at_stdout_cap.then(|| overflow.clone()),
+        overflow.stdout.clone(),
     ));
     let stderr_task = tokio::spawn(capture(
         stderr,
-        tokio::fs::File::create(&spec.stderr_path).await?,
+        stderr_file,
         spec.stderr_cap,
         progress_on(ProgressStream::Stderr),
         progress,
         true,
-        None,
+        overflow.stderr.clone(),
     ));
 
+    // A contained program's wrapper ends everything itself after the grace period.
+    let grace = if contained {
+        spec.kill_grace + WRAPPER_MARGIN
+    } else {
+        spec.kill_grace
+    };
     let (termination, usage) = tokio::select! {
         ended = &mut exit => {
             let usage = ended.map_err(|_| std::io::Error::other("the waiting thread ended"))??;
@@ -140,19 +178,23 @@ pub async fn run(
             (termination, Some(usage))
         }
         () = tokio::time::sleep(spec.timeout) => {
-            (Termination::TimedOut, stop_group(group, &mut exit, spec.kill_grace).await)
+            (Termination::TimedOut, stop_group(group, &mut exit, grace).await)
         }
         () = cancel.cancelled() => {
-            (Termination::Canceled, stop_group(group, &mut exit, spec.kill_grace).await)
+            (Termination::Canceled, stop_group(group, &mut exit, grace).await)
         }
-        () = overflow.cancelled() => {
+        stream = overflow.stream() => {
             // A program that writes without end is stopped, not drained until its timeout.
-            (Termination::OutputTooLarge, stop_group(group, &mut exit, spec.kill_grace).await)
+            (Termination::OutputTooLarge { stream }, stop_group(group, &mut exit, grace).await)
         }
     };
     // The leader is gone; whatever it left behind in its group goes too, so no process
-    // of the attempt outlives it (and the capture pipes close).
+    // of the attempt outlives it (and the capture pipes close). A program with a uid of
+    // its own loses every process of that uid, wherever it moved.
     drop(guard);
+    if let Some(uid) = spec.run_as {
+        kill_user(limits, uid).await;
+    }
     sampler.abort();
     let sampled_peak = Some(peak_memory.load(Ordering::Relaxed)).filter(|&bytes| bytes > 0);
     let (stdout_truncated, _) = join_capture(stdout_task).await;
@@ -169,36 +211,114 @@ pub async fn run(
     })
 }
 
+/// Ends every process of `uid` (a job's own user): `batchgate-limits kill-all` run as
+/// that user sends SIGKILL to all of them in one `kill(-1)`, which a fork bomb cannot
+/// outrun; repeated until `/proc` shows none alive. Without the wrapper, each process
+/// found in `/proc` is killed in turn.
+pub async fn kill_user(limits: Option<&std::path::Path>, uid: u32) {
+    let limits = limits.map(std::path::Path::to_owned);
+    let _ = tokio::task::spawn_blocking(move || {
+        for _ in 0..50 {
+            let alive = processes_of(uid);
+            if alive.is_empty() {
+                return;
+            }
+            let killed_at_once = limits.as_ref().is_some_and(|limits| {
+                std::process::Command::new(limits)
+                    .arg("kill-all")
+                    .env_clear()
+                    .current_dir("/")
+                    .uid(uid)
+                    .gid(uid)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|status| status.success())
+            });
+            if !killed_at_once {
+                for pid in alive {
+                    let _ = rustix::process::kill_process(pid, Signal::KILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        tracing::warn!(uid, "processes of a job's user survived repeated kills");
+    })
+    .await;
+}
+
+/// The live (not zombie) processes whose real uid is `uid`.
+pub fn processes_of(uid: u32) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+            .and_then(Pid::from_raw)
+        else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let real_uid = field("Uid:").split_whitespace().next().map(str::to_owned);
+        if real_uid.as_deref() == Some(uid.to_string().as_str())
+            && !field("State:").starts_with('Z')
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 /// The program's peak resident memory, read from `/proc/<pid>/status` (`VmHWM`, the
 /// high-water mark of its own address space) every 50 ms while it runs. `wait4`'s
 /// `ru_maxrss` cannot be used: it keeps the high-water mark across `exec`, so it reports
 /// the server's own size at the fork. A program that ends before the first sample has no
 /// figure.
 async fn sample_peak_memory(pid: Pid, peak: Arc<AtomicU64>) {
-    let path = format!("/proc/{}/status", pid.as_raw_nonzero());
+    let leader = pid.as_raw_nonzero().get();
+    let children = format!("/proc/{leader}/task/{leader}/children");
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     loop {
         ticker.tick().await;
-        let Ok(status) = tokio::fs::read_to_string(&path).await else {
-            return;
-        };
-        let hwm = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| {
-                value
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            });
-        match hwm {
-            Some(kb) => {
-                peak.fetch_max(kb * 1024, Ordering::Relaxed);
-            }
+        // The leader is the program, or its wrapper with the program as a child.
+        let mut pids = vec![leader.to_string()];
+        if let Ok(list) = tokio::fs::read_to_string(&children).await {
+            pids.extend(list.split_whitespace().map(str::to_owned));
+        }
+        let mut leader_alive = false;
+        for (index, pid) in pids.iter().enumerate() {
+            let Ok(status) = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await
+            else {
+                continue;
+            };
             // A zombie has no memory figures left.
-            None => return,
+            let Some(kb) = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            else {
+                continue;
+            };
+            leader_alive |= index == 0;
+            peak.fetch_max(kb * 1024, Ordering::Relaxed);
+        }
+        if !leader_alive {
+            return;
         }
     }
 }
@@ -212,6 +332,9 @@ struct Spawned {
     stderr: tokio::process::ChildStderr,
     /// The limits were set before the program's first instruction (or there were none).
     limits_applied_at_exec: bool,
+    /// The group leader is `batchgate-limits contain`: it ends every descendant of the
+    /// program when the program ends, and everything `kill_grace` after a SIGTERM.
+    contained: bool,
 }
 
 /// Kills the process group when dropped: no program outlives its attempt, even when the
@@ -227,9 +350,10 @@ impl Drop for GroupGuard {
 }
 
 /// Starts the program. With `limits` (`batchgate-limits`, see `launcher/limits.c`), that
-/// small static program sets the limits on itself and then executes the program: they
-/// hold from its first instruction (a fork bomb cannot outrun them), without a
-/// `pre_exec` hook (no unsafe code).
+/// small static program sets the limits on itself and then runs the program as its
+/// child: they hold from its first instruction (a fork bomb cannot outrun them), without a
+/// `pre_exec` hook (no unsafe code), and as a child subreaper it ends whatever the
+/// program started, in any session or process group, when the program ends.
 async fn spawn(spec: &RunSpec, limits: Option<&std::path::Path>) -> std::io::Result<Spawned> {
     let program = &spec.argv[0];
     if !program_exists(program, &spec.env, &spec.workdir) {
@@ -239,11 +363,12 @@ async fn spawn(spec: &RunSpec, limits: Option<&std::path::Path>) -> std::io::Res
         ));
     }
     let options = launcher_options(&spec.rlimits);
-    // Nothing to set: the program starts directly (one exec instead of two).
-    let wrapper = limits.filter(|_| !options.is_empty());
+    let wrapper = limits;
     let argv = if let Some(wrapper) = wrapper {
         let mut argv = vec![wrapper.to_string_lossy().into_owned()];
         argv.extend(options.iter().cloned());
+        argv.push("contain".into());
+        argv.push(format!("grace={}", spec.kill_grace.as_millis()));
         argv.push("--".into());
         argv.extend(spec.argv.iter().cloned());
         argv
@@ -297,6 +422,7 @@ async fn spawn(spec: &RunSpec, limits: Option<&std::path::Path>) -> std::io::Res
         stdout,
         stderr,
         limits_applied_at_exec: wrapper.is_some() || options.is_empty(),
+        contained: wrapper.is_some(),
     })
 }
 
@@ -316,9 +442,11 @@ fn program_exists(program: &str, env: &[(String, String)], workdir: &std::path::
     std::env::split_paths(path).any(|dir| executable(&dir.join(program)))
 }
 
-/// The limits to set: (resource, `batchgate-limits` name, value). Soft = hard, so the
-/// program cannot raise them; no core dumps.
-fn limit_list(limits: &ResourceLimits) -> Vec<(Resource, &'static str, u64)> {
+/// The limits to set: (resource, `batchgate-limits` name, soft limit, hard limit). Soft
+/// = hard, so the program cannot raise them, except for CPU time: the hard limit is a
+/// second higher, so the program gets SIGXCPU (and the job says "CPU time limit") before
+/// the kernel's SIGKILL. No core dumps.
+fn limit_list(limits: &ResourceLimits) -> Vec<(Resource, &'static str, u64, u64)> {
     [
         (
             Resource::Core,
@@ -332,9 +460,20 @@ fn limit_list(limits: &ResourceLimits) -> Vec<(Resource, &'static str, u64)> {
         (Resource::Nproc, "nproc", limits.processes),
     ]
     .into_iter()
-    .filter_map(|(resource, name, value)| value.map(|value| (resource, name, value)))
+    .filter_map(|(resource, name, value)| {
+        let hard = |soft: u64| match resource {
+            Resource::Cpu => soft.saturating_add(CPU_HARD_MARGIN_SECONDS),
+            // The wrapper that contains the program is one process of its user too.
+            Resource::Nproc => soft.saturating_add(1),
+            _ => soft,
+        };
+        value.map(|soft| (resource, name, soft, hard(soft)))
+    })
     .collect()
 }
+
+/// Seconds of CPU time between SIGXCPU (the tool's limit) and the kernel's SIGKILL.
+pub const CPU_HARD_MARGIN_SECONDS: u64 = 1;
 
 /// Sets the server's own core-dump limit to zero, once: a dump of the server would hold
 /// its secrets, and every program it starts inherits the limit, so no program needs a
@@ -353,17 +492,17 @@ fn server_forbids_core_dumps() -> bool {
 fn launcher_options(limits: &ResourceLimits) -> Vec<String> {
     limit_list(limits)
         .into_iter()
-        .map(|(_, name, value)| format!("{name}={value}"))
+        .map(|(_, name, soft, hard)| format!("{name}={soft}:{hard}"))
         .collect()
 }
 
 /// The fallback without `batchgate-limits`: prlimit(2) on the child right after it
 /// starts (the program may run for microseconds before its limits hold).
 fn apply_rlimits(pid: Pid, limits: &ResourceLimits) {
-    for (resource, _, value) in limit_list(limits) {
+    for (resource, _, soft, hard) in limit_list(limits) {
         let limit = Rlimit {
-            current: Some(value),
-            maximum: Some(value),
+            current: Some(soft),
+            maximum: Some(hard),
         };
         if let Err(error) = rustix::process::prlimit(Some(pid), resource, limit) {
             tracing::warn!(?resource, %error, "cannot set a resource limit");
@@ -372,7 +511,8 @@ fn apply_rlimits(pid: Pid, limits: &ResourceLimits) {
 }
 
 /// TERM to the whole group, a grace period for the leader to exit, then KILL. Returns
-/// the leader's resource usage.
+/// the leader's resource usage. (A contained program's wrapper forwards the TERM and kills
+/// everything itself once its own grace period is over: `grace` then includes a margin.)
 async fn stop_group(
     group: Pid,
     exit: &mut oneshot::Receiver<std::io::Result<wait4::ResUse>>,
@@ -396,9 +536,9 @@ pub(crate) async fn join_capture(task: tokio::task::JoinHandle<(bool, String)>) 
     }
 }
 
-/// Copies a stream to `file` up to `cap` bytes (then drains and drops the rest, and
-/// cancels `overflow` if given), parses progress lines, and keeps the stream's tail.
-/// Returns (truncated, tail).
+/// Copies a stream to `file` up to `cap` bytes (then cancels `overflow`, so that the
+/// program is stopped, and drains and drops the rest), parses progress lines, and keeps
+/// the stream's tail. Returns (truncated, tail).
 pub(crate) async fn capture(
     mut stream: impl AsyncRead + Unpin,
     file: tokio::fs::File,
@@ -406,7 +546,7 @@ pub(crate) async fn capture(
     progress: Option<ProgressSpec>,
     sender: watch::Sender<Option<Progress>>,
     keep_tail: bool,
-    overflow: Option<CancellationToken>,
+    overflow: CancellationToken,
 ) -> (bool, String) {
     let mut file = tokio::io::BufWriter::new(file);
     let mut written: u64 = 0;
@@ -423,9 +563,7 @@ pub(crate) async fn capture(
         let room = cap.saturating_sub(written) as usize;
         if room < chunk.len() {
             truncated = true;
-            if let Some(overflow) = &overflow {
-                overflow.cancel();
-            }
+            overflow.cancel();
         }
         let kept = &chunk[..room.min(chunk.len())];
         // Flushed per chunk so that the logs of a running job can be read live.

@@ -203,9 +203,9 @@ impl SlurmExecutor {
                 _ = ticker.tick() => {}
             }
             logs.poll(&control.progress).await;
-            if spec.stop_at_stdout_cap && logs.stdout_size() > spec.stdout_cap {
+            if let Some(stream) = logs.over_cap(spec) {
                 self.stop(id, spec.kill_grace).await;
-                return (Termination::OutputTooLarge, running_since);
+                return (Termination::OutputTooLarge { stream }, running_since);
             }
             if running_since.is_some_and(|start| start.elapsed() >= spec.timeout) {
                 self.stop(id, spec.kill_grace).await;
@@ -658,8 +658,14 @@ impl Logs {
         }
     }
 
-    fn stdout_size(&self) -> u64 {
-        self.streams[0].offset
+    /// The stream that grew past its cap, if one did.
+    fn over_cap(&self, spec: &RunSpec) -> Option<&'static str> {
+        let caps = [("stdout", spec.stdout_cap), ("stderr", spec.stderr_cap)];
+        self.streams
+            .iter()
+            .zip(caps)
+            .find(|(stream, (_, cap))| stream.offset > *cap)
+            .map(|(_, (name, _))| name)
     }
 
     async fn poll(&mut self, progress: &watch::Sender<Option<Progress>>) {

@@ -187,7 +187,10 @@ pub fn decide(
         AttemptOutcome::ProgramFailed(error) => {
             let retryable = error
                 .exit_code
-                .is_some_and(|code| policy.on_exit_codes.contains(&code));
+                .is_some_and(|code| policy.on_exit_codes.contains(&code))
+                || error
+                    .signal
+                    .is_some_and(|signal| policy.on_signals.contains(&signal));
             if retryable && attempts_left {
                 retry(error)
             } else {
@@ -279,8 +282,17 @@ mod tests {
         RetryPolicy {
             max_attempts,
             on_exit_codes,
+            on_signals: vec![11],
             on_timeout,
             backoff: Duration::from_secs(1),
+        }
+    }
+
+    fn killed_by(signal: i32) -> JobError {
+        JobError {
+            exit_code: None,
+            signal: Some(signal),
+            ..program_error(0)
         }
     }
 
@@ -351,6 +363,19 @@ mod tests {
                 AttemptOutcome::ProgramFailed(program_error(75)),
                 3,
                 policy(3, vec![75], false),
+                finish_failed,
+            ),
+            // A signal death has no exit code: `on_signals` (11 here) names it.
+            (
+                AttemptOutcome::ProgramFailed(killed_by(11)),
+                1,
+                policy(3, vec![139], false),
+                is_retry,
+            ),
+            (
+                AttemptOutcome::ProgramFailed(killed_by(7)),
+                1,
+                policy(3, vec![135], false),
                 finish_failed,
             ),
             (

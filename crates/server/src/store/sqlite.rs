@@ -181,8 +181,30 @@ pub struct SqliteJobStore {
     run_times: RunTimes,
 }
 
+/// The database holds the URL-signing secret and every job's parameters: readable by the
+/// server's user only. SQLite gives its `-wal` and `-shm` files the database's mode, so
+/// the database is made 0600 before SQLite first opens it.
+fn private_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl SqliteJobStore {
     pub async fn open(path: &Path) -> Result<SqliteJobStore, StoreError> {
+        private_files(path).map_err(unavailable)?;
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(unavailable)?
             .filename(path)

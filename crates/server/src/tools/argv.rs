@@ -85,6 +85,15 @@ impl ArgTemplate {
         })
     }
 
+    /// The parameter that fills this whole argument (`"{params.NAME}"`), if one does: a
+    /// value starting with `-` would be read by the program as an option.
+    pub fn whole_param(&self) -> Option<&str> {
+        match self.segments.as_slice() {
+            [Segment::Slot(Placeholder::Param(name))] => Some(name),
+            _ => None,
+        }
+    }
+
     /// Renders the argument. Every placeholder was checked against the tool at load
     /// time, so a missing value here is an internal error.
     pub fn render(&self, values: &ArgValues<'_>) -> Result<String, String> {
@@ -96,6 +105,54 @@ impl ArgTemplate {
             }
         }
         Ok(argument)
+    }
+}
+
+/// Why parameter values cannot become arguments of `command`: (parameter, reason) for a
+/// value with a NUL byte (an argument cannot hold one), and for a value that fills a
+/// whole argument and starts with `-` (request data must not become an option) unless
+/// the tool lists the parameter in `accepts_options`.
+pub fn param_faults(
+    command: &[ArgTemplate],
+    params: &serde_json::Map<String, Value>,
+    accepts_options: &[String],
+) -> Vec<(String, String)> {
+    let mut faults: Vec<(String, String)> = Vec::new();
+    for argument in command {
+        for placeholder in argument.placeholders() {
+            let Placeholder::Param(name) = placeholder else {
+                continue;
+            };
+            let Ok(value) = resolve(placeholder, &no_files(params)) else {
+                continue;
+            };
+            let reason = if value.contains('\0') {
+                "contains a NUL byte, which a program argument cannot hold"
+            } else if value.starts_with('-')
+                && argument.whole_param() == Some(name.as_str())
+                && !accepts_options.contains(name)
+            {
+                "starts with `-`: the program would read it as an option"
+            } else {
+                continue;
+            };
+            if !faults.iter().any(|(known, _)| known == name) {
+                faults.push((name.clone(), reason.to_owned()));
+            }
+        }
+    }
+    faults
+}
+
+/// Values for resolving parameters alone.
+fn no_files(params: &serde_json::Map<String, Value>) -> ArgValues<'_> {
+    static EMPTY: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
+    ArgValues {
+        workdir: Path::new(""),
+        inputs: &EMPTY,
+        outputs: &EMPTY,
+        control: None,
+        params,
     }
 }
 
@@ -192,6 +249,30 @@ mod tests {
                 "template {template}"
             );
         }
+    }
+
+    #[test]
+    fn values_that_would_become_options_or_hold_nul_are_refused() {
+        let command: Vec<ArgTemplate> = ["sort", "{params.order}", "--key={params.key}", "{params.n}"]
+            .iter()
+            .map(|text| ArgTemplate::parse(text).unwrap())
+            .collect();
+        let check = |params: Value, accepts: &[&str]| {
+            let accepts: Vec<String> = accepts.iter().map(|s| s.to_string()).collect();
+            let mut names: Vec<String> = param_faults(&command, params.as_object().unwrap(), &accepts)
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(check(json!({"order": "--output=/tmp/x", "key": "1", "n": 2}), &[]), ["order"]);
+        assert_eq!(check(json!({"order": "-r", "key": "1", "n": -2}), &[]), ["n", "order"]);
+        assert!(check(json!({"order": "-r", "key": "1", "n": 2}), &["order"]).is_empty());
+        // Inside an argument, a leading dash is data; a NUL never is.
+        assert!(check(json!({"order": "asc", "key": "-1", "n": 2}), &[]).is_empty());
+        assert_eq!(check(json!({"order": "a\u{0}b", "key": "x\u{0}", "n": 2}), &["order"]), ["key", "order"]);
+        assert!(check(json!({"order": "x b", "key": "", "n": 0}), &[]).is_empty());
     }
 
     #[test]

@@ -59,6 +59,11 @@ pub struct ToolDecl {
     /// The image of the Job's pod (`executor = "kubernetes"`).
     #[serde(default)]
     pub kubernetes: Option<KubernetesDecl>,
+    /// Parameters whose values may start with `-` where they fill a whole argument of
+    /// `command` (the program reads them as options). Other such values are refused with
+    /// `422`, so that request data never becomes an option.
+    #[serde(default)]
+    pub accepts_options: Vec<String>,
     /// A complete request body (`{"inputs": …, "parameters": …}`), checked at start.
     pub example: Value,
     /// A first guess of the run time, for `Retry-After` before any run was measured.
@@ -193,9 +198,21 @@ pub struct RetryDecl {
     /// is final).
     #[serde(default)]
     pub on_exit_codes: Vec<i32>,
+    /// Signals that mean "try again" when they end the program (`"SIGSEGV"`, `"SEGV"` or
+    /// 11): a program killed by a signal has no exit code for `on_exit_codes` to match.
+    #[serde(default)]
+    pub on_signals: Vec<SignalDecl>,
     #[serde(default)]
     pub on_timeout: bool,
     pub backoff_seconds: Option<f64>,
+}
+
+/// A signal by name (`"SIGSEGV"`, `"SEGV"`) or number.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SignalDecl {
+    Number(i32),
+    Name(String),
 }
 
 #[derive(Debug, Deserialize)]

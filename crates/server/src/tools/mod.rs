@@ -75,6 +75,8 @@ pub struct Limits {
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub on_exit_codes: Vec<i32>,
+    /// Signals (numbers) that end the program and mean "try again".
+    pub on_signals: Vec<i32>,
     pub on_timeout: bool,
     pub backoff: Duration,
 }
@@ -131,6 +133,65 @@ pub struct Tool {
     pub container: Option<decl::ContainerDecl>,
     /// The pod image of a tool with `executor = "kubernetes"`.
     pub kubernetes: Option<decl::KubernetesDecl>,
+    /// Parameters that may start with `-` where they fill a whole argument.
+    pub accepts_options: Vec<String>,
+    /// What `check-config` and the server's start say about a declaration that loads but
+    /// may not do what its author meant.
+    pub warnings: Vec<String>,
+}
+
+/// Warns about a whole-argument string parameter whose schema does not constrain it
+/// (no `pattern`, `enum` or `const`): its values are refused only when they start with
+/// `-`, and nothing else keeps them from being what the program does not expect.
+fn option_warnings(command: &[ArgTemplate], schema: &Value, accepts: &[String]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for name in command.iter().filter_map(ArgTemplate::whole_param) {
+        let property = schema.get("properties").and_then(|p| p.get(name));
+        let is_string = property
+            .and_then(|p| p.get("type"))
+            .is_none_or(|kind| kind == "string");
+        let constrained = property.is_some_and(|p| {
+            ["pattern", "enum", "const"].iter().any(|key| p.get(key).is_some())
+        });
+        if is_string && !constrained && !accepts.iter().any(|a| a == name) {
+            warnings.push(format!(
+                "command: `{{params.{name}}}` fills a whole argument and its schema has no \
+                 `pattern` or `enum`; values starting with `-` are refused, but consider a \
+                 pattern that allows only what the program expects"
+            ));
+        }
+    }
+    warnings
+}
+
+/// A signal's number from its name (`SIGSEGV`, `SEGV`) or number.
+fn parse_signal(signal: &decl::SignalDecl) -> Result<i32, String> {
+    match signal {
+        decl::SignalDecl::Number(number) if (1..=64).contains(number) => Ok(*number),
+        decl::SignalDecl::Number(number) => Err(format!("{number} is not a signal (1–64)")),
+        decl::SignalDecl::Name(name) => {
+            let bare = name.trim_start_matches("SIG");
+            (1..=31)
+                .find(|&number| signal_name(number).trim_start_matches("SIG") == bare)
+                .ok_or_else(|| format!("unknown signal `{name}` (e.g. \"SIGSEGV\", \"SIGBUS\", or a number)"))
+        }
+    }
+}
+
+/// The name of a standard Linux signal.
+pub fn signal_name(number: i32) -> &'static str {
+    const NAMES: [&str; 31] = [
+        "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
+        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM",
+        "SIGSTKFLT", "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU",
+        "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO",
+        "SIGPWR", "SIGSYS",
+    ];
+    usize::try_from(number - 1)
+        .ok()
+        .and_then(|index| NAMES.get(index))
+        .copied()
+        .unwrap_or("a real-time signal")
 }
 
 impl Tool {
@@ -164,10 +225,18 @@ impl Tool {
         if !faults.is_empty() {
             return Err(faults);
         }
-        match instance {
-            Value::Object(parameters) => Ok(parameters),
-            _ => unreachable!("the instance stays an object"),
+        let Value::Object(parameters) = instance else {
+            unreachable!("the instance stays an object")
+        };
+        let faults: Vec<FieldFault> =
+            argv::param_faults(&self.command, &parameters, &self.accepts_options)
+                .into_iter()
+                .map(|(name, reason)| FieldFault::new(format!("/parameters/{name}"), reason))
+                .collect();
+        if !faults.is_empty() {
+            return Err(faults);
         }
+        Ok(parameters)
     }
 
     /// Parameters given as query-string text, typed after the schema's property types
@@ -551,9 +620,34 @@ impl Tool {
         if limits.concurrency == Some(0) {
             return Err(fail("limits.concurrency", "must be at least 1".into()));
         }
+        let mut warnings = Vec::new();
+        for &code in &decl.retry.on_exit_codes {
+            if !(0..=255).contains(&code) {
+                return Err(fail(
+                    "retry.on_exit_codes",
+                    format!("{code} is not an exit status (0–255)"),
+                ));
+            }
+            if let Some(name) = (129..=192).contains(&code).then(|| signal_name(code - 128)) {
+                warnings.push(format!(
+                    "retry.on_exit_codes: {code} is what a shell reports for a program killed by \
+                     signal {} ({name}), but a program killed by a signal has no exit code; \
+                     {code} matches only a program that itself exits with {code}. To retry \
+                     after the signal, use retry.on_signals = [\"{name}\"]",
+                    code - 128
+                ));
+            }
+        }
+        let on_signals = decl
+            .retry
+            .on_signals
+            .iter()
+            .map(|signal| parse_signal(signal).map_err(|message| fail("retry.on_signals", message)))
+            .collect::<Result<Vec<_>, _>>()?;
         let retry = RetryPolicy {
             max_attempts: decl.retry.max_attempts.unwrap_or(3),
             on_exit_codes: decl.retry.on_exit_codes,
+            on_signals,
             on_timeout: decl.retry.on_timeout,
             backoff: Duration::from_secs_f64(decl.retry.backoff_seconds.unwrap_or(1.0).max(0.0)),
         };
@@ -564,7 +658,19 @@ impl Tool {
         let example: protocol::SubmitRequest = serde_json::from_value(decl.example)
             .map_err(|error| fail("example", format!("not a request body: {error}")))?;
 
+        for name in &decl.accepts_options {
+            if !command.iter().any(|argument| argument.whole_param() == Some(name)) {
+                return Err(fail(
+                    "accepts_options",
+                    format!("`{name}` fills no whole argument of `command`"),
+                ));
+            }
+        }
+        warnings.extend(option_warnings(&command, &parameters_schema, &decl.accepts_options));
+
         let tool = Tool {
+            accepts_options: decl.accepts_options,
+            warnings,
             title: decl.title.unwrap_or_else(|| decl.name.clone()),
             name: decl.name,
             version: decl.version,

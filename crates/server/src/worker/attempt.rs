@@ -62,8 +62,16 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         let _ = finish(&runtime, &job, decision, Vec::new()).await;
         return;
     };
-    let executor = match runtime.executors.for_tool(&tool) {
-        Ok(executor) => executor,
+    // A program on this host gets a uid of its own when the server has a pool.
+    let placed = runtime.executors.for_tool(&tool).and_then(|executor| {
+        let uid = match (&runtime.uids, executor.on_this_host()) {
+            (Some(pool), true) => Some(pool.acquire()?),
+            _ => None,
+        };
+        Ok((executor, uid))
+    });
+    let (executor, uid) = match placed {
+        Ok(placed) => placed,
         Err(message) => {
             let outcome = AttemptOutcome::Infrastructure(message);
             let decision = jobs::decide(outcome, attempt_number, &tool.retry, rand_fraction());
@@ -93,7 +101,6 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         }
     }
     let (workdir, attach) = place(&runtime, &job, executor).await;
-    let uid = runtime.uids.acquire();
     let mut measured = Measured::default();
     let references = Arc::new(StoreReferences {
         runtime: runtime.clone(),
@@ -115,7 +122,7 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
             executor,
             workdir: &workdir,
             attach,
-            run_as: uid.uid(),
+            run_as: uid.as_ref().map(crate::worker::UidLease::uid),
             references,
         },
         control,
@@ -139,6 +146,7 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         Ok(pair) => pair,
         Err(message) => (AttemptOutcome::Infrastructure(message), Vec::new()),
     };
+    let outcome = HostPaths::of(&runtime, &tool, &workdir).remove_from(outcome);
     measured.bytes_out += outputs.iter().map(|output| output.size).sum::<u64>();
     let label = if lease_lost.is_cancelled() {
         // Another attempt owns the job now; this one changes nothing.
@@ -162,7 +170,7 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
     };
     // A program left running for the next worker keeps its directory.
     if !measured.detached {
-        let recyclable = executor.on_this_host() && uid.uid().is_none();
+        let recyclable = executor.on_this_host() && uid.is_none();
         runtime.work_dirs.release(&workdir, recyclable).await;
     }
     drop(uid);
@@ -192,6 +200,67 @@ struct Measured {
     bytes_out: u64,
     /// The program was left running for another worker to follow.
     detached: bool,
+}
+
+/// Paths of this machine that a failed attempt's message or stderr may hold (a program
+/// names its input file, a sandbox the program it could not find): the client is told
+/// what went wrong, never where the server keeps things.
+struct HostPaths {
+    /// (path, what the client sees instead), longest first.
+    replacements: Vec<(String, String)>,
+}
+
+impl HostPaths {
+    fn of(runtime: &Runtime, tool: &Tool, workdir: &Path) -> HostPaths {
+        let text = |path: &Path| path.to_string_lossy().into_owned();
+        let mut replacements = vec![
+            (format!("{}/", text(workdir)), String::new()),
+            (text(workdir), ".".to_owned()),
+            (text(&runtime.data_dir), "<data_dir>".to_owned()),
+        ];
+        let program = tool.command.first().and_then(|argument| {
+            let values = ArgValues {
+                workdir,
+                inputs: &BTreeMap::new(),
+                outputs: &BTreeMap::new(),
+                control: None,
+                params: &Map::new(),
+            };
+            argument.render(&values).ok()
+        });
+        if let Some(program) = program.filter(|program| program.contains('/')) {
+            let name = Path::new(&program)
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            replacements.push((program, name));
+        }
+        replacements.retain(|(path, _)| path.len() > 1);
+        replacements.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        HostPaths { replacements }
+    }
+
+    fn clean(&self, text: &str) -> String {
+        self.replacements
+            .iter()
+            .fold(text.to_owned(), |text, (path, shown)| text.replace(path, shown))
+    }
+
+    fn remove_from(&self, outcome: AttemptOutcome) -> AttemptOutcome {
+        let clean_error = |mut error: JobError| {
+            error.message = self.clean(&error.message);
+            error.stderr_tail = error.stderr_tail.map(|tail| self.clean(&tail));
+            error
+        };
+        match outcome {
+            AttemptOutcome::ProgramFailed(error) => AttemptOutcome::ProgramFailed(clean_error(error)),
+            AttemptOutcome::TimedOut(error) => AttemptOutcome::TimedOut(clean_error(error)),
+            AttemptOutcome::Infrastructure(message) => {
+                AttemptOutcome::Infrastructure(self.clean(&message))
+            }
+            other => other,
+        }
+    }
 }
 
 /// Records the attempt's cost (for `/v1/usage`) and its metrics.
@@ -542,7 +611,6 @@ async fn execute(
         },
         stderr_path: live_log(workdir, "stderr"),
         stderr_cap: tool.limits.max_log_bytes,
-        stop_at_stdout_cap: stdout_is_output,
         run_as,
         attach: attach.clone(),
         slurm: tool.slurm.clone(),
@@ -649,10 +717,12 @@ async fn file_sizes(paths: Vec<PathBuf>) -> Vec<Option<u64>> {
 }
 
 /// Gives the work directory (except the server's own `.batchgate`) to the program's
-/// user, so that a program running as that user can read its inputs and write outputs.
+/// user, so that a program running as that user can read its inputs and write outputs,
+/// and no other job's user can enter it (0700).
 async fn hand_over(workdir: &Path, uid: u32) -> std::io::Result<()> {
     let workdir = workdir.to_owned();
     tokio::task::spawn_blocking(move || {
+        crate::datadir::set_mode(&workdir, 0o700)?;
         let mut pending = vec![workdir.clone()];
         while let Some(path) = pending.pop() {
             // Nothing here is the program's yet, but links are never followed.
@@ -722,12 +792,23 @@ fn classify(tool: &Tool, run: &RunOutcome) -> Option<AttemptOutcome> {
             Some(*code),
             None,
         ))),
+        Termination::Signaled(signal) if cpu_limit_reached(tool, run, *signal) => {
+            Some(AttemptOutcome::ProgramFailed(error(
+                "cpu-time-limit",
+                format!(
+                    "the program used more CPU time than the tool's limit of {} s (limits.cpu_seconds) and was stopped",
+                    tool.limits.cpu_seconds.unwrap_or_default()
+                ),
+                None,
+                Some(*signal),
+            )))
+        }
         Termination::Signaled(signal) => {
             let reason = match *signal {
-                24 => " (CPU time limit reached)".to_owned(),
                 25 => " (file size limit reached)".to_owned(),
-                9 => " (killed; it may have run out of memory)".to_owned(),
+                9 => " (killed)".to_owned(),
                 11 => " (segmentation fault)".to_owned(),
+                6 => " (aborted)".to_owned(),
                 _ => String::new(),
             };
             Some(AttemptOutcome::ProgramFailed(error(
@@ -767,15 +848,31 @@ fn classify(tool: &Tool, run: &RunOutcome) -> Option<AttemptOutcome> {
         Termination::Engine { code, message, .. } => Some(AttemptOutcome::ProgramFailed(
             error(code, message.clone(), None, None),
         )),
-        Termination::OutputTooLarge => Some(AttemptOutcome::ProgramFailed(error(
-            "output-too-large",
-            format!(
-                "the program's output (stdout) is larger than the tool's limit of {} bytes; the program was stopped",
-                tool.limits.max_output_bytes
-            ),
-            None,
-            None,
-        ))),
+        Termination::OutputTooLarge { stream } => {
+            let is_output = *stream == "stdout"
+                && tool.outputs.iter().any(|o| o.source == OutputSource::Stdout);
+            Some(AttemptOutcome::ProgramFailed(if is_output {
+                error(
+                    "output-too-large",
+                    format!(
+                        "the program's output (stdout) is larger than the tool's limit of {} bytes (limits.max_output_bytes); the program was stopped",
+                        tool.limits.max_output_bytes
+                    ),
+                    None,
+                    None,
+                )
+            } else {
+                error(
+                    "log-too-large",
+                    format!(
+                        "the program wrote more than the tool's limit of {} bytes to {stream} (limits.max_log_bytes); the program was stopped",
+                        tool.limits.max_log_bytes
+                    ),
+                    None,
+                    None,
+                )
+            }))
+        }
         Termination::SpawnFailed { not_found, message } => {
             Some(AttemptOutcome::ProgramFailed(error(
                 if *not_found {
@@ -792,6 +889,21 @@ fn classify(tool: &Tool, run: &RunOutcome) -> Option<AttemptOutcome> {
                 None,
             )))
         }
+    }
+}
+
+/// Did the kernel end the program for its CPU time? SIGXCPU at the tool's limit, or the
+/// SIGKILL at the hard limit a second later for a program that ignores SIGXCPU.
+fn cpu_limit_reached(tool: &Tool, run: &RunOutcome, signal: i32) -> bool {
+    let Some(limit) = tool.limits.cpu_seconds else {
+        return false;
+    };
+    match signal {
+        24 => true,
+        9 => run
+            .cpu_time
+            .is_some_and(|used| used >= Duration::from_secs(limit)),
+        _ => false,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod reaper;
 pub mod workdirs;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -242,62 +243,80 @@ async fn recovery_loop(runtime: Arc<Runtime>, shutdown: CancellationToken) {
     }
 }
 
-/// The uids programs run as (`run_as_uid`): one per running attempt, so that a per-user
-/// process limit holds per job and jobs cannot signal one another.
+/// The uids programs run as (`run_as_uid`): one per running attempt on this machine, so
+/// that a per-user process limit holds per job, jobs cannot signal or read one another,
+/// and "every process of the uid" is exactly what a job started. A uid is held with an
+/// exclusive `flock` on `/run/batchgate/uids/<uid>`, so every batchgate process of the
+/// machine (several servers, workers, test servers) shares one pool without a
+/// coordinator, and a crashed holder's lock goes with it; the next holder first kills
+/// whatever the crashed one's job left running under that uid.
 pub struct UidPool {
-    base: Option<u32>,
-    used: Mutex<Vec<bool>>,
+    first: u32,
+    count: u32,
+    directory: PathBuf,
+    next: std::sync::atomic::AtomicU32,
 }
+
+/// Where the pool's lock files live.
+pub const UID_LOCKS: &str = "/run/batchgate/uids";
 
 impl UidPool {
-    pub fn new(base: Option<u32>, size: usize) -> UidPool {
-        UidPool {
-            base,
-            used: Mutex::new(vec![false; size.max(1)]),
+    /// The pool of `count` uids from `first`; makes its lock directory (root only).
+    pub fn open(first: u32, count: u32) -> std::io::Result<UidPool> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let directory = PathBuf::from(UID_LOCKS);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&directory)?;
+        let metadata = std::fs::metadata(&directory)?;
+        if metadata.uid() != 0 || metadata.mode() & 0o022 != 0 {
+            return Err(std::io::Error::other(format!(
+                "{UID_LOCKS} must be owned by root and writable by no one else"
+            )));
         }
+        Ok(UidPool {
+            first,
+            count: count.max(1),
+            directory,
+            next: std::sync::atomic::AtomicU32::new(std::process::id() % count.max(1)),
+        })
     }
 
-    pub fn acquire(&self) -> UidLease<'_> {
-        let Some(base) = self.base else {
-            return UidLease {
-                pool: self,
-                slot: None,
-                uid: None,
-            };
-        };
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        // More attempts than slots cannot happen (the pool is sized for the workers);
-        // if it did, the last uid is shared rather than running anything as root.
-        let slot = used.iter().position(|taken| !taken);
-        if let Some(slot) = slot {
-            used[slot] = true;
+    /// A uid no other running job of this machine holds.
+    pub fn acquire(&self) -> Result<UidLease, String> {
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for offset in 0..self.count {
+            let uid = self.first + (start.wrapping_add(offset)) % self.count;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(self.directory.join(uid.to_string()))
+                .map_err(|error| format!("cannot lock a uid for the program: {error}"))?;
+            let locked = rustix::fs::flock(
+                &file,
+                rustix::fs::FlockOperation::NonBlockingLockExclusive,
+            );
+            if locked.is_ok() {
+                return Ok(UidLease { uid, _lock: file });
+            }
         }
-        let index = slot.unwrap_or(used.len() - 1);
-        UidLease {
-            pool: self,
-            slot,
-            uid: Some(base + index as u32),
-        }
+        Err(format!(
+            "all {} uids of the program users' pool are in use on this machine",
+            self.count
+        ))
     }
 }
 
-pub struct UidLease<'a> {
-    pool: &'a UidPool,
-    slot: Option<usize>,
-    uid: Option<u32>,
+/// A uid held for one attempt; released when dropped (after its processes were killed).
+pub struct UidLease {
+    uid: u32,
+    _lock: std::fs::File,
 }
 
-impl UidLease<'_> {
-    pub fn uid(&self) -> Option<u32> {
+impl UidLease {
+    pub fn uid(&self) -> u32 {
         self.uid
-    }
-}
-
-impl Drop for UidLease<'_> {
-    fn drop(&mut self) {
-        if let Some(slot) = self.slot {
-            let mut used = self.pool.used.lock().unwrap_or_else(|p| p.into_inner());
-            used[slot] = false;
-        }
     }
 }

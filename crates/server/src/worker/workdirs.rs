@@ -65,7 +65,9 @@ impl WorkDirs {
             [workdir.join(META), workdir.join(TMP)]
                 .iter()
                 .chain(&directories)
-                .try_for_each(fs::create_dir_all)
+                .try_for_each(fs::create_dir_all)?;
+            // No other user may enter; a program with a uid of its own is given it.
+            crate::datadir::set_mode(&workdir, 0o700)
         })
         .await
         .map_err(std::io::Error::other)?
@@ -98,6 +100,39 @@ impl WorkDirs {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
         self.spare.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Removes, at start, the work directories that attempts of a crashed or killed
+/// predecessor left in `work_root` (inputs, control file, logs: they must not outlive
+/// their job's retention), keeping only those of programs an executor still follows (the
+/// job's `executor_ref` names the directory). Nothing runs in `work_root` yet: the
+/// process holds its lock and has stopped the predecessor's programs. Returns how many
+/// were removed.
+pub async fn remove_abandoned(work_root: &Path, store: &dyn crate::store::JobStore) -> usize {
+    use crate::executors::detached::{parse_label, Reference};
+    let Ok(entries) = fs::read_dir(work_root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let Some((id, _)) = entry.file_name().to_str().and_then(parse_label) else {
+            continue;
+        };
+        let followed = match store.get(id).await {
+            Ok(Some(job)) => job.executor_ref.as_deref().is_some_and(|text| {
+                serde_json::from_str::<Reference>(text)
+                    .is_ok_and(|reference| reference.workdir == entry.path())
+            }),
+            Ok(None) => false,
+            // A store that does not answer keeps everything until the next start.
+            Err(_) => return removed,
+        };
+        if !followed {
+            remove(&entry.path()).await;
+            removed += 1;
+        }
+    }
+    removed
 }
 
 async fn remove(workdir: &Path) {
