@@ -106,6 +106,21 @@ async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
         assert!(label.starts_with(&format!("job{index}:")), "{result}");
     }
     assert!(retried >= 1, "the killed attempts ran again as attempt 2");
+    // The killed attempts' work directories (inputs, control file, logs) are gone too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempts: Vec<String> = std::fs::read_dir(&work)
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| ids.iter().any(|id| name.starts_with(id.as_str())))
+            .collect();
+        if attempts.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "work directories left: {attempts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let page: Value =
         common::get_json(&client, &format!("{}/v1/jobs?limit=100", server.address)).await;
     assert_eq!(

@@ -982,6 +982,54 @@ mod tests {
     }
 
     #[test]
+    fn retry_codes_and_signals_say_what_they_mean() {
+        let with_retry = |retry: &str| check(&format!("{GOOD}\n[retry]\n{retry}"));
+        let tool = with_retry("on_exit_codes = [139, 3]").unwrap();
+        assert_eq!(tool.warnings.len(), 1, "{:?}", tool.warnings);
+        assert!(tool.warnings[0].contains("on_signals = [\"SIGSEGV\"]"), "{:?}", tool.warnings);
+        assert!(with_retry("on_exit_codes = [3]").unwrap().warnings.is_empty());
+        let error = with_retry("on_exit_codes = [300]").unwrap_err();
+        assert!(error.contains("field `retry.on_exit_codes`"), "{error}");
+        let tool = with_retry("on_signals = [\"SIGSEGV\", \"BUS\", 6]").unwrap();
+        assert_eq!(tool.retry.on_signals, [11, 7, 6]);
+        let error = with_retry("on_signals = [\"SIGNOPE\"]").unwrap_err();
+        assert!(error.contains("field `retry.on_signals`: unknown signal"), "{error}");
+    }
+
+    #[test]
+    fn whole_argument_strings_without_a_pattern_are_pointed_out() {
+        let command = r#"command = ["/bin/cat", "{inputs.data}"]"#;
+        let loose = GOOD
+            .replace(
+                command,
+                r#"command = ["/bin/cat", "{params.mode}", "{params.free}", "{inputs.data}"]"#,
+            )
+            .replace(
+                "properties.list",
+                "properties.free = { type = \"string\" }\n        properties.list",
+            )
+            .replace(
+                "inputs.data = [{ a = 1, b = 2 }]",
+                "inputs.data = [{ a = 1, b = 2 }]\n        parameters = { mode = \"x\", free = \"f\" }",
+            );
+        let tool = check(&loose).unwrap();
+        assert_eq!(tool.warnings.len(), 1, "{:?}", tool.warnings);
+        assert!(tool.warnings[0].contains("{params.free}"), "{:?}", tool.warnings);
+        let declared = loose.replacen(
+            "name = \"t\"",
+            "name = \"t\"\n        accepts_options = [\"free\"]",
+            1,
+        );
+        assert!(check(&declared).unwrap().warnings.is_empty());
+        let wrong = GOOD.replacen(
+            "name = \"t\"",
+            "name = \"t\"\n        accepts_options = [\"n\"]",
+            1,
+        );
+        assert!(check(&wrong).unwrap_err().contains("field `accepts_options`"));
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let error = check(&GOOD.replace("name = \"t\"", "name = \"t\"\ntimout = 3")).unwrap_err();
         assert!(error.contains("timout"), "{error}");

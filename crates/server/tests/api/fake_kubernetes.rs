@@ -16,6 +16,9 @@
 //! - `fake.local/deadline`: runs until `activeDeadlineSeconds`, then the Job fails with
 //!   `DeadlineExceeded`;
 //! - `fake.local/hang`: runs until the Job is deleted.
+//! - `fake.local/slow-start`: the pod waits 2.5 s to be "scheduled", then runs like
+//!   `fake.local/run`; as the real Job controller does, `activeDeadlineSeconds` counts
+//!   from the Job's start, so a deadline shorter than the wait fails the Job first.
 //!
 //! What it does not model: scheduling, image pulls, resource enforcement, admission,
 //! authentication, resourceVersion semantics beyond a counter.
@@ -210,13 +213,23 @@ async fn kubelet(state: Arc<Shared>, name: String) {
             job["spec"]["activeDeadlineSeconds"].as_u64(),
         )
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let created = std::time::Instant::now();
+    let pending = if container["image"] == "fake.local/slow-start" {
+        Duration::from_millis(2500)
+    } else {
+        Duration::from_millis(150)
+    };
+    tokio::time::sleep(pending).await;
+    let expired_before_start =
+        deadline.is_some_and(|seconds| created.elapsed() >= Duration::from_secs(seconds));
     let started = chrono::Utc::now().to_rfc3339();
-    state.update(&name, |job| {
-        job.pod["status"] = json!({"phase": "Running", "startTime": started,
-            "containerStatuses": [{"name": "program", "ready": true, "restartCount": 0,
-              "image": container["image"], "state": {"running": {"startedAt": started}}}]});
-    });
+    if !expired_before_start {
+        state.update(&name, |job| {
+            job.pod["status"] = json!({"phase": "Running", "startTime": started,
+                "containerStatuses": [{"name": "program", "ready": true, "restartCount": 0,
+                  "image": container["image"], "state": {"running": {"startedAt": started}}}]});
+        });
+    }
     let image = container["image"].as_str().unwrap_or_default().to_owned();
     let terminated = |exit: i64, reason: &str| {
         json!({"phase": if exit == 0 { "Succeeded" } else { "Failed" },
@@ -226,7 +239,16 @@ async fn kubelet(state: Arc<Shared>, name: String) {
                    "startedAt": started, "finishedAt": chrono::Utc::now().to_rfc3339()}}}]})
     };
     let (pod_status, job_condition, log) = match image.as_str() {
-        "fake.local/run" => {
+        _ if expired_before_start => (
+            json!({"phase": "Failed", "reason": "DeadlineExceeded"}),
+            (
+                "Failed",
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+            ),
+            String::new(),
+        ),
+        "fake.local/run" | "fake.local/slow-start" => {
             let (exit, log) = run_locally(&state, &container).await;
             let reason = if exit == 0 { "Completed" } else { "Error" };
             let condition = if exit == 0 {

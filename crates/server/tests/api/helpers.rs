@@ -180,6 +180,105 @@ inputs.notes = "hello"
 inputs.points = [{ x = 1, y = 2 }]
 
 [[tools]]
+name = "snoop"
+parameters = { type = "object", properties = { other = { type = "string", pattern = "^[0-9a-f-]+$" } } }
+command = ["/bin/sh", "-c", """
+data="$1/../.."
+reach() {{ label=$1; shift; if "$@" >/dev/null 2>&1; then echo "$label: reached"; else echo "$label: denied"; fi; }}
+echo "uid: $(id -u)"
+reach database head -c 15 "$data/jobs.db"
+reach blobs ls "$data/blobs"
+reach staging ls "$data/staging"
+reach work ls "$data/work"
+reach data ls "$data"
+reach other-job ls "$data/work/$2-1"
+reach server-environment cat "/proc/$(cut -d' ' -f4 /proc/$PPID/stat)/environ"
+reach own-directory touch "$1/mine"
+""", "snoop", "{workdir}", "{params.other}"]
+[[tools.outputs]]
+name = "seen"
+from = "stdout"
+format = "lines"
+[tools.example]
+parameters.other = "0"
+
+[[tools]]
+name = "daemon"
+command = ["/bin/sh", "-c", "setsid -f sleep 307; (sleep 308 &); echo started"]
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
+name = "flood"
+command = ["yes"]
+limits.max_log_bytes = 1048576
+limits.timeout_seconds = 30
+limits.kill_grace_seconds = 1
+[[tools.outputs]]
+name = "out"
+path = "out.txt"
+format = "lines"
+required = false
+[tools.example]
+
+[[tools]]
+name = "spin"
+command = ["/bin/sh", "-c", "while :; do :; done"]
+limits.cpu_seconds = 1
+limits.timeout_seconds = 30
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
+name = "segv"
+command = ["/bin/sh", "-c", "kill -SEGV $$"]
+retry.on_signals = ["SIGSEGV"]
+retry.max_attempts = 2
+retry.backoff_seconds = 0
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
+name = "ordered"
+command = ["sort", "{params.order}", "{inputs.lines}"]
+parameters = { type = "object", properties = { order = { type = "string" } }, required = ["order"] }
+[[tools.inputs]]
+name = "lines"
+format = "lines"
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+parameters.order = "/dev/null"
+inputs.lines = ["b", "a"]
+
+[[tools]]
+name = "ordered-options"
+command = ["sort", "{params.order}", "{inputs.lines}"]
+parameters = { type = "object", properties = { order = { type = "string", enum = ["-r", "-n"] } }, required = ["order"] }
+accepts_options = ["order"]
+[[tools.inputs]]
+name = "lines"
+format = "lines"
+[[tools.outputs]]
+name = "out"
+from = "stdout"
+format = "lines"
+[tools.example]
+parameters.order = "-r"
+inputs.lines = ["b", "a"]
+
+[[tools]]
 name = "small"
 command = ["cat", "{inputs.text}"]
 limits.max_request_bytes = 100

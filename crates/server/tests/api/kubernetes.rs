@@ -79,6 +79,15 @@ outputs = [{{ name = "out", path = "out.txt", format = "lines" }}]
 example = {{}}
 
 [[tools]]
+name = "k8s-slow-start"
+executor = "kubernetes"
+command = ["/bin/sh", "-c", "echo started late > out.txt"]
+kubernetes.image = "fake.local/slow-start"
+limits = {{ timeout_seconds = 1 }}
+outputs = [{{ name = "out", path = "out.txt", format = "lines" }}]
+example = {{}}
+
+[[tools]]
 name = "k8s-hang"
 executor = "kubernetes"
 command = ["/prog"]
@@ -127,6 +136,7 @@ async fn jobs_run_as_kubernetes_jobs_and_every_ending_is_mapped_fake_api() {
     let oom = submit("k8s-oom", json!({})).await;
     let evicted = submit("k8s-evicted", json!({})).await;
     let deadline = submit("k8s-deadline", json!({})).await;
+    let slow_start = submit("k8s-slow-start", json!({})).await;
     let hang = submit("k8s-hang", json!({})).await;
 
     // The program ran in the "pod"; its output came back through the shared volume.
@@ -233,6 +243,17 @@ async fn jobs_run_as_kubernetes_jobs_and_every_ending_is_mapped_fake_api() {
     let status = ended(&app, &deadline).await;
     assert_eq!(status["error"]["code"], "timeout", "{status}");
 
+    // Waiting to be scheduled does not count against the program's timeout (1 s here):
+    // the Job's deadline has an allowance for the pod's start.
+    let status = ended(&app, &slow_start).await;
+    assert_eq!(status["status"], "succeeded", "{status}");
+    let manifest = fake
+        .created()
+        .into_iter()
+        .find(|job| job["metadata"]["name"] == format!("batchgate-{slow_start}-1"))
+        .unwrap();
+    assert_eq!(manifest["spec"]["activeDeadlineSeconds"], 601, "{manifest}");
+
     // DELETE of a running job deletes its Kubernetes Job.
     let hang_name = format!("batchgate-{hang}-1");
     let deadline_at = Instant::now() + WAIT;
@@ -329,7 +350,6 @@ async fn a_worker_taking_over_finds_the_job_by_its_labels_and_follows_it_fake_ap
         progress: None,
         stdout_path: workdir.join(".batchgate/stdout"),
         stdout_cap: 1 << 20,
-        stop_at_stdout_cap: false,
         stderr_path: workdir.join(".batchgate/stderr"),
         stderr_cap: 1 << 20,
         run_as: None,

@@ -65,11 +65,7 @@ async fn program_failures_end_failed_with_an_actionable_reason() {
             "exited with status 3: bad input: row 7",
         ),
         ("slow", "timeout", "longer than the tool's limit of 1 s"),
-        (
-            "missing",
-            "program-not-found",
-            "/nonexistent/legacy-program",
-        ),
+        ("missing", "program-not-found", "cannot start `legacy-program`"),
         ("nooutput", "missing-output", "results/out.csv"),
         ("badjson", "output-unparseable", "not valid json"),
         (
@@ -86,6 +82,11 @@ async fn program_failures_end_failed_with_an_actionable_reason() {
         let error = done.error.expect("a failed job has an error");
         assert_eq!(error.code, code, "{tool}: {error:?}");
         assert!(error.message.contains(message), "{tool}: {}", error.message);
+        // Never a path of the server's machine.
+        let shown = format!("{} {:?}", error.message, error.stderr_tail);
+        for path in ["/nonexistent", &app.data_dir.to_string_lossy()] {
+            assert!(!shown.contains(path), "{tool}: {shown}");
+        }
         assert_eq!(done.attempt, 1, "a program's own failure is not retried");
         let result = app
             .client

@@ -3,6 +3,7 @@
 mod clients;
 mod fake_kubernetes;
 mod helpers;
+mod isolation;
 mod kubernetes;
 mod lifecycle;
 mod live;
