@@ -118,7 +118,10 @@ async fn sigkill_mid_run_then_restart_finishes_every_job_exactly_once() {
         if attempts.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "work directories left: {attempts:?}");
+        assert!(
+            Instant::now() < deadline,
+            "work directories left: {attempts:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let page: Value =

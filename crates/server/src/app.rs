@@ -217,7 +217,10 @@ async fn open_blobs(
 /// user (said in the log, with what that lets them reach). A pool needs the server to be
 /// root, uids that belong to no account of this machine (every process of a job's uid is
 /// killed when the job ends), and a data directory other users can pass through.
-fn program_users(settings: &Settings, data_dir: &std::path::Path) -> Result<Option<UidPool>, StartError> {
+fn program_users(
+    settings: &Settings,
+    data_dir: &std::path::Path,
+) -> Result<Option<UidPool>, StartError> {
     let (first, count) = match settings.program_users() {
         ProgramUsers::Server(_) => {
             if let Some(warning) = settings.containment_warning() {
@@ -228,7 +231,9 @@ fn program_users(settings: &Settings, data_dir: &std::path::Path) -> Result<Opti
         ProgramUsers::Pool { first, count } => (first, count),
     };
     if !rustix::process::geteuid().is_root() {
-        return Err("`run_as_uid` needs the server to run as root (or run_as_uid = \"server\")".into());
+        return Err(
+            "`run_as_uid` needs the server to run as root (or run_as_uid = \"server\")".into(),
+        );
     }
     let last = first.saturating_add(count - 1);
     if let Some((account, uid)) = account_in(first..=last) {

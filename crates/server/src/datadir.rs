@@ -77,7 +77,11 @@ mod tests {
     use super::*;
 
     fn mode(path: &Path) -> u32 {
-        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
     }
 
     #[test]
@@ -90,7 +94,15 @@ mod tests {
         for file in ["jobs.db", "jobs.db-wal", "bin/abc/tool"] {
             std::fs::write(data.join(file), "x").unwrap();
         }
-        for path in ["", "bin", "work", "blobs", "staging", "jobs.db", "jobs.db-wal"] {
+        for path in [
+            "",
+            "bin",
+            "work",
+            "blobs",
+            "staging",
+            "jobs.db",
+            "jobs.db-wal",
+        ] {
             set_mode(&data.join(path), 0o755).unwrap();
         }
         std::os::unix::fs::symlink("/etc", data.join("link")).unwrap();
@@ -117,7 +129,10 @@ mod tests {
         std::fs::create_dir_all(closed.join("data")).unwrap();
         set_mode(&closed, 0o700).unwrap();
         let error = reachable_by_others(&closed.join("data")).unwrap_err();
-        assert!(error.contains(&format!("because {} cannot", closed.display())), "{error}");
+        assert!(
+            error.contains(&format!("because {} cannot", closed.display())),
+            "{error}"
+        );
         set_mode(&closed, 0o711).unwrap();
         set_mode(root.path(), 0o755).unwrap();
         // The rest of the path (the system's temporary directory) is open on test machines.

@@ -75,7 +75,9 @@ pub enum Termination {
     TimedOut,
     Canceled,
     /// Stopped because a captured stream (`"stdout"` or `"stderr"`) passed its cap.
-    OutputTooLarge { stream: &'static str },
+    OutputTooLarge {
+        stream: &'static str,
+    },
     /// The program could not be started.
     SpawnFailed {
         not_found: bool,

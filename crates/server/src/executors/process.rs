@@ -105,9 +105,10 @@ pub async fn run(
         Ok(spawned) => spawned,
         Err(error) => {
             // Named by its file name only: a path of this machine is not the client's.
-            let program = std::path::Path::new(&spec.argv[0])
-                .file_name()
-                .map_or_else(|| spec.argv[0].clone(), |name| name.to_string_lossy().into_owned());
+            let program = std::path::Path::new(&spec.argv[0]).file_name().map_or_else(
+                || spec.argv[0].clone(),
+                |name| name.to_string_lossy().into_owned(),
+            );
             let reason = match error.kind() {
                 std::io::ErrorKind::NotFound => "no such program".to_owned(),
                 std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
@@ -128,7 +129,11 @@ pub async fn run(
         limits_applied_at_exec,
         contained,
     } = spawned;
-    let guard = GroupGuard(Some(group));
+    let guard = GroupGuard {
+        group: Some(group),
+        uid: spec.run_as,
+        limits: limits.map(std::path::Path::to_owned),
+    };
     if !limits_applied_at_exec {
         apply_rlimits(group, &spec.rlimits);
     }
@@ -191,10 +196,9 @@ pub async fn run(
     // The leader is gone; whatever it left behind in its group goes too, so no process
     // of the attempt outlives it (and the capture pipes close). A program with a uid of
     // its own loses every process of that uid, wherever it moved.
-    drop(guard);
-    if let Some(uid) = spec.run_as {
-        kill_user(limits, uid).await;
-    }
+    tokio::task::spawn_blocking(move || drop(guard))
+        .await
+        .map_err(std::io::Error::other)?;
     sampler.abort();
     let sampled_peak = Some(peak_memory.load(Ordering::Relaxed)).filter(|&bytes| bytes > 0);
     let (stdout_truncated, _) = join_capture(stdout_task).await;
@@ -217,39 +221,46 @@ pub async fn run(
 /// found in `/proc` is killed in turn.
 pub async fn kill_user(limits: Option<&std::path::Path>, uid: u32) {
     let limits = limits.map(std::path::Path::to_owned);
-    let _ = tokio::task::spawn_blocking(move || {
-        for _ in 0..50 {
-            let alive = processes_of(uid);
-            if alive.is_empty() {
-                return;
-            }
-            let killed_at_once = limits.as_ref().is_some_and(|limits| {
-                std::process::Command::new(limits)
-                    .arg("kill-all")
-                    .env_clear()
-                    .current_dir("/")
-                    .uid(uid)
-                    .gid(uid)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|status| status.success())
-            });
-            if !killed_at_once {
-                for pid in alive {
-                    let _ = rustix::process::kill_process(pid, Signal::KILL);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(2));
+    let _ = tokio::task::spawn_blocking(move || kill_user_now(limits.as_deref(), uid)).await;
+}
+
+/// `kill_user`, blocking the calling thread (a few milliseconds).
+fn kill_user_now(limits: Option<&std::path::Path>, uid: u32) {
+    for _ in 0..50 {
+        let alive = processes_of(uid);
+        if alive.is_empty() {
+            return;
         }
-        tracing::warn!(uid, "processes of a job's user survived repeated kills");
-    })
-    .await;
+        let killed_at_once = limits.is_some_and(|limits| {
+            std::process::Command::new(limits)
+                .arg("kill-all")
+                .env_clear()
+                .current_dir("/")
+                .uid(uid)
+                .gid(uid)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        });
+        if !killed_at_once {
+            for pid in alive {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    tracing::warn!(uid, "processes of a job's user survived repeated kills");
 }
 
 /// The live (not zombie) processes whose real uid is `uid`.
 pub fn processes_of(uid: u32) -> Vec<Pid> {
+    processes_of_range(uid..uid + 1)
+}
+
+/// The live (not zombie) processes whose real uid is in `uids`.
+pub fn processes_of_range(uids: std::ops::Range<u32>) -> Vec<Pid> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -274,10 +285,11 @@ pub fn processes_of(uid: u32) -> Vec<Pid> {
                 .unwrap_or_default()
                 .to_owned()
         };
-        let real_uid = field("Uid:").split_whitespace().next().map(str::to_owned);
-        if real_uid.as_deref() == Some(uid.to_string().as_str())
-            && !field("State:").starts_with('Z')
-        {
+        let real_uid = field("Uid:")
+            .split_whitespace()
+            .next()
+            .and_then(|uid| uid.parse::<u32>().ok());
+        if real_uid.is_some_and(|uid| uids.contains(&uid)) && !field("State:").starts_with('Z') {
             found.push(pid);
         }
     }
@@ -302,15 +314,21 @@ async fn sample_peak_memory(pid: Pid, peak: Arc<AtomicU64>) {
         }
         let mut leader_alive = false;
         for (index, pid) in pids.iter().enumerate() {
-            let Ok(status) = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await
-            else {
+            let Ok(status) = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await else {
                 continue;
             };
             // A zombie has no memory figures left.
             let Some(kb) = status
                 .lines()
                 .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .and_then(|value| {
+                    value
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
             else {
                 continue;
             };
@@ -337,14 +355,22 @@ struct Spawned {
     contained: bool,
 }
 
-/// Kills the process group when dropped: no program outlives its attempt, even when the
-/// attempt itself is abandoned (a server shutting down).
-struct GroupGuard(Option<Pid>);
+/// Kills the process group when dropped, and every process of the program's own uid if
+/// it has one: no program outlives its attempt, even when the attempt itself is abandoned
+/// (a server shutting down).
+struct GroupGuard {
+    group: Option<Pid>,
+    uid: Option<u32>,
+    limits: Option<std::path::PathBuf>,
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if let Some(pid) = self.0.take() {
+        if let Some(pid) = self.group.take() {
             let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        }
+        if let Some(uid) = self.uid.take() {
+            kill_user_now(self.limits.as_deref(), uid);
         }
     }
 }

@@ -253,25 +253,39 @@ mod tests {
 
     #[test]
     fn values_that_would_become_options_or_hold_nul_are_refused() {
-        let command: Vec<ArgTemplate> = ["sort", "{params.order}", "--key={params.key}", "{params.n}"]
-            .iter()
-            .map(|text| ArgTemplate::parse(text).unwrap())
-            .collect();
+        let command: Vec<ArgTemplate> =
+            ["sort", "{params.order}", "--key={params.key}", "{params.n}"]
+                .iter()
+                .map(|text| ArgTemplate::parse(text).unwrap())
+                .collect();
         let check = |params: Value, accepts: &[&str]| {
             let accepts: Vec<String> = accepts.iter().map(|s| s.to_string()).collect();
-            let mut names: Vec<String> = param_faults(&command, params.as_object().unwrap(), &accepts)
-                .into_iter()
-                .map(|(name, _)| name)
-                .collect();
+            let mut names: Vec<String> =
+                param_faults(&command, params.as_object().unwrap(), &accepts)
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect();
             names.sort();
             names
         };
-        assert_eq!(check(json!({"order": "--output=/tmp/x", "key": "1", "n": 2}), &[]), ["order"]);
-        assert_eq!(check(json!({"order": "-r", "key": "1", "n": -2}), &[]), ["n", "order"]);
+        assert_eq!(
+            check(json!({"order": "--output=/tmp/x", "key": "1", "n": 2}), &[]),
+            ["order"]
+        );
+        assert_eq!(
+            check(json!({"order": "-r", "key": "1", "n": -2}), &[]),
+            ["n", "order"]
+        );
         assert!(check(json!({"order": "-r", "key": "1", "n": 2}), &["order"]).is_empty());
         // Inside an argument, a leading dash is data; a NUL never is.
         assert!(check(json!({"order": "asc", "key": "-1", "n": 2}), &[]).is_empty());
-        assert_eq!(check(json!({"order": "a\u{0}b", "key": "x\u{0}", "n": 2}), &["order"]), ["key", "order"]);
+        assert_eq!(
+            check(
+                json!({"order": "a\u{0}b", "key": "x\u{0}", "n": 2}),
+                &["order"]
+            ),
+            ["key", "order"]
+        );
         assert!(check(json!({"order": "x b", "key": "", "n": 0}), &[]).is_empty());
     }
 

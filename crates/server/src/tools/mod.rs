@@ -151,7 +151,9 @@ fn option_warnings(command: &[ArgTemplate], schema: &Value, accepts: &[String]) 
             .and_then(|p| p.get("type"))
             .is_none_or(|kind| kind == "string");
         let constrained = property.is_some_and(|p| {
-            ["pattern", "enum", "const"].iter().any(|key| p.get(key).is_some())
+            ["pattern", "enum", "const"]
+                .iter()
+                .any(|key| p.get(key).is_some())
         });
         if is_string && !constrained && !accepts.iter().any(|a| a == name) {
             warnings.push(format!(
@@ -173,7 +175,9 @@ fn parse_signal(signal: &decl::SignalDecl) -> Result<i32, String> {
             let bare = name.trim_start_matches("SIG");
             (1..=31)
                 .find(|&number| signal_name(number).trim_start_matches("SIG") == bare)
-                .ok_or_else(|| format!("unknown signal `{name}` (e.g. \"SIGSEGV\", \"SIGBUS\", or a number)"))
+                .ok_or_else(|| {
+                    format!("unknown signal `{name}` (e.g. \"SIGSEGV\", \"SIGBUS\", or a number)")
+                })
         }
     }
 }
@@ -181,11 +185,37 @@ fn parse_signal(signal: &decl::SignalDecl) -> Result<i32, String> {
 /// The name of a standard Linux signal.
 pub fn signal_name(number: i32) -> &'static str {
     const NAMES: [&str; 31] = [
-        "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
-        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM",
-        "SIGSTKFLT", "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU",
-        "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO",
-        "SIGPWR", "SIGSYS",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
     ];
     usize::try_from(number - 1)
         .ok()
@@ -659,14 +689,21 @@ impl Tool {
             .map_err(|error| fail("example", format!("not a request body: {error}")))?;
 
         for name in &decl.accepts_options {
-            if !command.iter().any(|argument| argument.whole_param() == Some(name)) {
+            if !command
+                .iter()
+                .any(|argument| argument.whole_param() == Some(name))
+            {
                 return Err(fail(
                     "accepts_options",
                     format!("`{name}` fills no whole argument of `command`"),
                 ));
             }
         }
-        warnings.extend(option_warnings(&command, &parameters_schema, &decl.accepts_options));
+        warnings.extend(option_warnings(
+            &command,
+            &parameters_schema,
+            &decl.accepts_options,
+        ));
 
         let tool = Tool {
             accepts_options: decl.accepts_options,
@@ -986,14 +1023,24 @@ mod tests {
         let with_retry = |retry: &str| check(&format!("{GOOD}\n[retry]\n{retry}"));
         let tool = with_retry("on_exit_codes = [139, 3]").unwrap();
         assert_eq!(tool.warnings.len(), 1, "{:?}", tool.warnings);
-        assert!(tool.warnings[0].contains("on_signals = [\"SIGSEGV\"]"), "{:?}", tool.warnings);
-        assert!(with_retry("on_exit_codes = [3]").unwrap().warnings.is_empty());
+        assert!(
+            tool.warnings[0].contains("on_signals = [\"SIGSEGV\"]"),
+            "{:?}",
+            tool.warnings
+        );
+        assert!(with_retry("on_exit_codes = [3]")
+            .unwrap()
+            .warnings
+            .is_empty());
         let error = with_retry("on_exit_codes = [300]").unwrap_err();
         assert!(error.contains("field `retry.on_exit_codes`"), "{error}");
         let tool = with_retry("on_signals = [\"SIGSEGV\", \"BUS\", 6]").unwrap();
         assert_eq!(tool.retry.on_signals, [11, 7, 6]);
         let error = with_retry("on_signals = [\"SIGNOPE\"]").unwrap_err();
-        assert!(error.contains("field `retry.on_signals`: unknown signal"), "{error}");
+        assert!(
+            error.contains("field `retry.on_signals`: unknown signal"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -1014,7 +1061,11 @@ mod tests {
             );
         let tool = check(&loose).unwrap();
         assert_eq!(tool.warnings.len(), 1, "{:?}", tool.warnings);
-        assert!(tool.warnings[0].contains("{params.free}"), "{:?}", tool.warnings);
+        assert!(
+            tool.warnings[0].contains("{params.free}"),
+            "{:?}",
+            tool.warnings
+        );
         let declared = loose.replacen(
             "name = \"t\"",
             "name = \"t\"\n        accepts_options = [\"free\"]",
@@ -1026,7 +1077,9 @@ mod tests {
             "name = \"t\"\n        accepts_options = [\"n\"]",
             1,
         );
-        assert!(check(&wrong).unwrap_err().contains("field `accepts_options`"));
+        assert!(check(&wrong)
+            .unwrap_err()
+            .contains("field `accepts_options`"));
     }
 
     #[test]

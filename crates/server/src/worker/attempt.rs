@@ -243,7 +243,9 @@ impl HostPaths {
     fn clean(&self, text: &str) -> String {
         self.replacements
             .iter()
-            .fold(text.to_owned(), |text, (path, shown)| text.replace(path, shown))
+            .fold(text.to_owned(), |text, (path, shown)| {
+                text.replace(path, shown)
+            })
     }
 
     fn remove_from(&self, outcome: AttemptOutcome) -> AttemptOutcome {
@@ -253,7 +255,9 @@ impl HostPaths {
             error
         };
         match outcome {
-            AttemptOutcome::ProgramFailed(error) => AttemptOutcome::ProgramFailed(clean_error(error)),
+            AttemptOutcome::ProgramFailed(error) => {
+                AttemptOutcome::ProgramFailed(clean_error(error))
+            }
             AttemptOutcome::TimedOut(error) => AttemptOutcome::TimedOut(clean_error(error)),
             AttemptOutcome::Infrastructure(message) => {
                 AttemptOutcome::Infrastructure(self.clean(&message))

@@ -294,10 +294,8 @@ impl UidPool {
                 .write(true)
                 .open(self.directory.join(uid.to_string()))
                 .map_err(|error| format!("cannot lock a uid for the program: {error}"))?;
-            let locked = rustix::fs::flock(
-                &file,
-                rustix::fs::FlockOperation::NonBlockingLockExclusive,
-            );
+            let locked =
+                rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
             if locked.is_ok() {
                 return Ok(UidLease { uid, _lock: file });
             }

@@ -71,12 +71,7 @@ async fn under_root_a_program_gets_a_uid_of_its_own_and_reaches_nothing_of_the_s
         app.wait_until_done(&location, WAIT).await.status,
         JobState::Succeeded
     );
-    let response = app
-        .client
-        .delete(app.url(&other))
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.delete(app.url(&other)).send().await.unwrap();
     assert_eq!(response.status(), 202);
 }
 
@@ -84,7 +79,9 @@ async fn under_root_a_program_gets_a_uid_of_its_own_and_reaches_nothing_of_the_s
 async fn the_data_directory_is_private_to_the_server() {
     use std::os::unix::fs::PermissionsExt;
     let app = spawn_app().await;
-    let location = app.submit_ok("sort", &json!({"inputs": {"lines": ["b", "a"]}})).await;
+    let location = app
+        .submit_ok("sort", &json!({"inputs": {"lines": ["b", "a"]}}))
+        .await;
     app.wait_until_done(&location, WAIT).await;
     let mode = |path: &str| {
         std::fs::metadata(app.data_dir.join(path))
@@ -108,15 +105,24 @@ async fn the_data_directory_is_private_to_the_server() {
 
 /// Live processes whose command line is exactly `argv`.
 fn processes_running(argv: &[&str]) -> usize {
-    let wanted: Vec<u8> = argv.iter().flat_map(|a| [a.as_bytes(), b"\0"].concat()).collect();
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
         .filter(|entry| std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == wanted))
         .filter(|entry| {
-            std::fs::read_to_string(entry.path().join("stat"))
-                .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
         })
         .count()
 }
@@ -137,7 +143,10 @@ async fn daemons_end_with_their_job(app: &TestApp) {
         if left == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{left} daemons outlived their job");
+        assert!(
+            Instant::now() < deadline,
+            "{left} daemons outlived their job"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -212,7 +221,10 @@ async fn a_parameter_cannot_become_an_option_or_hold_a_nul() {
         let problem = assert_problem(response, 422, "validation-failed").await;
         let field = &problem["errors"][0];
         assert_eq!(field["path"], "/parameters/order", "{problem}");
-        assert!(field["message"].as_str().unwrap().contains(reason), "{problem}");
+        assert!(
+            field["message"].as_str().unwrap().contains(reason),
+            "{problem}"
+        );
     }
     assert!(!std::path::Path::new("/tmp/batchgate-escape").exists());
     // Nothing was queued.
@@ -220,7 +232,9 @@ async fn a_parameter_cannot_become_an_option_or_hold_a_nul() {
     assert_eq!(page["jobs"], json!([]));
     // A tool that declares the parameter an option takes it.
     let body = json!({"inputs": {"lines": lines}, "parameters": {"order": "-r"}});
-    let result = app.result_of(app.submit_json("ordered-options", &body).await).await;
+    let result = app
+        .result_of(app.submit_json("ordered-options", &body).await)
+        .await;
     assert_eq!(result["out"], json!(["b", "a"]));
     // In the query string of a raw body too.
     let response = app
@@ -263,7 +277,9 @@ async fn restart_on(data_dir: &std::path::Path) -> batchgate_server::Application
         ..batchgate_server::Overrides::default()
     };
     let config = batchgate_server::Config::load_with_env(&source, &overrides, false).unwrap();
-    batchgate_server::Application::build(config, true).await.unwrap()
+    batchgate_server::Application::build(config, true)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

@@ -154,7 +154,8 @@ async fn jobs_run_as_kubernetes_jobs_and_every_ending_is_mapped_fake_api() {
         .expect("the Job was created");
     let spec = &job["spec"];
     assert_eq!(spec["backoffLimit"], 0, "batchgate owns retries");
-    assert_eq!(spec["activeDeadlineSeconds"], 30);
+    // The tool's timeout and the default allowance for the pod's start.
+    assert_eq!(spec["activeDeadlineSeconds"], 30 + 600);
     let labels = &job["metadata"]["labels"];
     assert_eq!(labels["batchgate.dev/job"], echo.as_str());
     assert_eq!(labels["batchgate.dev/attempt"], "1");

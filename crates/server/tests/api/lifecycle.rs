@@ -65,7 +65,11 @@ async fn program_failures_end_failed_with_an_actionable_reason() {
             "exited with status 3: bad input: row 7",
         ),
         ("slow", "timeout", "longer than the tool's limit of 1 s"),
-        ("missing", "program-not-found", "cannot start `legacy-program`"),
+        (
+            "missing",
+            "program-not-found",
+            "cannot start `legacy-program`",
+        ),
         ("nooutput", "missing-output", "results/out.csv"),
         ("badjson", "output-unparseable", "not valid json"),
         (
@@ -275,7 +279,8 @@ async fn two_versions_are_served_side_by_side() {
 
 #[tokio::test]
 async fn deleting_a_finished_job_removes_its_data_then_410() {
-    let app = spawn_app().await;
+    // Programs as the server's user: their emptied directories are kept for reuse.
+    let app = spawn_app_with("run_as_uid = \"server\"").await;
     let location = app
         .submit_ok("sort", &json!({"inputs": {"lines": ["b", "a"]}}))
         .await;
