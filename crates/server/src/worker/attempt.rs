@@ -662,7 +662,7 @@ async fn execute(
     };
     let mut probed: Vec<PathBuf> = logs.iter().map(|(_, path)| path.clone()).collect();
     probed.extend(file_outputs.iter().map(|(_, path)| (*path).clone()));
-    let sizes = file_sizes(probed).await;
+    let sizes = file_sizes(workdir, probed).await;
     let (log_sizes, output_sizes) = sizes.split_at(logs.len());
     let mut files: Vec<(String, PathBuf)> = logs
         .iter()
@@ -702,16 +702,27 @@ async fn execute(
     }
 }
 
-/// The size of each path that is a regular file, in one blocking call.
-async fn file_sizes(paths: Vec<PathBuf>) -> Vec<Option<u64>> {
+/// The size of each path that is a regular file reached from `workdir` without a link,
+/// in one blocking call. The program may have replaced an output, or the directory of
+/// its logs, with a link to a file only the server may read; its processes are all gone
+/// by now, so what is checked here is what is read.
+async fn file_sizes(workdir: &Path, paths: Vec<PathBuf>) -> Vec<Option<u64>> {
     let count = paths.len();
+    let workdir = workdir.to_owned();
     tokio::task::spawn_blocking(move || {
         paths
             .iter()
             .map(|path| {
-                std::fs::metadata(path)
+                let linked = path
+                    .ancestors()
+                    .take_while(|ancestor| *ancestor != workdir)
+                    .any(|ancestor| {
+                        std::fs::symlink_metadata(ancestor)
+                            .is_ok_and(|m| m.file_type().is_symlink())
+                    });
+                std::fs::symlink_metadata(path)
                     .ok()
-                    .filter(std::fs::Metadata::is_file)
+                    .filter(|metadata| !linked && metadata.is_file())
                     .map(|metadata| metadata.len())
             })
             .collect()

@@ -203,6 +203,15 @@ format = "lines"
 parameters.other = "0"
 
 [[tools]]
+name = "linker"
+command = ["/bin/sh", "-c", "ln -s /etc/shadow out.txt; mv .batchgate .moved && mkdir .batchgate && ln -s /etc/shadow .batchgate/stderr; echo done"]
+[[tools.outputs]]
+name = "out"
+path = "out.txt"
+format = "lines"
+[tools.example]
+
+[[tools]]
 name = "daemon"
 command = ["/bin/sh", "-c", "setsid -f sleep 307; (sleep 308 &); echo started"]
 [[tools.outputs]]

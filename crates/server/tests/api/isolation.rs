@@ -169,6 +169,21 @@ async fn a_daemon_in_a_new_session_ends_with_its_job_under_its_own_uid() {
 }
 
 #[tokio::test]
+async fn links_to_the_servers_files_are_not_taken_as_outputs_or_logs() {
+    let app = spawn_app().await;
+    let location = app.submit_ok("linker", &json!({})).await;
+    let status = app.wait_until_done(&location, WAIT).await;
+    let error = status.error.unwrap();
+    assert_eq!(error.code, "missing-output", "{error:?}");
+    let logs = app.get_text(&format!("{location}/logs")).await;
+    assert!(!logs.contains("root:"), "{logs}");
+    let stderr = app
+        .get_text(&format!("{location}/logs?stream=stderr"))
+        .await;
+    assert!(!stderr.contains("root:"), "{stderr}");
+}
+
+#[tokio::test]
 async fn a_log_flood_stops_the_program_at_the_cap() {
     let app = spawn_app().await;
     let started = Instant::now();
