@@ -821,6 +821,9 @@ fn classify(tool: &Tool, run: &RunOutcome) -> Option<AttemptOutcome> {
         Termination::Signaled(signal) => {
             let reason = match *signal {
                 25 => " (file size limit reached)".to_owned(),
+                9 if tool.limits.memory_bytes.is_some() => {
+                    " (killed; it may have run out of memory)".to_owned()
+                }
                 9 => " (killed)".to_owned(),
                 11 => " (segmentation fault)".to_owned(),
                 6 => " (aborted)".to_owned(),
