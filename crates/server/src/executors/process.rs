@@ -28,21 +28,10 @@ const MAX_LINE: usize = 4096;
 /// its work directory and leads its own process group) takes its group with it. Read from
 /// `/proc` once at start, so that a running attempt writes no file for it.
 pub fn reap_orphans(work_root: &std::path::Path) -> usize {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
     let own_group = rustix::process::getpgrp();
     let mut groups = std::collections::BTreeSet::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<i32>().ok())
-            .and_then(Pid::from_raw)
-        else {
-            continue;
-        };
-        let cwd = std::fs::read_link(entry.path().join("cwd"));
+    for (pid, directory) in processes() {
+        let cwd = std::fs::read_link(directory.join("cwd"));
         if !cwd.is_ok_and(|cwd| cwd.starts_with(work_root) && cwd != work_root) {
             continue;
         }
@@ -254,6 +243,22 @@ fn kill_user_now(limits: Option<&std::path::Path>, uid: u32) {
     tracing::warn!(uid, "processes of a job's user survived repeated kills");
 }
 
+/// Every process of the machine (as this process sees `/proc`): its pid and directory.
+fn processes() -> impl Iterator<Item = (Pid, std::path::PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<i32>().ok())
+                .and_then(Pid::from_raw)?;
+            Some((pid, entry.path()))
+        })
+}
+
 /// The live (not zombie) processes whose real uid is `uid`.
 pub fn processes_of(uid: u32) -> Vec<Pid> {
     processes_of_range(uid..uid + 1)
@@ -261,20 +266,9 @@ pub fn processes_of(uid: u32) -> Vec<Pid> {
 
 /// The live (not zombie) processes whose real uid is in `uids`.
 pub fn processes_of_range(uids: std::ops::Range<u32>) -> Vec<Pid> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<i32>().ok())
-            .and_then(Pid::from_raw)
-        else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+    for (pid, directory) in processes() {
+        let Ok(status) = std::fs::read_to_string(directory.join("status")) else {
             continue;
         };
         let field = |name: &str| {
