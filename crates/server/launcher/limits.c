@@ -306,7 +306,10 @@ static long exec_program(char **argv, char **envp) {
 
 /* SIGKILL to every child of this process until none is left: a killed child's own
  * children are orphaned to this subreaper and found on the next round. Returns the wait
- * status of `program` if it was still running. */
+ * status of `program` if it was still running. Without /proc's list of children (a
+ * kernel without CONFIG_PROC_CHILDREN), only the program is killed and the wrapper does
+ * not wait for the rest: it must not hang on a daemon it cannot name (the server still
+ * kills the process group, and with a job's own uid every process of it). */
 static int kill_descendants(long program, int status) {
     char digits[24];
     char path[64] = "/proc/self/task/";
@@ -334,6 +337,15 @@ static int kill_descendants(long program, int status) {
             }
             if (child > 0) send_signal(child, SIGKILL);
             close_file(fd);
+        } else {
+            /* The program (if the grace period ran out) is waited for; nothing else is. */
+            int ended = 0;
+            if (send_signal(program, SIGKILL) == 0 && wait_child(program, &ended, 0) == program) {
+                status = ended;
+            }
+            while (wait_child(-1, &ended, NO_HANG) > 0) {
+            }
+            return status;
         }
         int ended = 0;
         long reaped = wait_child(-1, &ended, 0);

@@ -115,6 +115,54 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_cpu_limit_has_a_higher_hard_limit() {
+        let out = limits(
+            &["cpu=2:3", "--", "sh", "-c", "ulimit -St; ulimit -Ht"],
+            &[PATH],
+        );
+        assert_eq!(text(&out.stdout), "2\n3\n", "{}", text(&out.stderr));
+        let out = limits(&["cpu=3:2", "--", "true"], &[PATH]);
+        assert_eq!(
+            out.status.code(),
+            Some(127),
+            "a hard limit below the soft one"
+        );
+    }
+
+    /// `contain` ends what the program left behind (a daemon in its own session holding
+    /// the output pipe: `output()` returns only when it is gone) and exits as the program.
+    #[test]
+    fn contained_programs_take_their_daemons_with_them_and_keep_their_status() {
+        use std::os::unix::process::ExitStatusExt;
+        let started = std::time::Instant::now();
+        let out = limits(
+            &[
+                "contain",
+                "--",
+                "sh",
+                "-c",
+                "setsid -f sleep 3; (sleep 4 &); echo left; exit 7",
+            ],
+            &[PATH],
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "the wrapper waited {:?} for the daemons",
+            started.elapsed()
+        );
+        assert_eq!(out.status.code(), Some(7));
+        assert_eq!(text(&out.stdout), "left\n");
+        let out = limits(&["contain", "--", "sh", "-c", "kill -SEGV $$"], &[PATH]);
+        assert_eq!(
+            out.status.signal(),
+            Some(11),
+            "the program's signal, re-raised"
+        );
+        let out = limits(&["contain", "--", "no-such-program"], &[PATH]);
+        assert_eq!(out.status.code(), Some(127));
+    }
+
     /// execvp(3) hands an executable without a known format to /bin/sh; the wrapper does
     /// not (a job's files never become shell text).
     #[test]

@@ -383,8 +383,7 @@ async fn spawn(spec: &RunSpec, limits: Option<&std::path::Path>) -> std::io::Res
         ));
     }
     let options = launcher_options(&spec.rlimits);
-    let wrapper = limits;
-    let argv = if let Some(wrapper) = wrapper {
+    let argv = if let Some(wrapper) = limits {
         let mut argv = vec![wrapper.to_string_lossy().into_owned()];
         argv.extend(options.iter().cloned());
         argv.push("contain".into());
@@ -441,8 +440,8 @@ async fn spawn(spec: &RunSpec, limits: Option<&std::path::Path>) -> std::io::Res
         exit,
         stdout,
         stderr,
-        limits_applied_at_exec: wrapper.is_some() || options.is_empty(),
-        contained: wrapper.is_some(),
+        limits_applied_at_exec: limits.is_some() || options.is_empty(),
+        contained: limits.is_some(),
     })
 }
 

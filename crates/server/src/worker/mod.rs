@@ -264,6 +264,11 @@ impl UidPool {
     /// The pool of `count` uids from `first`; makes its lock directory (root only).
     pub fn open(first: u32, count: u32) -> std::io::Result<UidPool> {
         use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        if first == 0 || first.checked_add(count.max(1)).is_none() {
+            return Err(std::io::Error::other(format!(
+                "the pool {first} + {count} uids must lie between 1 and 4294967295"
+            )));
+        }
         let directory = PathBuf::from(UID_LOCKS);
         std::fs::DirBuilder::new()
             .recursive(true)

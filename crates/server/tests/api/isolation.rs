@@ -103,31 +103,24 @@ async fn the_data_directory_is_private_to_the_server() {
     }
 }
 
-/// Live processes whose command line is exactly `argv`.
-fn processes_running(argv: &[&str]) -> usize {
+/// Live processes of a uid in `uids` whose command line is exactly `argv`.
+fn processes_running(uids: std::ops::Range<u32>, argv: &[&str]) -> usize {
     let wanted: Vec<u8> = argv
         .iter()
         .flat_map(|a| [a.as_bytes(), b"\0"].concat())
         .collect();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter(|entry| std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == wanted))
-        .filter(|entry| {
-            std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
-                !stat
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
+    batchgate_server::executors::process::processes_of_range(uids)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero()))
+                .is_ok_and(|cmdline| cmdline == wanted)
         })
         .count()
 }
 
-async fn daemons_end_with_their_job(app: &TestApp) {
+/// The daemons of the `daemon` tool, run as a uid in `uids`, end with their job (and
+/// the job does not wait for them).
+async fn daemons_end_with_their_job(app: &TestApp, uids: std::ops::Range<u32>) {
     let started = Instant::now();
     let location = app.submit_ok("daemon", &json!({})).await;
     let status = app.wait_until_done(&location, WAIT).await;
@@ -139,7 +132,8 @@ async fn daemons_end_with_their_job(app: &TestApp) {
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let left = processes_running(&["sleep", "307"]) + processes_running(&["sleep", "308"]);
+        let left = processes_running(uids.clone(), &["sleep", "307"])
+            + processes_running(uids.clone(), &["sleep", "308"]);
         if left == 0 {
             break;
         }
@@ -155,7 +149,8 @@ async fn daemons_end_with_their_job(app: &TestApp) {
 async fn a_daemon_in_a_new_session_ends_with_its_job_as_the_servers_user() {
     // The server's own user: the wrapper, a child subreaper, ends what escaped the group.
     let app = spawn_app_with("run_as_uid = \"server\"").await;
-    daemons_end_with_their_job(&app).await;
+    let own = rustix::process::geteuid().as_raw();
+    daemons_end_with_their_job(&app, own..own + 1).await;
 }
 
 #[tokio::test]
@@ -165,7 +160,7 @@ async fn a_daemon_in_a_new_session_ends_with_its_job_under_its_own_uid() {
         return;
     }
     let app = spawn_app().await;
-    daemons_end_with_their_job(&app).await;
+    daemons_end_with_their_job(&app, 61000..61512).await;
 }
 
 #[tokio::test]
