@@ -207,14 +207,52 @@ pub async fn run(
 /// Ends every process of `uid` (a job's own user): `batchgate-limits kill-all` run as
 /// that user sends SIGKILL to all of them in one `kill(-1)`, which a fork bomb cannot
 /// outrun; repeated until `/proc` shows none alive. Without the wrapper, each process
-/// found in `/proc` is killed in turn.
+/// found in `/proc` is killed in turn. Then what the uid left in `/tmp`, `/var/tmp` and
+/// `/dev/shm` is removed.
 pub async fn kill_user(limits: Option<&std::path::Path>, uid: u32) {
     let limits = limits.map(std::path::Path::to_owned);
     let _ = tokio::task::spawn_blocking(move || kill_user_now(limits.as_deref(), uid)).await;
 }
 
-/// `kill_user`, blocking the calling thread (a few milliseconds).
+/// `kill_user`, blocking the calling thread (a few milliseconds), then `remove_files_of`.
 fn kill_user_now(limits: Option<&std::path::Path>, uid: u32) {
+    kill_processes_of(limits, uid);
+    remove_files_of(uid);
+}
+
+/// Directories every user may write to: what a job's uid leaves there would be read by
+/// the next job given the same uid.
+const SHARED_TEMPORARY: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+
+/// Removes what `uid` left at the top of the shared temporary directories (files,
+/// directories with their contents; a link is removed, never followed). Only a job's own
+/// uid is ever passed here, once its processes are gone.
+pub fn remove_files_of(uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    for directory in SHARED_TEMPORARY {
+        let Ok(entries) = std::fs::read_dir(directory) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if metadata.uid() != uid {
+                continue;
+            }
+            let removed = if metadata.is_dir() {
+                std::fs::remove_dir_all(entry.path())
+            } else {
+                std::fs::remove_file(entry.path())
+            };
+            if let Err(error) = removed {
+                tracing::warn!(uid, %error, "cannot remove a file a job's user left");
+            }
+        }
+    }
+}
+
+fn kill_processes_of(limits: Option<&std::path::Path>, uid: u32) {
     for _ in 0..50 {
         let alive = processes_of(uid);
         if alive.is_empty() {

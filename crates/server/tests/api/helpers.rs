@@ -212,6 +212,15 @@ format = "lines"
 [tools.example]
 
 [[tools]]
+name = "leaver"
+command = ["/bin/sh", "-c", "cat /tmp/batchgate-left-by-a-job 2>/dev/null || echo nothing; echo secret > /tmp/batchgate-left-by-a-job; mkdir -p /dev/shm/batchgate-left-by-a-job"]
+[[tools.outputs]]
+name = "seen"
+from = "stdout"
+format = "lines"
+[tools.example]
+
+[[tools]]
 name = "daemon"
 command = ["/bin/sh", "-c", "setsid -f sleep 307; (sleep 308 &); echo started"]
 [[tools.outputs]]

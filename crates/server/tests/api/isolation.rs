@@ -179,6 +179,34 @@ async fn links_to_the_servers_files_are_not_taken_as_outputs_or_logs() {
 }
 
 #[tokio::test]
+async fn the_next_job_with_the_same_uid_finds_nothing_of_the_last_one() {
+    if !is_root() {
+        crate::helpers::skip("per-job uids need the tests to run as root");
+        return;
+    }
+    // A pool of one uid of its own: the two jobs run under the same uid, one after the
+    // other.
+    let app = spawn_app_with("run_as_uid = 62900\nrun_as_uid_count = 1").await;
+    for _ in 0..2 {
+        let location = app.submit_ok("leaver", &json!({})).await;
+        let status = app.wait_until_done(&location, WAIT).await;
+        assert_eq!(status.status, JobState::Succeeded, "{status:?}");
+        let (_, result) = app.get_json(&format!("{location}/result")).await;
+        assert_eq!(
+            result["seen"],
+            json!(["nothing"]),
+            "a file of the last job was read"
+        );
+    }
+    for left in [
+        "/tmp/batchgate-left-by-a-job",
+        "/dev/shm/batchgate-left-by-a-job",
+    ] {
+        assert!(!std::path::Path::new(left).exists(), "{left}");
+    }
+}
+
+#[tokio::test]
 async fn a_log_flood_stops_the_program_at_the_cap() {
     let app = spawn_app().await;
     let started = Instant::now();
