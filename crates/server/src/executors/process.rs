@@ -214,15 +214,68 @@ pub async fn kill_user(limits: Option<&std::path::Path>, uid: u32) {
     let _ = tokio::task::spawn_blocking(move || kill_user_now(limits.as_deref(), uid)).await;
 }
 
-/// `kill_user`, blocking the calling thread (a few milliseconds), then `remove_files_of`.
+/// `kill_user`, blocking the calling thread (a few milliseconds), then what the uid
+/// left outside its work directory (`remove_files_of`, `remove_ipc_of`).
 fn kill_user_now(limits: Option<&std::path::Path>, uid: u32) {
     kill_processes_of(limits, uid);
     remove_files_of(uid);
+    remove_ipc_of(uid);
 }
 
 /// Directories every user may write to: what a job's uid leaves there would be read by
 /// the next job given the same uid.
-const SHARED_TEMPORARY: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+const SHARED_TEMPORARY: [&str; 5] = ["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock"];
+
+/// Removes the System V shared memory segments, message queues and semaphore sets `uid`
+/// owns (they outlive their processes, and the next job given the uid could attach to
+/// them), with util-linux `ipcrm` (fixed argv).
+pub fn remove_ipc_of(uid: u32) {
+    let mut arguments: Vec<String> = Vec::new();
+    for (table, flag) in [("shm", "-m"), ("msg", "-q"), ("sem", "-s")] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/sysvipc/{table}")) else {
+            continue;
+        };
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let (Some(id_column), Some(uid_column)) = (
+            header
+                .iter()
+                .position(|name| name.ends_with("id") && *name != "uid"),
+            header.iter().position(|name| *name == "uid"),
+        ) else {
+            continue;
+        };
+        for line in lines {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(uid_column) == Some(&uid.to_string().as_str()) {
+                if let Some(id) = fields.get(id_column) {
+                    arguments.extend([flag.to_owned(), (*id).to_owned()]);
+                }
+            }
+        }
+    }
+    if arguments.is_empty() {
+        return;
+    }
+    let removed = std::process::Command::new("ipcrm")
+        .args(&arguments)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !removed.is_ok_and(|status| status.success()) {
+        tracing::warn!(
+            uid,
+            "cannot remove the System V IPC objects a job's user left"
+        );
+    }
+}
 
 /// Removes what `uid` left at the top of the shared temporary directories (files,
 /// directories with their contents; a link is removed, never followed). Only a job's own

@@ -213,7 +213,7 @@ format = "lines"
 
 [[tools]]
 name = "leaver"
-command = ["/bin/sh", "-c", "cat /tmp/batchgate-left-by-a-job 2>/dev/null || echo nothing; echo secret > /tmp/batchgate-left-by-a-job; mkdir -p /dev/shm/batchgate-left-by-a-job"]
+command = ["/bin/sh", "-c", "cat /tmp/batchgate-left-by-a-job 2>/dev/null || echo nothing; echo secret > /tmp/batchgate-left-by-a-job; mkdir -p /dev/shm/batchgate-left-by-a-job; ipcmk -M 4096 >/dev/null; ipcmk -Q >/dev/null"]
 [[tools.outputs]]
 name = "seen"
 from = "stdout"

@@ -204,6 +204,23 @@ async fn the_next_job_with_the_same_uid_finds_nothing_of_the_last_one() {
     ] {
         assert!(!std::path::Path::new(left).exists(), "{left}");
     }
+    // Nor a System V shared memory segment or message queue of the uid.
+    for table in ["shm", "msg"] {
+        let text = std::fs::read_to_string(format!("/proc/sysvipc/{table}")).unwrap();
+        let uid_column = text
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .position(|name| name == "uid")
+            .unwrap();
+        let owned = text
+            .lines()
+            .skip(1)
+            .filter(|line| line.split_whitespace().nth(uid_column) == Some("62900"))
+            .count();
+        assert_eq!(owned, 0, "{table} objects of the job's uid are left");
+    }
 }
 
 #[tokio::test]
