@@ -108,10 +108,14 @@ impl ArgTemplate {
     }
 }
 
+/// The kernel's limit on one argument (`MAX_ARG_STRLEN`, 32 pages): a longer one makes the
+/// program fail to start, the client's mistake found only when the job runs.
+const MAX_ARGUMENT_BYTES: usize = 128 * 1024;
+
 /// Why parameter values cannot become arguments of `command`: (parameter, reason) for a
-/// value with a NUL byte (an argument cannot hold one), and for a value that fills a
-/// whole argument and starts with `-` (request data must not become an option) unless
-/// the tool lists the parameter in `accepts_options`.
+/// value with a NUL byte (an argument cannot hold one) or too long for one, and for a
+/// value that fills a whole argument and starts with `-` (request data must not become an
+/// option) unless the tool lists the parameter in `accepts_options`.
 pub fn param_faults(
     command: &[ArgTemplate],
     params: &serde_json::Map<String, Value>,
@@ -128,6 +132,8 @@ pub fn param_faults(
             };
             let reason = if value.contains('\0') {
                 "contains a NUL byte, which a program argument cannot hold"
+            } else if value.len() >= MAX_ARGUMENT_BYTES {
+                "is longer than a program argument can be (128 KiB)"
             } else if value.starts_with('-')
                 && argument.whole_param() == Some(name.as_str())
                 && !accepts_options.contains(name)
@@ -287,6 +293,11 @@ mod tests {
             ["key", "order"]
         );
         assert!(check(json!({"order": "x b", "key": "", "n": 0}), &[]).is_empty());
+        let long = "x".repeat(MAX_ARGUMENT_BYTES);
+        assert_eq!(
+            check(json!({"order": "a", "key": long, "n": 0}), &[]),
+            ["key"]
+        );
     }
 
     #[test]
