@@ -31,11 +31,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let header_timeout = Duration::from_secs(settings.header_timeout_seconds.max(1));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(settings.header_timeout_seconds.max(1)))
+        .header_read_timeout(header_timeout)
         .max_buf_size(settings.max_header_bytes.max(8192));
     builder
         .http2()
@@ -61,15 +62,20 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(service.clone()),
-            )
-            .into_owned();
-        let connection = graceful.watch(connection);
+        // hyper's protocol detection reads the first bytes without a timer: a client that
+        // connects and sends nothing would hold its slot for ever. It gets the head's
+        // deadline to start, then hyper's own header timeout applies.
+        let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _ = connection.await;
+            let mut first = [0u8; 1];
+            let started = tokio::time::timeout(header_timeout, stream.peek(&mut first)).await;
+            if matches!(started, Ok(Ok(1))) {
+                let connection = builder.serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(service),
+                );
+                let _ = watcher.watch(connection.into_owned()).await;
+            }
             drop(permit);
         });
     }

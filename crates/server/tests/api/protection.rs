@@ -640,6 +640,42 @@ header_timeout_seconds = 30",
 }
 
 #[tokio::test]
+async fn silent_connections_are_closed_after_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app_with(
+        "max_connections = 3
+header_timeout_seconds = 1",
+    )
+    .await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    // Clients that connect and never send a byte take every slot...
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    // ...until the header timeout closes them: the server reads EOF-then-closes, so each
+    // read ends (0 bytes) instead of waiting.
+    let started = std::time::Instant::now();
+    for stream in &mut silent {
+        let mut buffer = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a silent connection stayed open: {read:?}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let served = app
+        .client
+        .get(app.url("/healthz"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+}
+
+#[tokio::test]
 async fn slow_headers_huge_headers_and_unknown_encodings_are_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app_with("header_timeout_seconds = 1").await;
