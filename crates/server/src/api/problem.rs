@@ -126,24 +126,61 @@ impl std::ops::DerefMut for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
-        if error.is_retryable() {
-            tracing::error!(%error, "job store unavailable");
-            let mut problem = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-unavailable",
-                "the job store is unavailable; try again shortly",
-            );
-            problem.retry_after = Some(5);
-            problem
-        } else {
-            ApiError::internal(error)
+        match error {
+            StoreError::Full(_) => ApiError::storage_full(error),
+            StoreError::Unavailable(_) => {
+                tracing::error!(%error, "job store unavailable");
+                let mut problem = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "the job store is unavailable; try again shortly",
+                );
+                problem.retry_after = Some(5);
+                problem
+            }
+            StoreError::Corrupt(_) => ApiError::internal(error),
         }
     }
 }
 
 impl From<BlobError> for ApiError {
     fn from(error: BlobError) -> ApiError {
-        ApiError::internal(error)
+        match &error {
+            BlobError::Io(io) => ApiError::from_io(io),
+            BlobError::NotFound(_) => ApiError::internal(error),
+        }
+    }
+}
+
+/// A full disk or quota (ENOSPC, EDQUOT): the server's trouble, which passes when space
+/// is made.
+pub fn is_storage_full(error: &std::io::Error) -> bool {
+    let code = error.raw_os_error();
+    code == Some(rustix::io::Errno::NOSPC.raw_os_error())
+        || code == Some(rustix::io::Errno::DQUOT.raw_os_error())
+}
+
+impl ApiError {
+    /// The server's own storage is full: `507` with `Retry-After`, never the client's
+    /// fault.
+    pub fn storage_full(cause: impl std::fmt::Display) -> ApiError {
+        tracing::error!(cause = %cause, "storage full");
+        let mut problem = ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage-full",
+            "the server's storage is full; try again later",
+        );
+        problem.retry_after = Some(30);
+        problem
+    }
+
+    /// A failure of the server's own files: `507` when the disk is full, else `500`.
+    pub fn from_io(error: &std::io::Error) -> ApiError {
+        if is_storage_full(error) {
+            ApiError::storage_full(error)
+        } else {
+            ApiError::internal(error)
+        }
     }
 }
 

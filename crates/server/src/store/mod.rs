@@ -26,8 +26,13 @@ pub use changes::{Changes, Subscription};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Down, unreachable, locked by another process, restarting: it may pass.
     #[error("the job store is unavailable: {0}")]
     Unavailable(String),
+    /// The disk under the store is full: it passes when space is made.
+    #[error("the job store's disk is full: {0}")]
+    Full(String),
+    /// A row it cannot read, or a statement it refuses: retrying does not help.
     #[error("the job store holds data it cannot read: {0}")]
     Corrupt(String),
 }
@@ -35,7 +40,151 @@ pub enum StoreError {
 impl StoreError {
     /// True when trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Full(_))
+    }
+}
+
+/// One classification of the database's errors for both stores (the conformance suite
+/// checks it): what may pass (the server or its disk, a lock, a lost connection) is
+/// `Unavailable` or `Full`; what cannot (a row it cannot decode, a statement the store
+/// should never send) is `Corrupt`.
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> StoreError {
+        use sqlx::Error;
+        let text = error.to_string();
+        match &error {
+            Error::Database(database) => match database_condition(database.as_ref()) {
+                Condition::Full => StoreError::Full(text),
+                Condition::Passing => StoreError::Unavailable(text),
+                Condition::Permanent => StoreError::Corrupt(text),
+            },
+            Error::Io(io) if io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
+                StoreError::Full(text)
+            }
+            Error::Io(_)
+            | Error::Tls(_)
+            | Error::Protocol(_)
+            | Error::PoolTimedOut
+            | Error::PoolClosed
+            | Error::WorkerCrashed => StoreError::Unavailable(text),
+            _ => StoreError::Corrupt(text),
+        }
+    }
+}
+
+/// The store's own file operations (SQLite's group-commit sync, its files' modes).
+impl From<std::io::Error> for StoreError {
+    fn from(error: std::io::Error) -> StoreError {
+        if error.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+            StoreError::Full(error.to_string())
+        } else {
+            StoreError::Unavailable(error.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod classification {
+    use super::StoreError;
+
+    fn kind(error: sqlx::Error) -> &'static str {
+        match StoreError::from(error) {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Full(_) => "full",
+            StoreError::Corrupt(_) => "corrupt",
+        }
+    }
+
+    #[test]
+    fn what_may_pass_is_retryable_and_what_cannot_is_not() {
+        let io = |errno: rustix::io::Errno| {
+            sqlx::Error::Io(std::io::Error::from_raw_os_error(errno.raw_os_error()))
+        };
+        let cases = [
+            (sqlx::Error::PoolTimedOut, "unavailable"),
+            (sqlx::Error::PoolClosed, "unavailable"),
+            (io(rustix::io::Errno::CONNREFUSED), "unavailable"),
+            (io(rustix::io::Errno::NOSPC), "full"),
+            (sqlx::Error::ColumnNotFound("state".into()), "corrupt"),
+            (sqlx::Error::Decode("not a uuid".into()), "corrupt"),
+            (sqlx::Error::RowNotFound, "corrupt"),
+        ];
+        for (error, expected) in cases {
+            let text = error.to_string();
+            assert_eq!(kind(error), expected, "{text}");
+        }
+    }
+
+    /// A real SQLite lock held by another connection: the store's busy timeout runs out
+    /// and the write is `Unavailable` (a `503`), not a crash or a wait without end.
+    #[tokio::test]
+    async fn a_database_locked_by_another_process_is_unavailable() {
+        use sqlx::ConnectOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let store = super::sqlite::SqliteJobStore::open(&path).await.unwrap();
+        let mut other = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let error = super::JobStore::create_key(&store, &test_key())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Unavailable(_)), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+        super::JobStore::create_key(&store, &test_key())
+            .await
+            .unwrap();
+    }
+
+    fn test_key() -> super::ApiKey {
+        crate::auth::keys::generate("lock", "free", false, chrono::Utc::now()).record
+    }
+}
+
+enum Condition {
+    Full,
+    Passing,
+    Permanent,
+}
+
+/// What a database's own error code says: SQLite's result codes (the primary code, the
+/// low byte of the extended one), PostgreSQL's SQLSTATE classes.
+fn database_condition(error: &dyn sqlx::error::DatabaseError) -> Condition {
+    let code = error.code().unwrap_or_default();
+    if error
+        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
+        return match code.parse::<i32>().map(|code| code & 0xff) {
+            // SQLITE_FULL
+            Ok(13) => Condition::Full,
+            // BUSY, LOCKED, READONLY, IOERR, CANTOPEN, PROTOCOL
+            Ok(5 | 6 | 8 | 10 | 14 | 15) => Condition::Passing,
+            _ => Condition::Permanent,
+        };
+    }
+    match code.as_ref() {
+        // disk_full
+        "53100" => Condition::Full,
+        // connection exceptions, insufficient resources, operator intervention (a
+        // restart), serialization failures and deadlocks, read-only transactions
+        sqlstate
+            if ["08", "53", "57", "40"]
+                .iter()
+                .any(|class| sqlstate.starts_with(class))
+                || sqlstate == "25006" =>
+        {
+            Condition::Passing
+        }
+        _ => Condition::Permanent,
     }
 }
 

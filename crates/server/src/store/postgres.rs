@@ -298,8 +298,9 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     tx.commit().await.map_err(unavailable)
 }
 
-fn unavailable(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(error.to_string())
+/// A database error, classified as both stores classify it (`StoreError::from`).
+fn unavailable(error: sqlx::Error) -> StoreError {
+    StoreError::from(error)
 }
 
 fn corrupt(error: impl std::fmt::Display) -> StoreError {

@@ -181,6 +181,11 @@ pub struct SqliteJobStore {
     run_times: RunTimes,
 }
 
+/// How long a statement waits for another process's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a write waits for the one writer connection.
+const WRITER_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The database holds the URL-signing secret and every job's parameters: readable by the
 /// server's user only. SQLite gives its `-wal` and `-shm` files the database's mode, so
 /// the database is made 0600 before SQLite first opens it.
@@ -204,16 +209,22 @@ fn private_files(path: &Path) -> std::io::Result<()> {
 
 impl SqliteJobStore {
     pub async fn open(path: &Path) -> Result<SqliteJobStore, StoreError> {
-        private_files(path).map_err(unavailable)?;
+        private_files(path)?;
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(unavailable)?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+            // Another process holding the write lock (an operator's `sqlite3`, a backup)
+            // makes a write wait this long, then fail as `Unavailable`: a client gets a
+            // `503` while it still waits for an answer.
+            .busy_timeout(BUSY_TIMEOUT);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // While another process holds the lock, writes queue behind each other's busy
+            // timeout: one waiting longer than this for its turn fails as `Unavailable`.
+            .acquire_timeout(WRITER_QUEUE_TIMEOUT)
             .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
             .await
             .map_err(unavailable)?;
@@ -238,7 +249,7 @@ impl SqliteJobStore {
 impl SqliteJobStore {
     /// Waits until every commit so far is on disk (see `durable.rs`).
     async fn durable(&self) -> Result<(), StoreError> {
-        self.wal.sync().await.map_err(unavailable)
+        self.wal.sync().await.map_err(StoreError::from)
     }
 }
 
@@ -280,8 +291,9 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     result
 }
 
-fn unavailable(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(error.to_string())
+/// A database error, classified as both stores classify it (`StoreError::from`).
+fn unavailable(error: sqlx::Error) -> StoreError {
+    StoreError::from(error)
 }
 
 fn millis(time: DateTime<Utc>) -> i64 {

@@ -130,7 +130,6 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
     )
     .await;
     let attempt_ended = crate::jobs::now();
-    heartbeat.abort();
     runtime.running.unregister(id);
     // The heartbeat writes progress at most every 200 ms; record the last report too.
     let last_report = final_progress.borrow().clone();
@@ -168,6 +167,8 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         };
         finish(&runtime, &job, decision, outputs).await
     };
+    // The heartbeat held the lease while the outcome was being stored.
+    heartbeat.abort();
     // A program left running for the next worker keeps its directory.
     if !measured.detached {
         let recyclable = executor.on_this_host() && uid.is_none();
@@ -330,7 +331,10 @@ async fn finish(
                 expires_at: chrono::Duration::from_std(retention).ok().map(|r| now + r),
             };
             tracing::info!(job_id = %id, attempt, state = %state, "attempt finished");
-            let committed = runtime.store.complete(id, attempt, &completion).await;
+            let committed = until_stored(runtime, job, || {
+                runtime.store.complete(id, attempt, &completion)
+            })
+            .await;
             if matches!(committed, Ok(true)) {
                 crate::telemetry::finished(&job.tool, &job.tier, state.as_str());
             }
@@ -339,10 +343,11 @@ async fn finish(
         Decision::Retry { delay, error } => {
             tracing::info!(job_id = %id, attempt, delay_ms = delay.as_millis() as u64, code = %error.code, "attempt will be retried");
             let run_after = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            (
-                "retry",
-                runtime.store.requeue(id, attempt, run_after, &error).await,
-            )
+            let committed = until_stored(runtime, job, || {
+                runtime.store.requeue(id, attempt, run_after, &error)
+            })
+            .await;
+            ("retry", committed)
         }
     };
     match committed {
@@ -356,6 +361,35 @@ async fn finish(
             // The lease will expire and the job will be retried from scratch.
             tracing::error!(job_id = %id, attempt, %error, "cannot record the attempt's outcome");
             "discarded"
+        }
+    }
+}
+
+/// Commits an attempt's outcome, trying again while the store's trouble may pass (a full
+/// disk, a lock, a restart), with backoff up to 10 s, until it is stored or the server
+/// stops: an outcome the program earned is not thrown away for the platform's fault. The
+/// attempt's heartbeat keeps its lease meanwhile.
+async fn until_stored<F, Fut>(
+    runtime: &Runtime,
+    job: &Job,
+    commit: F,
+) -> Result<bool, crate::store::StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, crate::store::StoreError>>,
+{
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match commit().await {
+            Err(error) if error.is_retryable() && !runtime.stopping.is_cancelled() => {
+                tracing::warn!(job_id = %job.id, attempt = job.attempt, %error, retry_ms = delay.as_millis() as u64, "cannot record the attempt's outcome yet");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = runtime.stopping.cancelled() => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
         }
     }
 }

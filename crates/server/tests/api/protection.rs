@@ -807,3 +807,45 @@ async fn the_sandbox_hides_the_network_and_the_servers_data() {
         .await;
     assert_eq!(status.status, JobState::Succeeded);
 }
+
+#[tokio::test]
+async fn a_database_locked_by_another_process_answers_503_while_the_client_waits() {
+    use sqlx::ConnectOptions;
+    let app = spawn_app().await;
+    let mut other = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(app.data_dir.join("jobs.db"))
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let response = app
+        .client
+        .post(app.url("/v1/tools/sort/jobs"))
+        .json(&lines())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a client with a 5 s timeout got no answer: {:?}",
+        started.elapsed()
+    );
+    assert!(response.headers().contains_key("retry-after"));
+    assert_problem(response, 503, "store-unavailable").await;
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    let location = app.submit_ok("sort", &lines()).await;
+    assert_eq!(
+        app.wait_until_done(&location, Duration::from_secs(20))
+            .await
+            .status,
+        JobState::Succeeded
+    );
+    // Nothing of the refused submission was kept.
+    let (_, page) = app.get_json("/v1/jobs").await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+}
