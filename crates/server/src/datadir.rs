@@ -1,5 +1,6 @@
-//! The data directory's modes: what a job's program, running under a uid of its own, may
-//! reach in it (ARCHITECTURE.md, "Isolation model").
+//! The data directory: its modes (what a job's program, running under a uid of its own,
+//! may reach in it; ARCHITECTURE.md, "Isolation model"), and what its disk's failures
+//! mean (`is_full`).
 //!
 //! | path | mode | a program with its own uid |
 //! |---|---|---|
@@ -15,6 +16,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+
+/// A full disk or quota (ENOSPC, EDQUOT): the server's trouble, which passes when space
+/// is made; never the client's fault.
+pub fn is_full(error: &std::io::Error) -> bool {
+    let code = error.raw_os_error();
+    code == Some(rustix::io::Errno::NOSPC.raw_os_error())
+        || code == Some(rustix::io::Errno::DQUOT.raw_os_error())
+}
 
 /// Directories a program must pass through (to its work directory, to the installed
 /// programs) without listing them.

@@ -147,17 +147,28 @@ impl From<BlobError> for ApiError {
     fn from(error: BlobError) -> ApiError {
         match &error {
             BlobError::Io(io) => ApiError::from_io(io),
+            BlobError::Unavailable(_) => {
+                tracing::error!(%error, "blob storage unavailable");
+                let mut problem = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage-unavailable",
+                    "the blob storage is unavailable; try again shortly",
+                );
+                problem.retry_after = Some(5);
+                problem
+            }
             BlobError::NotFound(_) => ApiError::internal(error),
         }
     }
 }
 
-/// A full disk or quota (ENOSPC, EDQUOT): the server's trouble, which passes when space
-/// is made.
-pub fn is_storage_full(error: &std::io::Error) -> bool {
-    let code = error.raw_os_error();
-    code == Some(rustix::io::Errno::NOSPC.raw_os_error())
-        || code == Some(rustix::io::Errno::DQUOT.raw_os_error())
+impl From<crate::transforms::WriteError> for ApiError {
+    fn from(error: crate::transforms::WriteError) -> ApiError {
+        match error {
+            crate::transforms::WriteError::Invalid(fault) => ApiError::unprocessable(fault),
+            crate::transforms::WriteError::Io(error) => ApiError::from_io(&error),
+        }
+    }
 }
 
 impl ApiError {
@@ -176,7 +187,7 @@ impl ApiError {
 
     /// A failure of the server's own files: `507` when the disk is full, else `500`.
     pub fn from_io(error: &std::io::Error) -> ApiError {
-        if is_storage_full(error) {
+        if crate::datadir::is_full(error) {
             ApiError::storage_full(error)
         } else {
             ApiError::internal(error)

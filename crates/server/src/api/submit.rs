@@ -617,25 +617,21 @@ async fn receive_multipart(
         } else {
             target.clone()
         };
-        let mut file = tokio::fs::File::create(&raw_path)
-            .await
-            .map_err(ApiError::internal)?;
+        let io = |error: std::io::Error| ApiError::from_io(&error);
+        let mut file = tokio::fs::File::create(&raw_path).await.map_err(io)?;
         while let Some(chunk) = field.chunk().await.map_err(malformed)? {
             budget.take(chunk.len())?;
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(ApiError::internal)?;
+            file.write_all(&chunk).await.map_err(io)?;
         }
-        file.flush().await.map_err(ApiError::internal)?;
+        file.flush().await.map_err(io)?;
         drop(file);
         if as_json {
             convert_json_part(tool, &input.name, &raw_path, &staging.files).await?;
         } else {
             normalize(&input.layout, &target, &input.name).await?;
         }
-        let size = tokio::fs::metadata(&target)
-            .await
-            .map_err(ApiError::internal)?
-            .len();
+        let size = tokio::fs::metadata(&target).await.map_err(io)?.len();
         inputs.push(StoredInput {
             name: input.name.clone(),
             size,
@@ -698,7 +694,7 @@ fn request_error(error: RequestError) -> ApiError {
             format!("the body is not valid JSON: {detail}"),
         ),
         RequestError::Invalid(fault) => ApiError::unprocessable(fault),
-        RequestError::Io(error) => ApiError::internal(error),
+        RequestError::Io(error) => ApiError::from_io(&error),
     }
 }
 
@@ -716,7 +712,7 @@ async fn normalize(layout: &Layout, path: &Path, name: &str) -> Result<(), ApiEr
     tokio::task::spawn_blocking(move || normalize_tabular_file(&layout, &path, &pointer))
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::unprocessable)
+        .map_err(ApiError::from)
 }
 
 /// Input files written into the staging directory, one per input, named by the server.
@@ -824,7 +820,7 @@ async fn write_body(
     })
     .await
     .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)
+    .map_err(|error| ApiError::from_io(&error))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

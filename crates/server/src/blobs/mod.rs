@@ -22,11 +22,34 @@ pub enum BlobError {
     NotFound(String),
     #[error("blob storage failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The storage service did not answer or answered with its own failure (an object
+    /// store down, throttling, a network outage): it may pass.
+    #[error("blob storage is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl BlobError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, BlobError::NotFound(_))
+    }
+
+    /// What went wrong, in words a client may read (no URL, path or key).
+    pub fn summary(&self) -> &'static str {
+        match self {
+            BlobError::NotFound(_) => "a stored file is missing",
+            BlobError::Io(error) if crate::datadir::is_full(error) => "the server's disk is full",
+            BlobError::Io(_) => "the server's storage failed",
+            BlobError::Unavailable(_) => "the blob storage is unavailable",
+        }
+    }
+
+    /// Trouble that may pass: the service is down, or the disk is full.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BlobError::Unavailable(_) => true,
+            BlobError::Io(error) => crate::datadir::is_full(error),
+            BlobError::NotFound(_) => false,
+        }
     }
 }
 

@@ -61,6 +61,7 @@ impl ObjectBlobStore {
                 let s3 = Arc::new(
                     AmazonS3Builder::from_env()
                         .with_url(&bucket)
+                        .with_retry(retry())
                         .build()
                         .map_err(remote)?,
                 );
@@ -70,6 +71,7 @@ impl ObjectBlobStore {
                 let azure = Arc::new(
                     MicrosoftAzureBuilder::from_env()
                         .with_url(&bucket)
+                        .with_retry(retry())
                         .build()
                         .map_err(remote)?,
                 );
@@ -79,6 +81,7 @@ impl ObjectBlobStore {
                 let gcs = Arc::new(
                     GoogleCloudStorageBuilder::from_env()
                         .with_url(&bucket)
+                        .with_retry(retry())
                         .build()
                         .map_err(remote)?,
                 );
@@ -100,7 +103,18 @@ impl ObjectBlobStore {
 }
 
 fn remote(error: impl std::fmt::Display) -> BlobError {
-    BlobError::Io(std::io::Error::other(error.to_string()))
+    BlobError::Unavailable(error.to_string())
+}
+
+/// A request to the storage service is tried a few times within a few seconds, then
+/// fails as `Unavailable`: a client waiting for a `202` gets a `503` within a bounded
+/// time, and an attempt waits for the service itself (`worker/attempt.rs`).
+fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig::default(),
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(4),
+    }
 }
 
 fn mapped(key: &str) -> impl Fn(object_store::Error) -> BlobError + '_ {
@@ -126,8 +140,11 @@ impl BlobStore for ObjectBlobStore {
         let mut file = tokio::fs::File::open(source).await?;
         let mut upload = BufWriter::with_capacity(self.store.clone(), path, PART_SIZE)
             .with_attributes(attributes(key));
-        let size = tokio::io::copy(&mut file, &mut upload).await?;
-        upload.shutdown().await?;
+        // The upload's failures are the service's (the local file was just written).
+        let size = tokio::io::copy(&mut file, &mut upload)
+            .await
+            .map_err(remote)?;
+        upload.shutdown().await.map_err(remote)?;
         Ok(size)
     }
 

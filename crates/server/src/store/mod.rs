@@ -38,6 +38,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// What went wrong, in words a client may read (no database message).
+    pub fn summary(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "the job store is unavailable",
+            StoreError::Full(_) => "the job store's disk is full",
+            StoreError::Corrupt(_) => "the job store failed",
+        }
+    }
+
     /// True when trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_) | StoreError::Full(_))
@@ -58,9 +67,7 @@ impl From<sqlx::Error> for StoreError {
                 Condition::Passing => StoreError::Unavailable(text),
                 Condition::Permanent => StoreError::Corrupt(text),
             },
-            Error::Io(io) if io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
-                StoreError::Full(text)
-            }
+            Error::Io(io) if crate::datadir::is_full(io) => StoreError::Full(text),
             Error::Io(_)
             | Error::Tls(_)
             | Error::Protocol(_)
@@ -75,7 +82,7 @@ impl From<sqlx::Error> for StoreError {
 /// The store's own file operations (SQLite's group-commit sync, its files' modes).
 impl From<std::io::Error> for StoreError {
     fn from(error: std::io::Error) -> StoreError {
-        if error.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+        if crate::datadir::is_full(&error) {
             StoreError::Full(error.to_string())
         } else {
             StoreError::Unavailable(error.to_string())

@@ -94,6 +94,22 @@ impl FieldFault {
     }
 }
 
+/// Why an input could not be written: the client's data (`Invalid`, a `422`), or the
+/// server's own disk (`Io`: full, failing), which is never the client's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Invalid(FieldFault),
+    #[error("cannot write an input: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<FieldFault> for WriteError {
+    fn from(fault: FieldFault) -> WriteError {
+        WriteError::Invalid(fault)
+    }
+}
+
 /// Escapes one JSON-pointer token (RFC 6901).
 pub fn pointer_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use serde_json::Value;
 
-use super::{FieldFault, Format};
+use super::{FieldFault, Format, WriteError};
 
 /// How an input file is laid out (from the tool declaration).
 #[derive(Debug, Clone)]
@@ -53,23 +53,21 @@ impl<W: Write> RecordWriter<W> {
     }
 
     /// Writes the text of a whole file as given (a string instead of an array of records).
-    pub fn write_text(&mut self, text: &str) -> Result<(), FieldFault> {
+    pub fn write_text(&mut self, text: &str) -> Result<(), WriteError> {
         self.wrote_text = true;
         let path = self.path.clone();
-        self.plain(&path)?
-            .write_all(text.as_bytes())
-            .map_err(|error| FieldFault::new(&self.path, format!("write failed: {error}")))
+        Ok(self.plain(&path)?.write_all(text.as_bytes())?)
     }
 
     /// Writes a whole JSON document (format `json`).
-    pub fn write_document(&mut self, value: &Value) -> Result<(), FieldFault> {
+    pub fn write_document(&mut self, value: &Value) -> Result<(), WriteError> {
         let path = self.path.clone();
         serde_json::to_writer(self.plain(&path)?, value)
-            .map_err(|error| FieldFault::new(&self.path, format!("write failed: {error}")))
+            .map_err(|error| WriteError::Io(error.into()))
     }
 
     /// Writes one element of the input's array.
-    pub fn write_record(&mut self, record: &Value) -> Result<(), FieldFault> {
+    pub fn write_record(&mut self, record: &Value) -> Result<(), WriteError> {
         let index = self.count;
         self.count += 1;
         let path = format!("{}/{}", self.path, index);
@@ -79,41 +77,38 @@ impl<W: Write> RecordWriter<W> {
                 let out = self.plain(&path)?;
                 serde_json::to_writer(&mut *out, record)
                     .and_then(|()| out.write_all(b"\n").map_err(serde_json::Error::io))
-                    .map_err(|error| FieldFault::new(&path, format!("write failed: {error}")))
+                    .map_err(|error| WriteError::Io(error.into()))
             }
             Format::Lines => {
                 let text = scalar_text(record)
                     .ok_or_else(|| FieldFault::new(&path, "expected a string or number"))?;
                 if text.contains(['\n', '\r']) {
-                    return Err(FieldFault::new(
-                        &path,
-                        "a line may not contain a line break",
-                    ));
+                    return Err(
+                        FieldFault::new(&path, "a line may not contain a line break").into(),
+                    );
                 }
-                writeln!(self.plain(&path)?, "{text}")
-                    .map_err(|error| FieldFault::new(&path, error.to_string()))
+                Ok(writeln!(self.plain(&path)?, "{text}")?)
             }
-            Format::Json | Format::Raw => Err(FieldFault::new(
-                &path,
-                "this input takes a whole document, not records",
-            )),
+            Format::Json | Format::Raw => {
+                Err(FieldFault::new(&path, "this input takes a whole document, not records").into())
+            }
         }
     }
 
-    fn write_row(&mut self, record: &Value, path: &str) -> Result<(), FieldFault> {
+    fn write_row(&mut self, record: &Value, path: &str) -> Result<(), WriteError> {
         let fields: Vec<String> = match record {
             Value::Object(map) => {
                 if self.columns.is_empty() {
                     self.columns = map.keys().cloned().collect();
                 }
                 if let Some(unknown) = map.keys().find(|key| !self.columns.contains(key)) {
-                    return Err(FieldFault::new(
+                    return Err(WriteError::Invalid(FieldFault::new(
                         format!("{path}/{}", super::pointer_token(unknown)),
                         format!(
                             "unknown column; the columns are: {}",
                             self.columns.join(", ")
                         ),
-                    ));
+                    )));
                 }
                 let mut fields = Vec::with_capacity(self.columns.len());
                 for column in &self.columns {
@@ -127,7 +122,7 @@ impl<W: Write> RecordWriter<W> {
             }
             Value::Array(items) => {
                 if !self.columns.is_empty() && items.len() != self.columns.len() {
-                    return Err(FieldFault::new(
+                    return Err(WriteError::Invalid(FieldFault::new(
                         path,
                         format!(
                             "expected {} fields ({}), found {}",
@@ -135,7 +130,7 @@ impl<W: Write> RecordWriter<W> {
                             self.columns.join(", "),
                             items.len()
                         ),
-                    ));
+                    )));
                 }
                 items
                     .iter()
@@ -147,7 +142,8 @@ impl<W: Write> RecordWriter<W> {
                 return Err(FieldFault::new(
                     path,
                     "expected a record (an object or an array of fields)",
-                ))
+                )
+                .into())
             }
         };
         let delimiter = self.layout.format.delimiter();
@@ -170,12 +166,12 @@ impl<W: Write> RecordWriter<W> {
         if header_needed {
             writer
                 .write_record(&self.columns)
-                .map_err(|error| FieldFault::new(path, error.to_string()))?;
+                .map_err(|error| WriteError::Io(error.into()))?;
             self.header_written = true;
         }
         writer
             .write_record(&fields)
-            .map_err(|error| FieldFault::new(path, error.to_string()))
+            .map_err(|error| WriteError::Io(error.into()))
     }
 
     fn plain(&mut self, path: &str) -> Result<&mut W, FieldFault> {
@@ -202,7 +198,7 @@ impl<W: Write> RecordWriter<W> {
 
     /// Flushes everything and returns the sink. For csv/tsv with a header and no records,
     /// the header is still written so the program sees a well-formed empty file.
-    pub fn finish(mut self) -> Result<W, FieldFault> {
+    pub fn finish(mut self) -> Result<W, WriteError> {
         if self.layout.format.is_tabular()
             && self.layout.header
             && self.count == 0
@@ -214,26 +210,23 @@ impl<W: Write> RecordWriter<W> {
                 .from_writer(Vec::new());
             header
                 .write_record(&self.columns)
-                .map_err(|error| FieldFault::new(&self.path, error.to_string()))?;
+                .map_err(|error| WriteError::Io(error.into()))?;
             let bytes = header
                 .into_inner()
-                .map_err(|error| FieldFault::new(&self.path, error.to_string()))?;
+                .map_err(|error| WriteError::Io(error.into_error()))?;
             let path = self.path.clone();
-            self.plain(&path)?
-                .write_all(&bytes)
-                .map_err(|error| FieldFault::new(&self.path, error.to_string()))?;
+            self.plain(&path)?.write_all(&bytes)?;
         }
         let mut out = match self.csv.take() {
             Some(writer) => writer
                 .into_inner()
-                .map_err(|error| FieldFault::new(&self.path, error.to_string()))?,
+                .map_err(|error| WriteError::Io(error.into_error()))?,
             None => self
                 .out
                 .take()
                 .ok_or_else(|| FieldFault::new(&self.path, "sink already taken"))?,
         };
-        out.flush()
-            .map_err(|error| FieldFault::new(&self.path, error.to_string()))?;
+        out.flush()?;
         Ok(out)
     }
 }
@@ -244,20 +237,27 @@ pub fn normalize_tabular_file(
     layout: &Layout,
     path: &std::path::Path,
     pointer: &str,
-) -> Result<(), FieldFault> {
-    let io = |error: csv::Error| {
-        FieldFault::new(
-            pointer,
-            format!("not valid {}: {error}", layout.format.as_str()),
-        )
+) -> Result<(), WriteError> {
+    // Reading: the client's file may be invalid, or the server's disk may fail.
+    let invalid = |error: csv::Error| -> WriteError {
+        if error.is_io_error() {
+            WriteError::Io(error.into())
+        } else {
+            FieldFault::new(
+                pointer,
+                format!("not valid {}: {error}", layout.format.as_str()),
+            )
+            .into()
+        }
     };
+    let io = |error: csv::Error| WriteError::Io(error.into());
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(layout.format.delimiter())
         .from_path(path)
-        .map_err(io)?;
+        .map_err(invalid)?;
     let header: Vec<String> = reader
         .headers()
-        .map_err(io)?
+        .map_err(invalid)?
         .iter()
         .map(|h| h.trim().to_owned())
         .collect();
@@ -265,38 +265,38 @@ pub fn normalize_tabular_file(
         return Ok(());
     }
     if header.iter().all(String::is_empty) {
-        return Err(FieldFault::new(
+        return Err(WriteError::Invalid(FieldFault::new(
             pointer,
             format!(
                 "the file is empty; it must start with the header {}",
                 layout.columns.join(",")
             ),
-        ));
+        )));
     }
     if let Some(missing) = layout
         .columns
         .iter()
         .find(|column| !header.contains(column))
     {
-        return Err(FieldFault::new(
+        return Err(WriteError::Invalid(FieldFault::new(
             pointer,
             format!(
                 "the header lacks the column `{missing}`; expected {}",
                 layout.columns.join(",")
             ),
-        ));
+        )));
     }
     if let Some(unknown) = header
         .iter()
         .find(|column| !layout.columns.contains(column))
     {
-        return Err(FieldFault::new(
+        return Err(WriteError::Invalid(FieldFault::new(
             pointer,
             format!(
                 "the header has an unknown column `{unknown}`; expected {}",
                 layout.columns.join(",")
             ),
-        ));
+        )));
     }
     let order: Vec<usize> = layout
         .columns
@@ -316,17 +316,20 @@ pub fn normalize_tabular_file(
             .map_err(io)?;
         writer.write_record(&layout.columns).map_err(io)?;
         for (index, record) in reader.records().enumerate() {
-            let record = record
-                .map_err(|error| FieldFault::new(pointer, format!("row {}: {error}", index + 1)))?;
+            let record = record.map_err(|error| -> WriteError {
+                if error.is_io_error() {
+                    WriteError::Io(error.into())
+                } else {
+                    FieldFault::new(pointer, format!("row {}: {error}", index + 1)).into()
+                }
+            })?;
             writer
                 .write_record(order.iter().map(|&i| record.get(i).unwrap_or("")))
                 .map_err(io)?;
         }
-        writer
-            .flush()
-            .map_err(|error| FieldFault::new(pointer, error.to_string()))?;
-        std::fs::rename(&rewritten, path)
-            .map_err(|error| FieldFault::new(pointer, error.to_string()))
+        writer.flush()?;
+        std::fs::rename(&rewritten, path)?;
+        Ok(())
     };
     // A refused file leaves no half-written copy beside it (whoever staged `path` only
     // knows that name).
@@ -360,17 +363,28 @@ mod tests {
 
     /// Writes `records` through a writer and returns the file text or the first fault.
     fn check(layout: Layout, records: Value) -> Result<String, FieldFault> {
-        let mut writer = RecordWriter::new(layout, Vec::new(), "/inputs/data");
-        match records {
-            Value::Array(items) => {
-                for item in &items {
-                    writer.write_record(item)?;
+        let write = || -> Result<String, WriteError> {
+            let mut writer = RecordWriter::new(layout, Vec::new(), "/inputs/data");
+            match records {
+                Value::Array(items) => {
+                    for item in &items {
+                        writer.write_record(item)?;
+                    }
                 }
+                Value::String(text) => writer.write_text(&text)?,
+                other => writer.write_document(&other)?,
             }
-            Value::String(text) => writer.write_text(&text)?,
-            other => writer.write_document(&other)?,
+            Ok(String::from_utf8(writer.finish()?).unwrap())
+        };
+        write().map_err(invalid)
+    }
+
+    /// The client's fault in a write error (a test's writes into memory cannot fail).
+    fn invalid(error: WriteError) -> FieldFault {
+        match error {
+            WriteError::Invalid(fault) => fault,
+            WriteError::Io(error) => panic!("an I/O error: {error}"),
         }
-        Ok(String::from_utf8(writer.finish()?).unwrap())
     }
 
     #[test]
@@ -465,7 +479,7 @@ mod tests {
                     assert_eq!(std::fs::read_to_string(&path).unwrap(), rewritten);
                 }
                 Err(message) => {
-                    let fault = result.unwrap_err();
+                    let fault = invalid(result.unwrap_err());
                     assert_eq!(fault.path, "/inputs/records");
                     assert!(fault.message.contains(message), "{fault}");
                 }

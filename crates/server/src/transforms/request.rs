@@ -12,7 +12,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde_json::{Map, Value};
 
 use super::records::{Layout, RecordWriter};
-use super::{pointer_token, FieldFault, Format};
+use super::{pointer_token, FieldFault, Format, WriteError};
 
 /// Where each input of a request goes: the caller opens one sink per input name.
 pub trait InputSinks {
@@ -169,10 +169,11 @@ impl<'de, S: InputSinks> Visitor<'de> for InputsSeed<'_, '_, S> {
                 writer: &mut writer,
                 layout: &layout,
                 fault: self.fault,
+                io_error: self.io_error,
             })?;
             let sink = writer
                 .finish()
-                .map_err(|fault| fail_with(self.fault, fault))?;
+                .map_err(|error| write_failed(self.fault, self.io_error, error))?;
             self.sinks
                 .borrow_mut()
                 .close(&name, sink)
@@ -186,6 +187,7 @@ struct InputSeed<'a, W: Write> {
     writer: &'a mut RecordWriter<W>,
     layout: &'a Layout,
     fault: &'a RefCell<Option<FieldFault>>,
+    io_error: &'a RefCell<Option<std::io::Error>>,
 }
 
 impl<'de, W: Write> DeserializeSeed<'de> for InputSeed<'_, W> {
@@ -196,7 +198,7 @@ impl<'de, W: Write> DeserializeSeed<'de> for InputSeed<'_, W> {
             return self
                 .writer
                 .write_document(&document)
-                .map_err(|fault| fail_with(self.fault, fault));
+                .map_err(|error| write_failed(self.fault, self.io_error, error));
         }
         deserializer.deserialize_any(self)
     }
@@ -214,7 +216,7 @@ impl<'de, W: Write> Visitor<'de> for InputSeed<'_, W> {
     fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
         self.writer
             .write_text(text)
-            .map_err(|fault| fail_with(self.fault, fault))
+            .map_err(|error| write_failed(self.fault, self.io_error, error))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
@@ -228,7 +230,7 @@ impl<'de, W: Write> Visitor<'de> for InputSeed<'_, W> {
         while let Some(record) = seq.next_element::<Value>()? {
             self.writer
                 .write_record(&record)
-                .map_err(|fault| fail_with(self.fault, fault))?;
+                .map_err(|error| write_failed(self.fault, self.io_error, error))?;
         }
         Ok(())
     }
@@ -277,6 +279,18 @@ fn fail_with<E: de::Error>(slot: &RefCell<Option<FieldFault>>, fault: FieldFault
     let message = fault.to_string();
     slot.borrow_mut().get_or_insert(fault);
     E::custom(message)
+}
+
+/// An input that could not be written: the client's fault, or the server's disk.
+fn write_failed<E: de::Error>(
+    fault: &RefCell<Option<FieldFault>>,
+    io_error: &RefCell<Option<std::io::Error>>,
+    error: WriteError,
+) -> E {
+    match error {
+        WriteError::Invalid(invalid) => fail_with(fault, invalid),
+        WriteError::Io(error) => io_fail(io_error, error),
+    }
 }
 
 fn io_fail<E: de::Error>(slot: &RefCell<Option<std::io::Error>>, error: std::io::Error) -> E {

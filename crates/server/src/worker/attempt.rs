@@ -331,7 +331,7 @@ async fn finish(
                 expires_at: chrono::Duration::from_std(retention).ok().map(|r| now + r),
             };
             tracing::info!(job_id = %id, attempt, state = %state, "attempt finished");
-            let committed = until_stored(runtime, job, || {
+            let committed = patiently(runtime, job, || {
                 runtime.store.complete(id, attempt, &completion)
             })
             .await;
@@ -343,7 +343,7 @@ async fn finish(
         Decision::Retry { delay, error } => {
             tracing::info!(job_id = %id, attempt, delay_ms = delay.as_millis() as u64, code = %error.code, "attempt will be retried");
             let run_after = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            let committed = until_stored(runtime, job, || {
+            let committed = patiently(runtime, job, || {
                 runtime.store.requeue(id, attempt, run_after, &error)
             })
             .await;
@@ -365,24 +365,55 @@ async fn finish(
     }
 }
 
-/// Commits an attempt's outcome, trying again while the store's trouble may pass (a full
-/// disk, a lock, a restart), with backoff up to 10 s, until it is stored or the server
-/// stops: an outcome the program earned is not thrown away for the platform's fault. The
-/// attempt's heartbeat keeps its lease meanwhile.
-async fn until_stored<F, Fut>(
-    runtime: &Runtime,
-    job: &Job,
-    commit: F,
-) -> Result<bool, crate::store::StoreError>
+/// An attempt's blob operation that failed, as the job's error says it: what was being
+/// done and the kind of trouble; the storage's own words (its URLs, paths) go to the log.
+fn blob_failure(what: &str, error: &crate::blobs::BlobError) -> String {
+    tracing::warn!(%error, "{what} failed");
+    format!("{what}: {}", error.summary())
+}
+
+/// Trouble of the platform that waiting may end.
+trait MayPass {
+    fn may_pass(&self) -> bool;
+}
+
+impl MayPass for crate::store::StoreError {
+    fn may_pass(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+impl MayPass for crate::blobs::BlobError {
+    fn may_pass(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+/// How long an attempt waits for its storage to come back before it gives up (and the job
+/// is retried as an infrastructure failure).
+const STORAGE_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Runs a store or blob operation of an attempt, trying again with backoff (up to 10 s
+/// apart) while its trouble may pass, for at most `STORAGE_PATIENCE` or until the server
+/// stops: an outage of the storage (a full disk, a lock, an object store down) waits
+/// instead of using up the job's attempts or throwing away an outcome the program earned.
+/// The attempt's heartbeat keeps its lease meanwhile.
+async fn patiently<T, E, F, Fut>(runtime: &Runtime, job: &Job, operation: F) -> Result<T, E>
 where
+    E: MayPass + std::fmt::Display,
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, crate::store::StoreError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
+    let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(250);
     loop {
-        match commit().await {
-            Err(error) if error.is_retryable() && !runtime.stopping.is_cancelled() => {
-                tracing::warn!(job_id = %job.id, attempt = job.attempt, %error, retry_ms = delay.as_millis() as u64, "cannot record the attempt's outcome yet");
+        match operation().await {
+            Err(error)
+                if error.may_pass()
+                    && started.elapsed() < STORAGE_PATIENCE
+                    && !runtime.stopping.is_cancelled() =>
+            {
+                tracing::warn!(job_id = %job.id, attempt = job.attempt, %error, retry_ms = delay.as_millis() as u64, "storage trouble; waiting");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = runtime.stopping.cancelled() => {}
@@ -568,11 +599,13 @@ async fn execute(
             .ok_or_else(|| format!("the tool has no input `{}` any more", stored.name))?;
         let path = workdir.join(&spec.file_name);
         if staging {
-            measured.bytes_in += runtime
-                .blobs
-                .copy_to_file(&JobKeys::input(id, &stored.name), &path)
-                .await
-                .map_err(|error| format!("stage input `{}`: {error}", stored.name))?;
+            let key = JobKeys::input(id, &stored.name);
+            measured.bytes_in +=
+                patiently(runtime, job, || runtime.blobs.copy_to_file(&key, &path))
+                    .await
+                    .map_err(|error| {
+                        blob_failure(&format!("stage input `{}`", stored.name), &error)
+                    })?;
         }
         input_paths.insert(stored.name.clone(), path);
     }
@@ -580,11 +613,11 @@ async fn execute(
         Some(control) => {
             let path = workdir.join(&control.file);
             if staging {
-                measured.bytes_in += runtime
-                    .blobs
-                    .copy_to_file(&JobKeys::control(id), &path)
-                    .await
-                    .map_err(|error| format!("stage the control file: {error}"))?;
+                let key = JobKeys::control(id);
+                measured.bytes_in +=
+                    patiently(runtime, job, || runtime.blobs.copy_to_file(&key, &path))
+                        .await
+                        .map_err(|error| blob_failure("stage the control file", &error))?;
             }
             Some(path)
         }
@@ -676,7 +709,10 @@ async fn execute(
             .store
             .set_executor_ref(id, attempt, None)
             .await
-            .map_err(|error| format!("clear the executor reference: {error}"))?;
+            .map_err(|error| {
+                tracing::warn!(%error, "cannot clear the executor reference");
+                format!("clear the executor reference: {}", error.summary())
+            })?;
     }
     measured.wall = run.wall_time;
     measured.cpu = run.cpu_time;
@@ -717,11 +753,9 @@ async fn execute(
                 }),
         );
     }
-    let stored = runtime
-        .blobs
-        .put_files(&files)
+    let stored = patiently(runtime, job, || runtime.blobs.put_files(&files))
         .await
-        .map_err(|error| format!("store the logs and outputs: {error}"))?;
+        .map_err(|error| blob_failure("store the logs and outputs", &error))?;
     measured.bytes_out += stored[..stored_logs].iter().sum::<u64>();
     match failure {
         Some(failure) => Ok((failure, Vec::new())),
@@ -1041,11 +1075,12 @@ async fn collect_outputs(
     for output in &tool.outputs {
         let key = JobKeys::output(id, attempt, &output.name);
         let size = match output.source {
-            OutputSource::Stdout => runtime
-                .blobs
-                .copy(&JobKeys::log(id, attempt, "stdout"), &key)
-                .await
-                .map_err(|error| format!("store output: {error}"))?,
+            OutputSource::Stdout => {
+                let log = JobKeys::log(id, attempt, "stdout");
+                patiently(runtime, job, || runtime.blobs.copy(&log, &key))
+                    .await
+                    .map_err(|error| blob_failure("store output", &error))?
+            }
             // An optional output the program did not write.
             OutputSource::File => match stored.get(&key) {
                 Some(size) => *size,
@@ -1053,11 +1088,9 @@ async fn collect_outputs(
             },
         };
         if output.result {
-            let bytes = runtime
-                .blobs
-                .read(&key)
+            let bytes = patiently(runtime, job, || runtime.blobs.read(&key))
                 .await
-                .map_err(|error| format!("read output: {error}"))?;
+                .map_err(|error| blob_failure("read output", &error))?;
             let (format, columns, header) = (output.format, output.columns.clone(), output.header);
             let parsed = tokio::task::spawn_blocking(move || {
                 outputs::to_json(format, &columns, header, &bytes[..])
@@ -1089,11 +1122,10 @@ async fn collect_outputs(
         });
     }
     let body = serde_json::to_vec(&Value::Object(result)).expect("JSON serializes");
-    runtime
-        .blobs
-        .put_bytes(&JobKeys::result(id, attempt), &body)
+    let key = JobKeys::result(id, attempt);
+    patiently(runtime, job, || runtime.blobs.put_bytes(&key, &body))
         .await
-        .map_err(|error| format!("store the result: {error}"))?;
+        .map_err(|error| blob_failure("store the result", &error))?;
     Ok((AttemptOutcome::Succeeded, taken))
 }
 
