@@ -237,3 +237,120 @@ async fn a_full_disk_is_a_507_never_the_clients_fault() {
     drop(server);
     drop(disk);
 }
+
+/// `LD_PRELOAD` and `FAKETIME` that run a process with its clock `offset` (libfaketime,
+/// Debian `faketime`) ahead; `None` (after a visible skip) without the library.
+fn clock_ahead(offset: &str) -> Option<Vec<(&'static str, String)>> {
+    let library = std::fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path().join("faketime/libfaketime.so.1"))
+        .find(|path| path.is_file());
+    let Some(library) = library else {
+        common::skip("libfaketime is not installed (apt-get install faketime)");
+        return None;
+    };
+    Some(vec![
+        ("LD_PRELOAD", library.display().to_string()),
+        ("FAKETIME", offset.to_owned()),
+    ])
+}
+
+async fn wait_running(client: &reqwest::Client, server: &Server, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = common::get_json(
+            client,
+            &format!("{}/v1/jobs?status=running", server.address),
+        )
+        .await;
+        if page["jobs"].as_array().unwrap().len() >= count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{count} jobs never ran: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_that_steps_back_strands_no_job_on_sqlite() {
+    let Some(ahead) = clock_ahead("+1h") else {
+        return;
+    };
+    let ahead: Vec<(&str, &str)> = ahead.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let client = common::client();
+    // A server an hour ahead takes four jobs, runs two, and dies.
+    let server = serve(&data_dir, &["--workers", "2"], &ahead);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(common::submit(&client, &server, "analyzer", slow_request()).await);
+    }
+    wait_running(&client, &server, 2).await;
+    drop(server); // SIGKILL
+
+    // The same data directory with the right clock: nothing waits for the hour.
+    let server = serve(&data_dir, &["--workers", "2"], &[]);
+    for id in &ids {
+        let status =
+            common::wait_ended(&client, &server.address, id, Duration::from_secs(40)).await;
+        assert_eq!(status["status"], "succeeded", "{status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_clock_is_ahead_steals_no_live_job_on_postgres() {
+    let Some(ahead) = clock_ahead("+1h") else {
+        return;
+    };
+    let Some((url, _pool)) = common::pg_schema("clock").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let role = |name: &str, role: &[&str]| {
+        let mut command = common::batchgate(role);
+        command
+            .arg("--store")
+            .arg(&url)
+            .arg("--data-dir")
+            .arg(dir.path().join(name))
+            .arg("--blobs")
+            .arg(dir.path().join("blobs"))
+            .env("BATCHGATE__LEASE_SECONDS", "3")
+            .env("BATCHGATE_LOG", "warn")
+            .stderr(Stdio::inherit());
+        command
+    };
+    let mut api = role("api", &["serve", "--no-worker", "--listen", "127.0.0.1:0"]);
+    let (child, address) = common::start({
+        api.stdout(Stdio::piped());
+        api
+    });
+    let api = Server { child, address };
+    let worker = |name: &str, env: &[(&'static str, String)]| {
+        let mut command = role(name, &["worker", "--workers", "2"]);
+        command.envs(env.iter().map(|(k, v)| (*k, v.clone())));
+        command.stdout(Stdio::null());
+        Server {
+            child: command.spawn().unwrap(),
+            address: String::new(),
+        }
+    };
+    let _right = worker("right", &[]);
+    let client = common::client();
+    let request = json!({
+        "parameters": {"delay_seconds": 6, "label": "long"},
+        "inputs": {"records": [{"sensor": "s", "timestamp": "t", "value": 1}]}
+    });
+    let first = common::submit(&client, &api, "analyzer", request.clone()).await;
+    let second = common::submit(&client, &api, "analyzer", request).await;
+    wait_running(&client, &api, 2).await;
+    // A worker an hour ahead joins while both run.
+    let _ahead = worker("ahead", &ahead);
+    for id in [&first, &second] {
+        let status = common::wait_ended(&client, &api.address, id, Duration::from_secs(40)).await;
+        assert_eq!(status["status"], "succeeded", "{status}");
+        assert_eq!(status["attempt"], 1, "a live job was taken over: {status}");
+    }
+}

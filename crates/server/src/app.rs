@@ -94,6 +94,14 @@ impl Runtime {
                     "stopped programs left running by a previous server"
                 );
             }
+            // This worker owns every lease a crashed predecessor held on a single-node
+            // store, whatever clock set them (a store shared by workers does nothing).
+            let adopted = store
+                .adopt_predecessor(store.now(), crate::jobs::MAX_BACKOFF)
+                .await?;
+            if adopted > 0 {
+                tracing::info!(adopted, "took over the jobs a previous server left");
+            }
             let abandoned =
                 crate::worker::workdirs::remove_abandoned(&work_root, store.as_ref()).await;
             if abandoned > 0 {

@@ -72,7 +72,7 @@ pub async fn authenticate(
             header_value(&policy(&tier)),
         ));
         if let Some(limit) = tier.requests_per_minute {
-            let now = Utc::now();
+            let now = runtime.store.now();
             let window_start = window_start(now);
             let count = match runtime
                 .store

@@ -464,7 +464,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let job = load(&runtime, access.caller()?, &id).await?;
-    let now = Utc::now();
+    let now = runtime.store.now();
     if job.state.is_terminal() {
         crate::worker::reaper::purge(&runtime, job.id)
             .await

@@ -30,7 +30,8 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: the job store and the blob store are reachable.
+/// Readiness: the job store and the blob store are reachable (and, informative, whether
+/// this machine's clock agrees with the store's).
 #[utoipa::path(get, path = "/readyz", responses((status = 200, body = Health), (status = 503, body = Health)), tag = "meta")]
 pub async fn readyz(State(runtime): State<AppState>) -> Response {
     let store = runtime.store.ping().await;
@@ -48,6 +49,21 @@ pub async fn readyz(State(runtime): State<AppState>) -> Response {
         },
     ];
     let ready = checks.iter().all(|check| check.ok);
+    // Informative: leases and backoff follow the store's clock whatever this one says,
+    // but an operator should know (and fix NTP).
+    let mut checks = checks;
+    if let Some(offset) = runtime.store.clock_offset() {
+        let tolerance =
+            chrono::Duration::from_std(crate::store::postgres::CLOCK_TOLERANCE).unwrap_or_default();
+        checks.push(HealthCheck {
+            name: "clock".into(),
+            ok: offset.abs() <= tolerance,
+            detail: Some(format!(
+                "this machine's clock is {} ms from the database's (leases and backoff follow the database's)",
+                -offset.num_milliseconds()
+            )),
+        });
+    }
     let status = if ready {
         StatusCode::OK
     } else {

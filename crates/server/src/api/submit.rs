@@ -264,7 +264,7 @@ async fn submit_as(
             .put_bytes(&JobKeys::control(id), control.as_bytes())
             .await?;
     }
-    let now = crate::jobs::now();
+    let now = runtime.store.now();
     let job = Job {
         id,
         owner: caller.owner.clone(),
@@ -346,7 +346,7 @@ async fn admit(runtime: &Runtime, caller: &Caller) -> Result<u64, ApiError> {
         )
         .with_retry_after(runtime.settings.retry_after_max_seconds.min(30)));
     }
-    let now = crate::jobs::now();
+    let now = runtime.store.now();
     let admission = admission(caller, now);
     if admission.window.is_none() && admission.concurrent.is_none() {
         return Ok(queued);

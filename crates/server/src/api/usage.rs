@@ -23,7 +23,7 @@ pub async fn usage(
     Extension(access): Extension<Access>,
 ) -> Result<Response, ApiError> {
     let caller = access.caller()?;
-    let now = crate::jobs::now();
+    let now = runtime.store.now();
     let tier = caller.tier.clone();
     let window = tier
         .as_ref()

@@ -243,6 +243,10 @@ pub fn backoff(base: Duration, attempt: u32, jitter: f64) -> Duration {
     raw.mul_f64(0.5 + jitter.clamp(0.0, 1.0))
 }
 
+/// The longest delay `backoff` gives (300 s with the largest jitter): a retry due later
+/// than this was scheduled by a clock that ran ahead.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(450);
+
 /// Estimates the seconds until a job is worth polling again.
 ///
 /// `typical_run` is the tool's recent run time, `queued_ahead` the jobs before this one,

@@ -392,6 +392,32 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Option<Duration>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The deployment's clock. Every time a process hands the store (a lease's end, a
+    /// retry's due time, "now" for recovery, quotas and retention) is read from it, so
+    /// that all processes judge on one clock whatever their own says: the database's for
+    /// PostgreSQL; this process's for SQLite, whose only worker owns every lease.
+    fn now(&self) -> DateTime<Utc> {
+        crate::jobs::now()
+    }
+
+    /// How far this process's clock is from the store's, for a store with a clock of its
+    /// own (`None`: the store uses this process's clock).
+    fn clock_offset(&self) -> Option<chrono::Duration> {
+        None
+    }
+
+    /// Takes over what a crashed predecessor left, at the start of the only worker of a
+    /// single-node store: its leases end now, and a retry due further ahead than
+    /// `max_delay` (its clock ran ahead) becomes due now. A store shared by several
+    /// workers leaves leases to expire on the shared clock and does nothing.
+    async fn adopt_predecessor(
+        &self,
+        _now: DateTime<Utc>,
+        _max_delay: Duration,
+    ) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// Job `id`'s events after `after` (a `seq`), oldest first, at most `limit`. A purged
     /// job has none.
     async fn events(&self, id: Uuid, after: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError>;

@@ -184,11 +184,61 @@ pub struct PgJobStore {
     keys_exist: KeysExist,
     run_times: RunTimes,
     listener: tokio::task::JoinHandle<()>,
+    /// The database's clock minus this process's, in milliseconds: `now()` is the
+    /// database's time, so that every process of a deployment sets and judges leases,
+    /// backoff and retention on one clock whatever its own says. Measured at open and
+    /// every `CLOCK_INTERVAL`.
+    offset_ms: Arc<std::sync::atomic::AtomicI64>,
+    clock: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for PgJobStore {
     fn drop(&mut self) {
         self.listener.abort();
+        self.clock.abort();
+    }
+}
+
+/// How often the offset between this process's clock and the database's is measured.
+const CLOCK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// An offset past this is said in the log and in `/readyz`.
+pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(2);
+
+/// The database's clock minus ours, from one `SELECT now()` (the middle of the round
+/// trip taken as the moment the database read its clock).
+async fn measure_offset(pool: &PgPool) -> Result<i64, StoreError> {
+    let before = Utc::now();
+    let database: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(pool)
+        .await
+        .map_err(unavailable)?;
+    let after = Utc::now();
+    let middle = before + (after - before) / 2;
+    Ok((database - middle).num_milliseconds())
+}
+
+/// Keeps `offset` up to date; says so in the log when it passes the tolerance.
+async fn follow_clock(pool: PgPool, offset: Arc<std::sync::atomic::AtomicI64>) {
+    use std::sync::atomic::Ordering;
+    loop {
+        tokio::time::sleep(CLOCK_INTERVAL).await;
+        if let Ok(measured) = measure_offset(&pool).await {
+            let before = offset.swap(measured, Ordering::Relaxed);
+            warn_about_offset(measured, Some(before));
+        }
+    }
+}
+
+fn warn_about_offset(offset_ms: i64, before: Option<i64>) {
+    let tolerance = CLOCK_TOLERANCE.as_millis() as i64;
+    let off = offset_ms.abs() > tolerance;
+    let was_off = before.is_some_and(|before| before.abs() > tolerance);
+    if off && !was_off {
+        tracing::warn!(
+            offset_ms,
+            "this machine's clock differs from the database's; leases and backoff follow the database's clock"
+        );
     }
 }
 
@@ -217,6 +267,10 @@ impl PgJobStore {
             .await
             .map_err(unavailable)?;
         let listener = tokio::spawn(listen(listener, changes.clone(), finished.clone()));
+        let measured = measure_offset(&pool).await?;
+        warn_about_offset(measured, None);
+        let offset_ms = Arc::new(std::sync::atomic::AtomicI64::new(measured));
+        let clock = tokio::spawn(follow_clock(pool.clone(), offset_ms.clone()));
         Ok(PgJobStore {
             pool,
             changes,
@@ -224,6 +278,8 @@ impl PgJobStore {
             keys_exist: KeysExist::default(),
             run_times: RunTimes::default(),
             listener,
+            offset_ms,
+            clock,
         })
     }
 }
@@ -383,6 +439,17 @@ fn key_from_row(row: &PgRow) -> Result<ApiKey, StoreError> {
 
 #[async_trait]
 impl JobStore for PgJobStore {
+    fn now(&self) -> DateTime<Utc> {
+        let offset = self.offset_ms.load(std::sync::atomic::Ordering::Relaxed);
+        crate::jobs::now() + chrono::Duration::milliseconds(offset)
+    }
+
+    fn clock_offset(&self) -> Option<chrono::Duration> {
+        Some(chrono::Duration::milliseconds(
+            self.offset_ms.load(std::sync::atomic::Ordering::Relaxed),
+        ))
+    }
+
     async fn insert(&self, job: &Job, admission: &Admission) -> Result<Inserted, StoreError> {
         let (window_limit, window_since) = match admission.window {
             Some((limit, since)) => (Some(limit as i64), Some(since)),

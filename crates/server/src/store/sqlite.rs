@@ -781,6 +781,37 @@ impl JobStore for SqliteJobStore {
             .collect()
     }
 
+    async fn adopt_predecessor(
+        &self,
+        now: DateTime<Utc>,
+        max_delay: Duration,
+    ) -> Result<u64, StoreError> {
+        // A lease set by a clock that ran ahead would hold a dead worker's job for as long.
+        let ended = sqlx::query(
+            "UPDATE jobs SET lease_until = ? WHERE state = 'running' AND lease_until >= ?",
+        )
+        .bind(millis(now) - 1)
+        .bind(millis(now))
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        let horizon = now + chrono::Duration::from_std(max_delay).unwrap_or_default();
+        let due =
+            sqlx::query("UPDATE jobs SET run_after = ? WHERE state = 'queued' AND run_after > ?")
+                .bind(millis(now))
+                .bind(millis(horizon))
+                .execute(&self.writer)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+        if due > 0 {
+            self.changes.job_queued();
+        }
+        let recovered = self.recover_expired_leases(now).await?;
+        Ok(ended.max(recovered) + due)
+    }
+
     async fn recover_expired_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let rows = sqlx::query(
             "SELECT id, attempt, max_attempts FROM jobs WHERE state = 'running' AND lease_until < ?",

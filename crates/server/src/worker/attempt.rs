@@ -137,7 +137,12 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
         let lease = chrono::Duration::from_std(runtime.settings.lease()).unwrap_or_default();
         let _ = runtime
             .store
-            .heartbeat(id, attempt_number, Utc::now() + lease, Some(&progress))
+            .heartbeat(
+                id,
+                attempt_number,
+                runtime.store.now() + lease,
+                Some(&progress),
+            )
             .await;
     }
 
@@ -315,7 +320,7 @@ async fn finish(
 ) -> &'static str {
     let id = job.id;
     let attempt = job.attempt;
-    let now = Utc::now();
+    let now = runtime.store.now();
     let (label, committed) = match decision {
         Decision::Finish { state, error } => {
             let retention = job.retention;
@@ -465,7 +470,8 @@ async fn heartbeat_loop(
         } else {
             None
         };
-        let lease_until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+        let lease_until =
+            runtime.store.now() + chrono::Duration::from_std(lease).unwrap_or_default();
         match runtime
             .store
             .heartbeat(id, attempt, lease_until, latest.as_ref())

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -172,7 +171,7 @@ async fn try_execute_next(
     runtime: &Arc<Runtime>,
     slots: &ToolSlots,
 ) -> Result<ExecutionOutcome, crate::store::StoreError> {
-    let now = Utc::now();
+    let now = runtime.store.now();
     let lease = chrono::Duration::from_std(runtime.settings.lease()).unwrap_or_default();
     let exclude = slots.saturated(runtime);
     let Some(job) = runtime.store.claim(now, now + lease, &exclude).await? else {
@@ -229,7 +228,11 @@ async fn recovery_loop(runtime: Arc<Runtime>, shutdown: CancellationToken) {
                 tracing::info!(swept, "cleaned up what jobs no worker followed left behind");
             }
         }
-        match runtime.store.recover_expired_leases(Utc::now()).await {
+        match runtime
+            .store
+            .recover_expired_leases(runtime.store.now())
+            .await
+        {
             Ok(0) => {}
             Ok(count) => {
                 tracing::info!(count, "recovered jobs whose worker stopped responding");

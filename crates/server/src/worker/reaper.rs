@@ -23,7 +23,7 @@ pub enum PurgeError {
 
 /// Deletes one finished job's data. False if the job is not finished (nothing changes).
 pub async fn purge(runtime: &Runtime, id: Uuid) -> Result<bool, PurgeError> {
-    let now = crate::jobs::now();
+    let now = runtime.store.now();
     if !runtime.store.mark_purged(id, now).await? {
         return Ok(false);
     }
@@ -38,7 +38,7 @@ pub async fn sweep(runtime: &Runtime) -> Result<usize, PurgeError> {
     loop {
         let due = runtime
             .store
-            .due_for_cleanup(crate::jobs::now(), 100)
+            .due_for_cleanup(runtime.store.now(), 100)
             .await?;
         if due.is_empty() {
             break;
@@ -55,7 +55,7 @@ pub async fn sweep(runtime: &Runtime) -> Result<usize, PurgeError> {
         }
     }
     // Request-rate windows older than a few minutes are no longer read.
-    let old = crate::jobs::now() - chrono::Duration::minutes(10);
+    let old = runtime.store.now() - chrono::Duration::minutes(10);
     runtime.store.prune_request_counts(old).await?;
     Ok(purged)
 }
