@@ -437,6 +437,19 @@ fn key_from_row(row: &PgRow) -> Result<ApiKey, StoreError> {
     })
 }
 
+#[cfg(test)]
+impl PgJobStore {
+    /// Gives job `id` a state no version of batchgate writes (the conformance suite's
+    /// unreadable row).
+    pub async fn damage_for_test(&self, id: Uuid) {
+        sqlx::query("UPDATE jobs SET state = 'bogus' WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+}
+
 #[async_trait]
 impl JobStore for PgJobStore {
     fn now(&self) -> DateTime<Utc> {

@@ -394,6 +394,19 @@ fn key_from_row(row: &SqliteRow) -> Result<ApiKey, StoreError> {
     })
 }
 
+#[cfg(test)]
+impl SqliteJobStore {
+    /// Gives job `id` a state no version of batchgate writes (the conformance suite's
+    /// unreadable row).
+    pub async fn damage_for_test(&self, id: Uuid) {
+        sqlx::query("UPDATE jobs SET state = 'bogus' WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.writer)
+            .await
+            .unwrap();
+    }
+}
+
 #[async_trait]
 impl JobStore for SqliteJobStore {
     async fn insert(&self, job: &Job, admission: &Admission) -> Result<Inserted, StoreError> {

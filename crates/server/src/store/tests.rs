@@ -71,6 +71,19 @@ pub fn assert_lifecycle(states: &[JobState]) {
 
 macro_rules! conformance {
     ($make:expr) => {
+        /// A row the store cannot read is `Corrupt` (a 500, not "try again") on every
+        /// backend: one classification.
+        #[tokio::test]
+        async fn an_unreadable_row_is_corrupt_not_unavailable() {
+            let store = $make;
+            let job = crate::store::tests::new_job("t", None);
+            store.insert(&job, &Admission::default()).await.unwrap();
+            store.damage_for_test(job.id).await;
+            let error = store.get(job.id).await.unwrap_err();
+            assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
+            assert!(!error.is_retryable());
+        }
+
         #[tokio::test]
         async fn insert_get_and_idempotency() {
             let store = $make;
