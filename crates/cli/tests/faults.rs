@@ -238,6 +238,36 @@ async fn a_full_disk_is_a_507_never_the_clients_fault() {
     drop(disk);
 }
 
+/// `batchgate <role>` of a deployment on PostgreSQL (`url`) with a blob directory shared
+/// by its processes and a data directory of its own (`name`).
+fn role(dir: &Path, url: &str, name: &str, role: &[&str]) -> Command {
+    let mut command = common::batchgate(role);
+    command
+        .arg("--store")
+        .arg(url)
+        .arg("--data-dir")
+        .arg(dir.join(name))
+        .arg("--blobs")
+        .arg(dir.join("blobs"))
+        .env("BATCHGATE__LEASE_SECONDS", "3")
+        .env("BATCHGATE_LOG", "warn")
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// `serve --no-worker` of such a deployment.
+fn api_replica(dir: &Path, url: &str) -> Server {
+    let mut api = role(
+        dir,
+        url,
+        "api",
+        &["serve", "--no-worker", "--listen", "127.0.0.1:0"],
+    );
+    api.stdout(Stdio::piped());
+    let (child, address) = common::start(api);
+    Server { child, address }
+}
+
 /// `LD_PRELOAD` and `FAKETIME` that run a process with its clock `offset` (libfaketime,
 /// Debian `faketime`) ahead; `None` (after a visible skip) without the library.
 fn clock_ahead(offset: &str) -> Option<Vec<(&'static str, String)>> {
@@ -308,28 +338,9 @@ async fn a_worker_whose_clock_is_ahead_steals_no_live_job_on_postgres() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let role = |name: &str, role: &[&str]| {
-        let mut command = common::batchgate(role);
-        command
-            .arg("--store")
-            .arg(&url)
-            .arg("--data-dir")
-            .arg(dir.path().join(name))
-            .arg("--blobs")
-            .arg(dir.path().join("blobs"))
-            .env("BATCHGATE__LEASE_SECONDS", "3")
-            .env("BATCHGATE_LOG", "warn")
-            .stderr(Stdio::inherit());
-        command
-    };
-    let mut api = role("api", &["serve", "--no-worker", "--listen", "127.0.0.1:0"]);
-    let (child, address) = common::start({
-        api.stdout(Stdio::piped());
-        api
-    });
-    let api = Server { child, address };
+    let api = api_replica(dir.path(), &url);
     let worker = |name: &str, env: &[(&'static str, String)]| {
-        let mut command = role(name, &["worker", "--workers", "2"]);
+        let mut command = role(dir.path(), &url, name, &["worker", "--workers", "2"]);
         command.envs(env.iter().map(|(k, v)| (*k, v.clone())));
         command.stdout(Stdio::null());
         Server {
@@ -353,4 +364,45 @@ async fn a_worker_whose_clock_is_ahead_steals_no_live_job_on_postgres() {
         assert_eq!(status["status"], "succeeded", "{status}");
         assert_eq!(status["attempt"], 1, "a live job was taken over: {status}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_logs_reach_an_api_replica_that_runs_no_job() {
+    let Some((url, _pool)) = common::pg_schema("logs").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let api = api_replica(dir.path(), &url);
+    let mut worker = role(dir.path(), &url, "worker", &["worker", "--workers", "1"]);
+    worker.stdout(Stdio::null());
+    let _worker = Server {
+        child: worker.spawn().unwrap(),
+        address: String::new(),
+    };
+    let client = common::client();
+    let records: Vec<Value> = (0..10)
+        .map(|i| json!({"sensor": "s", "timestamp": format!("t{i}"), "value": i}))
+        .collect();
+    let request = json!({"parameters": {"delay_seconds": 8}, "inputs": {"records": records}});
+    let id = common::submit(&client, &api, "analyzer", request).await;
+    wait_running(&client, &api, 1).await;
+    // The worker's progress lines reach the API's logs while the job runs, in seconds.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let response = client
+            .get(format!("{}/v1/jobs/{id}/logs?stream=stdout", api.address))
+            .send()
+            .await
+            .unwrap();
+        let text = response.text().await.unwrap();
+        let status = common::get_json(&client, &format!("{}/v1/jobs/{id}", api.address)).await;
+        if text.contains("PROGRESS") {
+            assert_eq!(status["status"], "running", "the logs came only at the end");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no live log: {text:?} {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = common::wait_ended(&client, &api.address, &id, Duration::from_secs(30)).await;
+    assert_eq!(status["status"], "succeeded", "{status}");
 }

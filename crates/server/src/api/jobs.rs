@@ -405,13 +405,10 @@ pub async fn logs(
     };
     let mut text = String::new();
     for stream in &streams {
+        // While the job runs, its worker keeps a copy of each stream under the same key
+        // (at most a second old), wherever that worker runs.
         let bytes = if job.attempt == 0 {
             Vec::new()
-        } else if job.state == JobState::Running {
-            let work_dir =
-                crate::worker::attempt::work_dir(&runtime.work_root, job.id, job.attempt);
-            let live = crate::worker::attempt::live_log(&work_dir, stream);
-            tokio::fs::read(live).await.unwrap_or_default()
         } else {
             match runtime
                 .blobs

@@ -377,6 +377,70 @@ fn blob_failure(what: &str, error: &crate::blobs::BlobError) -> String {
     format!("{what}: {}", error.summary())
 }
 
+/// Copies of a running attempt's logs in the blob store, under the keys its final logs
+/// take, so that `GET /v1/jobs/{id}/logs` reads them from there whichever process runs the
+/// job and whichever executor (a Slurm job or a container writes them where this worker
+/// reads them; a Kubernetes pod's log is fetched at its end). Published every
+/// `LIVE_LOG_INTERVAL` when a stream grew, at most `LIVE_LOG_BYTES` of it (its end).
+struct LiveLogs {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const LIVE_LOG_INTERVAL: Duration = Duration::from_secs(1);
+const LIVE_LOG_BYTES: u64 = 4 * 1024 * 1024;
+
+impl LiveLogs {
+    fn start(runtime: &Runtime, job: &Job, paths: [PathBuf; 2]) -> LiveLogs {
+        let stop = CancellationToken::new();
+        let blobs = runtime.blobs.clone();
+        let keys = ["stdout", "stderr"].map(|stream| JobKeys::log(job.id, job.attempt, stream));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut published = [0u64; 2];
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(LIVE_LOG_INTERVAL) => {}
+                    () = stopped.cancelled() => return,
+                }
+                for index in 0..2 {
+                    let Ok(size) = tokio::fs::metadata(&paths[index]).await.map(|m| m.len()) else {
+                        continue;
+                    };
+                    if size == published[index] {
+                        continue;
+                    }
+                    let Ok(bytes) = tail(&paths[index], LIVE_LOG_BYTES).await else {
+                        continue;
+                    };
+                    if blobs.put_bytes(&keys[index], &bytes).await.is_ok() {
+                        published[index] = size;
+                    }
+                }
+            }
+        });
+        LiveLogs { stop, task }
+    }
+
+    /// Stops publishing and waits for a copy being written.
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The last `limit` bytes of a file.
+async fn tail(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    let size = file.metadata().await?.len();
+    file.seek(std::io::SeekFrom::Start(size.saturating_sub(limit)))
+        .await?;
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes).await?;
+    Ok(bytes)
+}
+
 /// Trouble of the platform that waiting may end.
 trait MayPass {
     fn may_pass(&self) -> bool;
@@ -701,10 +765,11 @@ async fn execute(
     }
     let stdout_path = spec.stdout_path.clone();
     let stderr_path = spec.stderr_path.clone();
-    let run = executor
-        .run(spec, control)
-        .await
-        .map_err(|error| error.to_string())?;
+    let live = LiveLogs::start(runtime, job, [stdout_path.clone(), stderr_path.clone()]);
+    let run = executor.run(spec, control).await;
+    // The final logs below replace the live copies; none may land after them.
+    live.stop().await;
+    let run = run.map_err(|error| error.to_string())?;
     if run.termination == Termination::Detached {
         measured.detached = true;
         return Ok((AttemptOutcome::Canceled, Vec::new()));
