@@ -849,3 +849,38 @@ async fn a_database_locked_by_another_process_answers_503_while_the_client_waits
     let (_, page) = app.get_json("/v1/jobs").await;
     assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn an_outcome_that_cannot_be_stored_yet_is_stored_once_the_store_is_back() {
+    use sqlx::ConnectOptions;
+    let app = spawn_app().await;
+    let records: Vec<Value> = (0..10)
+        .map(|i| json!({"sensor": "s", "timestamp": format!("t{i}"), "value": i}))
+        .collect();
+    let request = json!({"parameters": {"delay_seconds": 2}, "inputs": {"records": records}});
+    let location = app.submit_ok("analyzer", &request).await;
+    app.wait_for_state(&location, JobState::Running, Duration::from_secs(10))
+        .await;
+    // Another process locks the database while the program ends (after 2 s): the
+    // attempt's completion cannot be committed.
+    let mut other = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(app.data_dir.join("jobs.db"))
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The program has ended; its outcome is not stored yet.
+    let (_, waiting) = app.status(&location).await;
+    assert_eq!(waiting.status, JobState::Running, "{waiting:?}");
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    // Once the lock is gone, the outcome the program earned is stored: the first attempt.
+    let status = app
+        .wait_until_done(&location, Duration::from_secs(30))
+        .await;
+    assert_eq!(status.status, JobState::Succeeded, "{status:?}");
+    assert_eq!(status.attempt, 1);
+}
