@@ -380,8 +380,9 @@ fn blob_failure(what: &str, error: &crate::blobs::BlobError) -> String {
 /// Copies of a running attempt's logs in the blob store, under the keys its final logs
 /// take, so that `GET /v1/jobs/{id}/logs` reads them from there whichever process runs the
 /// job and whichever executor (a Slurm job or a container writes them where this worker
-/// reads them; a Kubernetes pod's log is fetched at its end). Published every
-/// `LIVE_LOG_INTERVAL` when a stream grew, at most `LIVE_LOG_BYTES` of it (its end).
+/// reads them; a Kubernetes pod's log is fetched at its end). Published a quarter of
+/// `LIVE_LOG_INTERVAL` after the start, then every interval when a stream grew, at most
+/// `LIVE_LOG_BYTES` of it (its end).
 struct LiveLogs {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -398,11 +399,14 @@ impl LiveLogs {
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let mut published = [0u64; 2];
+            // The first copy soon (a quick look at a job just started), then every second.
+            let mut wait = LIVE_LOG_INTERVAL / 4;
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(LIVE_LOG_INTERVAL) => {}
+                    () = tokio::time::sleep(wait) => {}
                     () = stopped.cancelled() => return,
                 }
+                wait = LIVE_LOG_INTERVAL;
                 for index in 0..2 {
                     let Ok(size) = tokio::fs::metadata(&paths[index]).await.map(|m| m.len()) else {
                         continue;

@@ -181,11 +181,22 @@ async fn progress_is_reported_while_running() {
         "{progress:?}"
     );
     assert!(progress.message.is_some());
-    // Logs while running show what the program has written so far.
-    let logs = app
-        .get_text(&format!("{location}/logs?stream=stdout"))
-        .await;
-    assert!(logs.contains("PROGRESS"), "{logs}");
+    // Logs while running show what the program has written so far (a copy at most a
+    // second old, from wherever the job runs).
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    loop {
+        let logs = app
+            .get_text(&format!("{location}/logs?stream=stdout"))
+            .await;
+        if logs.contains("PROGRESS") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no live log: {logs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let done = app.wait_until_done(&location, WAIT).await;
     assert_eq!(done.status, JobState::Succeeded);
     assert_eq!(done.progress.and_then(|p| p.percent), Some(100.0));
