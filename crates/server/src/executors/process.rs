@@ -355,30 +355,27 @@ pub fn processes_of(uid: u32) -> Vec<Pid> {
     processes_of_range(uid..uid + 1)
 }
 
-/// The live (not zombie) processes whose real uid is in `uids`.
+/// The live (not zombie) processes owned by a uid in `uids` (the owner of `/proc/<pid>`,
+/// its effective uid: one `stat` per process, not a read of its status).
 pub fn processes_of_range(uids: std::ops::Range<u32>) -> Vec<Pid> {
-    let mut found = Vec::new();
-    for (pid, directory) in processes() {
-        let Ok(status) = std::fs::read_to_string(directory.join("status")) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .map(str::trim)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let real_uid = field("Uid:")
-            .split_whitespace()
-            .next()
-            .and_then(|uid| uid.parse::<u32>().ok());
-        if real_uid.is_some_and(|uid| uids.contains(&uid)) && !field("State:").starts_with('Z') {
-            found.push(pid);
-        }
-    }
-    found
+    use std::os::unix::fs::MetadataExt;
+    processes()
+        .filter(|(_, directory)| {
+            std::fs::metadata(directory).is_ok_and(|metadata| uids.contains(&metadata.uid()))
+        })
+        .filter(|(_, directory)| {
+            // "pid (comm) S ...": the state follows the last parenthesis.
+            std::fs::read_to_string(directory.join("stat")).is_ok_and(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        })
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// The program's peak resident memory, read from `/proc/<pid>/status` (`VmHWM`, the

@@ -176,7 +176,9 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
     heartbeat.abort();
     // A program left running for the next worker keeps its directory.
     if !measured.detached {
-        let recyclable = executor.on_this_host() && uid.is_none();
+        // Every process of the attempt has ended (with a uid of its own: every process
+        // of that uid), so nothing can write into the directory while it is emptied.
+        let recyclable = executor.on_this_host();
         runtime.work_dirs.release(&workdir, recyclable).await;
     }
     drop(uid);

@@ -6,9 +6,10 @@
 //! the last minutes when it allocates the next one (`recently_deleted`), so the cost of a
 //! job grew with the jobs before it (bench/README.md). An emptied directory keeps its own
 //! inode and those of its `.batchgate` and `tmp`, renamed under `.spare/` until the next
-//! attempt renames it to its own name. Only directories of programs that ran as the
-//! server's own user are recycled: a program with a uid of its own (`run_as_uid`) gets a
-//! directory no earlier program ever held.
+//! attempt renames it to its own name. A directory whose program ran with a uid of its own
+//! is recycled too, once every process of that uid has ended: it is emptied, and what is
+//! kept (`.batchgate`, `tmp`) goes back to the server's user before the next attempt hands
+//! it over.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -74,7 +75,7 @@ impl WorkDirs {
     }
 
     /// Removes `workdir`, or empties it and keeps it for the next attempt when
-    /// `recyclable` (its program ran as the server's user) and there is room.
+    /// `recyclable` (every process of its attempt has ended) and there is room.
     pub async fn release(&self, workdir: &Path, recyclable: bool) {
         let spare = (recyclable && self.lock().len() < self.capacity).then(|| {
             let number = self.named.fetch_add(1, Ordering::Relaxed);
@@ -144,23 +145,23 @@ async fn remove(workdir: &Path) {
 }
 
 /// Removes everything in `workdir` but the contents of `.batchgate` and `tmp`, which are
-/// emptied; fails (and the directory is removed instead) if either is not a directory
-/// its owner can use, as a program may leave it.
+/// emptied and given back to the server's user (0700): a program with a uid of its own
+/// may have chowned, chmodded or replaced them. Fails (and the directory is removed
+/// instead) if either is not a directory, or `.batchgate` is not the server's own, as a
+/// program may leave them. Only called once every process of the attempt has ended.
 fn empty_for_reuse(workdir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let own = rustix::process::geteuid().as_raw();
     let mut kept = 0;
     for entry in fs::read_dir(workdir)? {
         let entry = entry?;
         let name = entry.file_name();
         let file_type = entry.file_type()?;
-        let usable = || {
-            let mode = entry
-                .metadata()
-                .map(|m| m.permissions().mode())
-                .unwrap_or(0);
-            mode & 0o700 == 0o700
-        };
-        if (name == META || name == TMP) && file_type.is_dir() && usable() {
+        let ours = || entry.metadata().is_ok_and(|m| m.uid() == own);
+        if file_type.is_dir() && (name == TMP || (name == META && ours())) {
             empty(&entry.path())?;
+            std::os::unix::fs::lchown(entry.path(), Some(own), None)?;
+            crate::datadir::set_mode(&entry.path(), 0o700)?;
             kept += 1;
         } else {
             remove_entry(&entry)?;
