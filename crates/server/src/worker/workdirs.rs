@@ -188,6 +188,7 @@ fn remove_entry(entry: &fs::DirEntry) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn files_in(directory: &Path) -> Vec<String> {
         let mut names = walk(directory, directory);
@@ -242,6 +243,37 @@ mod tests {
             .unwrap()
             .next()
             .is_none());
+    }
+
+    /// A program with a uid of its own owned its directory: what is kept goes back to the
+    /// server, and a `.batchgate` it made itself is not reused.
+    #[tokio::test]
+    async fn a_directory_a_program_of_its_own_uid_held_is_given_back_or_removed() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            return; // chown needs root; CI runs as root
+        }
+        let root = tempfile::tempdir().unwrap();
+        let dirs = WorkDirs::new(root.path(), 2);
+        let handed = root.path().join("a-1");
+        dirs.create(&handed, Vec::new(), true).await.unwrap();
+        for path in [handed.clone(), handed.join(TMP)] {
+            std::os::unix::fs::lchown(&path, Some(61999), Some(61999)).unwrap();
+        }
+        fs::set_permissions(handed.join(TMP), fs::Permissions::from_mode(0o777)).unwrap();
+        dirs.release(&handed, true).await;
+        let reused = root.path().join("b-1");
+        dirs.create(&reused, Vec::new(), true).await.unwrap();
+        let tmp = fs::metadata(reused.join(TMP)).unwrap();
+        assert_eq!((tmp.uid(), tmp.mode() & 0o777), (0, 0o700));
+
+        // A `.batchgate` the program replaced with its own: the directory is removed.
+        let replaced = root.path().join("c-1");
+        dirs.create(&replaced, Vec::new(), true).await.unwrap();
+        std::os::unix::fs::lchown(replaced.join(META), Some(61999), Some(61999)).unwrap();
+        dirs.release(&replaced, true).await;
+        assert!(!replaced.exists());
+        assert_eq!(fs::read_dir(root.path().join(".spare")).unwrap().count(), 0);
     }
 
     #[tokio::test]
