@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use batchgate_server::{Application, Config, ConfigSource, Overrides};
+use batchgate_server::{Application, Config, ConfigSource, Overrides, Workers};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -199,7 +199,14 @@ fn main() -> ExitCode {
                 insecure_open: insecure_open.then_some(true),
             };
             match Config::load(&source, &overrides) {
-                Ok(config) => multi_threaded().block_on(serve(config, !no_worker)),
+                Ok(config) => {
+                    let workers = if no_worker {
+                        Workers::Elsewhere
+                    } else {
+                        Workers::Embedded
+                    };
+                    multi_threaded().block_on(serve(config, workers))
+                }
                 Err(error) => config_error(error),
             }
         }
@@ -300,8 +307,8 @@ async fn worker(config: Config) -> ExitCode {
     }
 }
 
-async fn serve(config: Config, with_worker: bool) -> ExitCode {
-    let application = match Application::build(config, with_worker).await {
+async fn serve(config: Config, workers: Workers) -> ExitCode {
+    let application = match Application::build(config, workers).await {
         Ok(application) => application,
         Err(error) => {
             eprintln!("error: {error}");

@@ -473,7 +473,7 @@ impl Config {
         let text = if text.contains("@DEMO_BIN@") {
             crate::demo::resolve(&text, &settings.data_dir).map_err(|error| {
                 fail(format!(
-                    "cannot install the demo analyzer under {}: {error}",
+                    "the data directory {} cannot be made absolute: {error}",
                     settings.data_dir.display()
                 ))
             })?

@@ -6,10 +6,16 @@ use std::path::Path;
 /// analyzer is installed in.
 pub const CONFIG: &str = include_str!("../../../examples/demo.toml");
 
-/// The demo configuration with `@DEMO_BIN@` pointing at the analyzer, installed under
-/// `data_dir` first.
+/// The demo configuration with `@DEMO_BIN@` pointing at where the analyzer is installed
+/// under `data_dir` (by `install`, when a worker starts: reading a configuration writes
+/// nothing).
 pub fn resolve(text: &str, data_dir: &Path) -> std::io::Result<String> {
-    let analyzer = crate::embedded::install(data_dir, "analyzer", crate::embedded::ANALYZER)?;
+    let analyzer = crate::embedded::location(data_dir, "analyzer", crate::embedded::ANALYZER)?;
     let bin = analyzer.parent().unwrap_or(data_dir);
     Ok(text.replace("@DEMO_BIN@", &bin.to_string_lossy()))
+}
+
+/// Installs the demo analyzer under `data_dir` (once: its path is its content's hash).
+pub fn install(data_dir: &Path) -> std::io::Result<()> {
+    crate::embedded::install(data_dir, "analyzer", crate::embedded::ANALYZER).map(drop)
 }

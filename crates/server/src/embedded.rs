@@ -17,14 +17,20 @@ pub const LIMITS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/batchgate-li
 /// Serialises installs inside one process (tests start many servers at once).
 static INSTALL: Mutex<()> = Mutex::new(());
 
+/// Where `install` puts `bytes` named `name`: `data_dir/bin/<content hash>/<name>`,
+/// absolute.
+pub fn location(data_dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let digest = hex::encode(&Sha256::digest(bytes)[..8]);
+    Ok(std::path::absolute(data_dir.join("bin").join(digest))?.join(name))
+}
+
 /// Writes `bytes` as the executable `data_dir/bin/<content hash>/<name>` unless it is there
 /// already, and returns its path. The file is written under a temporary name and renamed,
 /// so a program never sees a half-written binary.
 pub fn install(data_dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let digest = hex::encode(&Sha256::digest(bytes)[..8]);
-    let dir = std::path::absolute(data_dir.join("bin").join(digest))?;
-    let target = dir.join(name);
+    let target = location(data_dir, name, bytes)?;
+    let dir = target.parent().unwrap_or(data_dir).to_owned();
     let _guard = INSTALL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -22,11 +22,17 @@ pub mod demo;
 pub mod embedded;
 pub mod executors;
 pub mod jobs;
+pub mod retention;
+pub mod running;
 pub mod store;
 pub mod telemetry;
 pub mod tools;
 pub mod transforms;
+pub mod workdirs;
 pub mod worker;
 
-pub use app::{Application, Runtime};
+pub use app::{Application, Workers};
+
+/// Why the server could not start: reported once and the process exits.
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 pub use config::{Config, ConfigSource, Overrides, Settings};

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::problem::ProblemCode;
+use super::ApiState;
 use super::{header_value, ApiError, AppState};
-use crate::app::Runtime;
 use crate::auth::signing::Signature;
 use crate::auth::{keys, Caller, Tier};
 use crate::config::AuthMode;
@@ -200,7 +200,7 @@ fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     }
 }
 
-async fn identify(runtime: &Runtime, headers: &HeaderMap) -> Result<Caller, ApiError> {
+async fn identify(runtime: &ApiState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let Some(presented) = presented_key(headers)? else {
         if auth_required(runtime).await? {
             return Err(unauthorized(
@@ -242,6 +242,6 @@ async fn identify(runtime: &Runtime, headers: &HeaderMap) -> Result<Caller, ApiE
 
 /// Is a key needed? Always with `auth = "required"`; with `auto`, once a key exists
 /// (the store remembers that, so this costs no query per request).
-pub async fn auth_required(runtime: &Runtime) -> Result<bool, ApiError> {
+pub async fn auth_required(runtime: &ApiState) -> Result<bool, ApiError> {
     Ok(runtime.settings.auth == AuthMode::Required || runtime.store.has_keys().await?)
 }

@@ -12,8 +12,8 @@ use tokio_util::io::ReaderStream;
 use uuid::Uuid;
 
 use super::auth::Access;
+use super::ApiState;
 use super::{header_value, job_status, no_store, retry_after_seconds, ApiError, AppState};
-use crate::app::Runtime;
 use crate::auth::signing::Refused;
 use crate::auth::Caller;
 use crate::blobs::JobKeys;
@@ -24,7 +24,7 @@ use crate::transforms::FieldFault;
 
 /// Loads a job the caller may see: another caller's job is absent (404), a purged one
 /// gone (410).
-pub(super) async fn load(runtime: &Runtime, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+pub(super) async fn load(runtime: &ApiState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
     let job = find(runtime, id)
         .await?
         .filter(|job| caller.can_see(&job.owner))
@@ -35,7 +35,7 @@ pub(super) async fn load(runtime: &Runtime, caller: &Caller, id: &str) -> Result
 /// Like `load`, for the routes a signed URL may reach: with a signature, the job must be
 /// the one it was signed for (method, path, job, owner, expiry), else 403.
 async fn load_for(
-    runtime: &Runtime,
+    runtime: &ApiState,
     access: &Access,
     id: &str,
     path: &str,
@@ -74,7 +74,7 @@ async fn load_for(
     present(job)
 }
 
-async fn find(runtime: &Runtime, id: &str) -> Result<Option<Job>, ApiError> {
+async fn find(runtime: &ApiState, id: &str) -> Result<Option<Job>, ApiError> {
     let Ok(id) = Uuid::parse_str(id) else {
         return Ok(None);
     };
@@ -97,7 +97,7 @@ fn present(job: Job) -> Result<Job, ApiError> {
 /// exactly what the URL serves, the URL is the store's own presigned one, so that the
 /// download bypasses the gateway; otherwise the gateway signs its own path.
 pub(super) async fn delivery_url(
-    runtime: &Runtime,
+    runtime: &ApiState,
     job: &Job,
     path: String,
     key: Option<String>,
@@ -121,7 +121,7 @@ pub(super) async fn delivery_url(
 }
 
 /// Where a finished job's result is delivered (`Location` of the monitor's `303`).
-pub(super) async fn result_url(runtime: &Runtime, job: &Job) -> String {
+pub(super) async fn result_url(runtime: &ApiState, job: &Job) -> String {
     let path = format!("/v1/jobs/{}/result", job.id);
     delivery_url(
         runtime,
@@ -171,7 +171,7 @@ pub async fn status(
 
 /// A job's status document with its result and output links as callers get them
 /// (signed when results are delivered by signed URL).
-pub(super) async fn presented_status(runtime: &Runtime, job: &Job) -> JobStatus {
+pub(super) async fn presented_status(runtime: &ApiState, job: &Job) -> JobStatus {
     let mut status = job_status(job);
     if job.state == JobState::Succeeded {
         status.links.result = result_url(runtime, job).await;
@@ -186,7 +186,7 @@ pub(super) async fn presented_status(runtime: &Runtime, job: &Job) -> JobStatus 
 
 /// The status monitor's answer for a job: `303` to the result once it has ended, else
 /// the pending status with `Retry-After`.
-pub(super) async fn monitor(runtime: &Runtime, job: &Job) -> Result<Response, ApiError> {
+pub(super) async fn monitor(runtime: &ApiState, job: &Job) -> Result<Response, ApiError> {
     let body = Json(presented_status(runtime, job).await);
     if job.state.is_terminal() {
         let location = result_url(runtime, job).await;
@@ -351,7 +351,7 @@ pub async fn output(
 }
 
 async fn stream_blob(
-    runtime: &Runtime,
+    runtime: &ApiState,
     key: &str,
     media_type: &str,
     disposition: Option<String>,
@@ -463,7 +463,9 @@ pub async fn delete(
     let job = load(&runtime, access.caller()?, &id).await?;
     let now = runtime.store.now();
     if job.state.is_terminal() {
-        crate::worker::reaper::purge(&runtime, job.id)
+        runtime
+            .retention
+            .purge(job.id)
             .await
             .map_err(ApiError::internal)?;
         tracing::info!(job_id = %job.id, "job data deleted");

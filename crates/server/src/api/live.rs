@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 use super::auth::Access;
 use super::jobs::{load, result_url};
+use super::ApiState;
 use super::{header_value, no_store, retry_after_seconds, ApiError, AppState};
-use crate::app::Runtime;
 use crate::jobs::{Job, JobEvent, JobState};
 use crate::store::Subscription;
 
@@ -28,7 +28,7 @@ const RECHECK: Duration = Duration::from_secs(2);
 const BATCH: u32 = 100;
 
 /// The `wait` of a `Prefer` header (RFC 7240), capped by the server's `max_wait_seconds`.
-pub(super) fn preferred_wait(runtime: &Runtime, headers: &HeaderMap) -> Option<Duration> {
+pub(super) fn preferred_wait(runtime: &ApiState, headers: &HeaderMap) -> Option<Duration> {
     let seconds = headers
         .get_all("prefer")
         .iter()
@@ -65,7 +65,11 @@ pub(super) struct Waiter {
 
 impl Waiter {
     /// `None` without a `wait` preference, or when `id` names no job (the read fails).
-    pub(super) fn before_reading(runtime: &Runtime, headers: &HeaderMap, id: &str) -> Option<Self> {
+    pub(super) fn before_reading(
+        runtime: &ApiState,
+        headers: &HeaderMap,
+        id: &str,
+    ) -> Option<Self> {
         let limit = preferred_wait(runtime, headers)?;
         let id = uuid::Uuid::parse_str(id).ok()?;
         Some(Waiter {
@@ -79,7 +83,7 @@ impl Waiter {
 /// read; the job is read again after a change that could have ended it (not after its
 /// claim or progress) and when the re-check timer fires, which it does at the deadline.
 pub(super) async fn wait_for_end(
-    runtime: &Runtime,
+    runtime: &ApiState,
     job: Job,
     limit: Duration,
 ) -> Result<Job, ApiError> {
@@ -94,7 +98,7 @@ pub(super) async fn wait_for_end(
 
 /// `wait_for_end` for a job read after `waiter` subscribed.
 pub(super) async fn wait_with(
-    runtime: &Runtime,
+    runtime: &ApiState,
     job: Job,
     waiter: Waiter,
 ) -> Result<Job, ApiError> {
@@ -122,7 +126,7 @@ pub(super) async fn wait_with(
     }
 }
 
-async fn reread(runtime: &Runtime, id: uuid::Uuid) -> Result<Job, ApiError> {
+async fn reread(runtime: &ApiState, id: uuid::Uuid) -> Result<Job, ApiError> {
     runtime
         .store
         .get(id)
@@ -131,7 +135,7 @@ async fn reread(runtime: &Runtime, id: uuid::Uuid) -> Result<Job, ApiError> {
 }
 
 /// The URL clients use to reach this server: `public_url`, or the request's host.
-pub(super) fn public_base(runtime: &Runtime, headers: &HeaderMap, uri: &Uri) -> String {
+pub(super) fn public_base(runtime: &ApiState, headers: &HeaderMap, uri: &Uri) -> String {
     if let Some(url) = &runtime.settings.public_url {
         return url.clone();
     }
@@ -207,7 +211,7 @@ pub async fn events(
 
 /// The state of one event stream.
 struct Follow {
-    runtime: Arc<Runtime>,
+    runtime: Arc<ApiState>,
     job: Job,
     /// The last sequence number sent (or read into `pending`).
     after: u64,

@@ -10,6 +10,7 @@ mod submit;
 mod tools;
 mod usage;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,17 +20,77 @@ use axum::routing::get;
 use axum::Router;
 use batchgate_protocol::{JobLinks, JobStatus, OutputInfo};
 use chrono::Utc;
+use tokio_util::sync::CancellationToken;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::app::Runtime;
+use crate::auth::signing::Signer;
+use crate::auth::Tiers;
+use crate::blobs::BlobStore;
+use crate::config::Settings;
 use crate::jobs::{Job, JobState};
+use crate::retention::Retention;
+use crate::running::RunningJobs;
+use crate::store::JobStore;
+use crate::tools::ToolRegistry;
 pub use problem::ApiError;
 pub use serve::serve;
 
-type AppState = Arc<Runtime>;
+/// What the handlers work with.
+pub struct ApiState {
+    pub settings: Arc<Settings>,
+    pub tools: Arc<ToolRegistry>,
+    pub tiers: Tiers,
+    pub signer: Signer,
+    pub store: Arc<dyn JobStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    /// `DELETE` of a finished job.
+    pub retention: Retention,
+    /// Request bodies being received, before the job is committed.
+    pub staging_root: PathBuf,
+    /// Attempts running in this process (with an embedded worker pool): `DELETE` stops
+    /// their programs at once.
+    pub running: Arc<RunningJobs>,
+    /// Cancelled when the server begins to shut down: long answers (event streams,
+    /// `Prefer: wait`) end early so that the drain does not wait for them.
+    pub stopping: CancellationToken,
+}
 
-pub fn router(runtime: Arc<Runtime>) -> Router {
+impl ApiState {
+    /// Takes `data_dir/staging` for this process: whatever a previous one left there
+    /// (uploads never acknowledged) is removed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        settings: Arc<Settings>,
+        tools: Arc<ToolRegistry>,
+        tiers: Tiers,
+        signer: Signer,
+        store: Arc<dyn JobStore>,
+        blobs: Arc<dyn BlobStore>,
+        running: Arc<RunningJobs>,
+        stopping: CancellationToken,
+    ) -> std::io::Result<ApiState> {
+        let staging_root = std::path::absolute(&settings.data_dir)?.join("staging");
+        let _ = std::fs::remove_dir_all(&staging_root);
+        crate::datadir::create_with_mode(&staging_root, 0o700)?;
+        Ok(ApiState {
+            retention: Retention::new(store.clone(), blobs.clone()),
+            settings,
+            tools,
+            tiers,
+            signer,
+            store,
+            blobs,
+            staging_root,
+            running,
+            stopping,
+        })
+    }
+}
+
+type AppState = Arc<ApiState>;
+
+pub fn router(runtime: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/tools", get(tools::list))
         .route("/v1/tools/{tool}", get(tools::describe))
@@ -116,7 +177,7 @@ fn job_status(job: &Job) -> JobStatus {
 
 /// Seconds until the job is worth polling again (see `jobs::retry_after`).
 /// `queued_ahead`: the jobs ahead of a queued `job`, if the caller knows them (else counted).
-async fn retry_after_seconds(runtime: &Runtime, job: &Job, queued_ahead: Option<u64>) -> u64 {
+async fn retry_after_seconds(runtime: &ApiState, job: &Job, queued_ahead: Option<u64>) -> u64 {
     let typical = match runtime
         .store
         .recent_run_time(&job.tool, job.tool_version)

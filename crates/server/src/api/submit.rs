@@ -20,8 +20,8 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::auth::{seconds_until, Access};
+use super::ApiState;
 use super::{header_value, job_status, live, retry_after_seconds, ApiError, AppState};
-use crate::app::Runtime;
 use crate::auth::Caller;
 use crate::blobs::JobKeys;
 use crate::jobs::{Job, JobState, StoredInput};
@@ -100,7 +100,7 @@ pub async fn submit(
 
 /// The job, and how many jobs were queued when it was admitted (`None` for a replay).
 async fn submit_as(
-    runtime: &Runtime,
+    runtime: &ApiState,
     caller: &Caller,
     tool_ref: &str,
     query: &[(String, String)],
@@ -335,7 +335,7 @@ fn admission(caller: &Caller, now: chrono::DateTime<chrono::Utc>) -> Admission {
 
 /// Refuses early, before the body is read: a full queue (503) or a full quota (429).
 /// Returns how many jobs are queued.
-async fn admit(runtime: &Runtime, caller: &Caller) -> Result<u64, ApiError> {
+async fn admit(runtime: &ApiState, caller: &Caller) -> Result<u64, ApiError> {
     let cap = runtime.settings.max_queued_jobs;
     let queued = runtime.store.queued_count(cap).await?;
     if queued >= cap {
@@ -420,7 +420,7 @@ fn replay(existing: Job, request_hash: &str, tool: &Tool) -> Result<Job, ApiErro
 /// `202` for `job`; `queued_before` (jobs queued when it was admitted) stands for the jobs
 /// ahead of it in the `Retry-After` estimate, sparing a count.
 async fn accepted(
-    runtime: &Runtime,
+    runtime: &ApiState,
     job: &Job,
     queued_before: Option<u64>,
 ) -> Result<Response, ApiError> {

@@ -4,25 +4,14 @@
 //! constant time.
 
 use chrono::{DateTime, Utc};
+
+pub use crate::store::ApiKey;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 const PREFIX: &str = "bgk_";
 const ID_HEX: usize = 12;
 const SECRET_HEX: usize = 64;
-
-/// A key as stored: never the key itself.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiKey {
-    pub id: String,
-    /// Hex SHA-256 of the whole key.
-    pub hash: String,
-    pub name: String,
-    pub tier: String,
-    pub admin: bool,
-    pub created_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
 
 /// A freshly generated key: `secret` is shown to the user once and then forgotten.
 pub struct NewKey {

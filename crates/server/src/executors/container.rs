@@ -26,9 +26,8 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::detached::{attempt_label, job_ended, parse_label, Reference};
-use super::{Executor, ExecutorError, RunControl, RunOutcome, RunSpec, Termination};
+use super::{Executor, ExecutorError, JobLookup, RunControl, RunOutcome, RunSpec, Termination};
 use crate::config::ContainerSettings;
-use crate::store::JobStore;
 use crate::tools::decl::{ContainerDecl, ProgressStream};
 
 /// This executor's name in the references it records.
@@ -409,7 +408,7 @@ impl Executor for ContainerExecutor {
     /// Containers are found through the work directories of ended jobs (their names
     /// follow from the directory's): listing the engine's containers is not portable
     /// (podman reports states Docker's API does not have, which bollard refuses).
-    async fn sweep(&self, store: &dyn JobStore) -> usize {
+    async fn sweep(&self, jobs: &dyn JobLookup) -> usize {
         let Ok(mut entries) = tokio::fs::read_dir(&self.work_root).await else {
             return 0;
         };
@@ -419,7 +418,7 @@ impl Executor for ContainerExecutor {
             let Some((job_id, _)) = parse_label(&label) else {
                 continue;
             };
-            if !job_ended(store, job_id).await {
+            if !job_ended(jobs, job_id).await {
                 continue;
             }
             let name = format!("batchgate-{label}");

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::RunControl;
-use crate::store::JobStore;
+use super::{JobLookup, RunControl};
+pub use crate::workdirs::{attempt_label, parse_label};
 
 /// A job's `executor_ref`: which executor started the program, its id there (a Slurm
 /// job id, a container's or a Kubernetes Job's name), and its work directory.
@@ -52,37 +52,24 @@ impl Reference {
     }
 }
 
-/// `<job id>-<attempt>`, the name of an attempt's work directory.
-pub fn attempt_label(workdir: &Path) -> String {
-    workdir
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-pub fn parse_label(label: &str) -> Option<(Uuid, u32)> {
-    let (id, attempt) = label.rsplit_once('-')?;
-    Some((Uuid::parse_str(id).ok()?, attempt.parse().ok()?))
-}
-
 /// Whether a program found in the engine, started for `attempt` of job `job_id` (its id
 /// there: `id`), is still wanted: its job has not ended and it is the attempt running
 /// now or the program that attempt follows. A store that does not answer keeps it.
 pub async fn still_wanted(
-    store: &dyn JobStore,
+    jobs: &dyn JobLookup,
     job_id: Uuid,
     attempt: u32,
     executor: &str,
     id: &str,
 ) -> bool {
-    match store.get(job_id).await {
+    match jobs.standing(job_id).await {
         Ok(Some(job)) => {
             let followed = job
                 .executor_ref
                 .as_deref()
                 .and_then(|text| serde_json::from_str::<Reference>(text).ok())
                 .is_some_and(|r| r.executor == executor && r.id == id);
-            !job.state.is_terminal() && (followed || job.attempt == attempt)
+            !job.ended && (followed || job.attempt == attempt)
         }
         Ok(None) => false,
         Err(_) => true,
@@ -90,9 +77,9 @@ pub async fn still_wanted(
 }
 
 /// Whether job `job_id` has ended (or is unknown): its work directories may go.
-pub async fn job_ended(store: &dyn JobStore, job_id: Uuid) -> bool {
-    match store.get(job_id).await {
-        Ok(Some(job)) => job.state.is_terminal(),
+pub async fn job_ended(jobs: &dyn JobLookup, job_id: Uuid) -> bool {
+    match jobs.standing(job_id).await {
+        Ok(Some(job)) => job.ended,
         Ok(None) => true,
         Err(_) => false,
     }

@@ -28,9 +28,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::detached::{attempt_label, parse_label, still_wanted, Reference};
-use super::{Executor, ExecutorError, RunControl, RunOutcome, RunSpec, Termination};
+use super::{Executor, ExecutorError, JobLookup, RunControl, RunOutcome, RunSpec, Termination};
 use crate::config::KubernetesSettings;
-use crate::store::JobStore;
 
 /// This executor's name in the references it records.
 const EXECUTOR: &str = "kubernetes";
@@ -443,7 +442,7 @@ impl Executor for KubernetesExecutor {
         exists.then_some(reference.workdir)
     }
 
-    async fn sweep(&self, store: &dyn JobStore) -> usize {
+    async fn sweep(&self, jobs: &dyn JobLookup) -> usize {
         let selector = format!("{LABEL}={}", self.settings.label);
         let found = match self
             .jobs
@@ -470,7 +469,7 @@ impl Executor for KubernetesExecutor {
                 continue;
             };
             let name = job.metadata.name.clone().unwrap_or_default();
-            if still_wanted(store, job_id, attempt, EXECUTOR, &name).await {
+            if still_wanted(jobs, job_id, attempt, EXECUTOR, &name).await {
                 continue;
             }
             tracing::info!(k8s_job = %name, "deleting a Kubernetes Job whose job has ended");

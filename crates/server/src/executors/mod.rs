@@ -185,10 +185,33 @@ pub trait Executor: Send + Sync {
 
     /// Cleans up what attempts left behind while no worker followed them (a program whose
     /// job was canceled meanwhile); returns how many things it removed.
-    async fn sweep(&self, _store: &dyn crate::store::JobStore) -> usize {
+    async fn sweep(&self, _jobs: &dyn JobLookup) -> usize {
         0
     }
 }
+
+/// All an executor may ask of the job store: how a job stands. Executors reach the store
+/// only through this and `References` (the worker provides both).
+#[async_trait]
+pub trait JobLookup: Send + Sync {
+    /// `Ok(None)`: no such job; `Err`: the store did not answer (keep what may be wanted).
+    async fn standing(&self, id: uuid::Uuid) -> Result<Option<Standing>, LookupFailed>;
+}
+
+/// How a job stands, as an executor's sweep needs it.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    /// The job is finished (succeeded, failed or canceled).
+    pub ended: bool,
+    /// The attempt running now (or the last one).
+    pub attempt: u32,
+    /// Where the current attempt's program runs (`Reference`, as recorded).
+    pub executor_ref: Option<String>,
+}
+
+/// The store did not answer a `JobLookup`.
+#[derive(Debug, Clone, Copy)]
+pub struct LookupFailed;
 
 /// The executors a worker has: the local one always, Slurm, containers and Kubernetes
 /// when `[slurm]`, `[container]` and `[kubernetes]` are configured.
@@ -227,16 +250,16 @@ impl Executors {
     }
 
     /// Every configured executor's `sweep`.
-    pub async fn sweep(&self, store: &dyn crate::store::JobStore) -> usize {
+    pub async fn sweep(&self, jobs: &dyn JobLookup) -> usize {
         let mut swept = 0;
         if let Some(slurm) = &self.slurm {
-            swept += slurm.sweep(store).await;
+            swept += slurm.sweep(jobs).await;
         }
         if let Some(container) = &self.container {
-            swept += container.sweep(store).await;
+            swept += container.sweep(jobs).await;
         }
         if let Some(kubernetes) = &self.kubernetes {
-            swept += kubernetes.sweep(store).await;
+            swept += kubernetes.sweep(jobs).await;
         }
         swept
     }

@@ -20,10 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use super::detached::{attempt_label, job_ended, parse_label, still_wanted, Reference};
-use super::{Executor, ExecutorError, RunControl, RunOutcome, RunSpec, Termination};
+use super::{Executor, ExecutorError, JobLookup, RunControl, RunOutcome, RunSpec, Termination};
 use crate::config::SlurmSettings;
 use crate::jobs::Progress;
-use crate::store::JobStore;
 use crate::tools::ProgressSpec;
 
 /// This executor's name in the references it records.
@@ -58,7 +57,7 @@ impl SlurmExecutor {
                 format!("[slurm]: the Slurm client commands cannot be run here: {error}")
             })?;
         let limits = crate::embedded::install(
-            &settings.work_dir.join(".batchgate"),
+            &settings.work_dir.join(crate::workdirs::META),
             "batchgate-limits",
             crate::embedded::LIMITS,
         )
@@ -88,7 +87,7 @@ impl SlurmExecutor {
 
     /// `sbatch`: the job's id, or how the submission failed.
     async fn submit(&self, spec: &RunSpec) -> Result<String, Submission> {
-        let meta = spec.workdir.join(".batchgate");
+        let meta = crate::workdirs::meta_dir(&spec.workdir);
         let script = meta.join("job.sh");
         tokio::fs::write(&script, SCRIPT)
             .await
@@ -361,9 +360,9 @@ impl Executor for SlurmExecutor {
         known.then_some(reference.workdir)
     }
 
-    async fn sweep(&self, store: &dyn JobStore) -> usize {
-        let jobs = match self.queue.snapshot(Instant::now()).await {
-            Ok(jobs) => jobs,
+    async fn sweep(&self, jobs: &dyn JobLookup) -> usize {
+        let queued = match self.queue.snapshot(Instant::now()).await {
+            Ok(queued) => queued,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the Slurm queue to clean up");
                 return 0;
@@ -371,7 +370,7 @@ impl Executor for SlurmExecutor {
         };
         let mut swept = 0;
         let mut busy_dirs = Vec::new();
-        for (slurm_job, entry) in &jobs {
+        for (slurm_job, entry) in &queued {
             let Some((job_id, attempt)) = entry
                 .comment
                 .strip_prefix("batchgate ")
@@ -382,7 +381,7 @@ impl Executor for SlurmExecutor {
             if is_terminal(&entry.state) {
                 continue;
             }
-            if still_wanted(store, job_id, attempt, EXECUTOR, slurm_job).await {
+            if still_wanted(jobs, job_id, attempt, EXECUTOR, slurm_job).await {
                 busy_dirs.push(format!("{job_id}-{attempt}"));
             } else {
                 tracing::info!(slurm_job, job_id = %job_id, "canceling a Slurm job whose batchgate job has ended");
@@ -405,7 +404,7 @@ impl Executor for SlurmExecutor {
             if busy_dirs.contains(&name) {
                 continue;
             }
-            if job_ended(store, job_id).await
+            if job_ended(jobs, job_id).await
                 && tokio::fs::remove_dir_all(entry.path()).await.is_ok()
             {
                 tracing::info!(dir = %name, "removed the work directory of an ended job");

@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use crate::auth::keys::ApiKey;
 use crate::jobs::{Job, JobError, JobEvent, JobState, Progress, StoredOutput};
 pub use changes::{Changes, Subscription};
 
@@ -152,7 +151,15 @@ mod classification {
     }
 
     fn test_key() -> super::ApiKey {
-        crate::auth::keys::generate("lock", "free", false, chrono::Utc::now()).record
+        super::ApiKey {
+            id: "lock".into(),
+            hash: "0".repeat(64),
+            name: "lock".into(),
+            tier: "free".into(),
+            admin: false,
+            created_at: chrono::Utc::now(),
+            revoked_at: None,
+        }
     }
 }
 
@@ -296,6 +303,19 @@ pub struct Completion {
     pub outputs: Vec<StoredOutput>,
     pub finished_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A key as stored: never the key itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub id: String,
+    /// Hex SHA-256 of the whole key.
+    pub hash: String,
+    pub name: String,
+    pub tier: String,
+    pub admin: bool,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 #[async_trait]

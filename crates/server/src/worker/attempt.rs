@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Runtime;
+use super::WorkerState;
 use crate::blobs::JobKeys;
 use crate::executors::{
     Executor, References, ResourceLimits, RunControl, RunOutcome, RunSpec, Termination,
@@ -19,29 +19,15 @@ use crate::executors::{
 use crate::jobs::{
     self, AttemptOutcome, Decision, Job, JobError, JobState, Progress, StoredOutput,
 };
+use crate::running::Steering;
 use crate::store::{AttemptUsage, Completion, Heartbeat};
 use crate::tools::argv::ArgValues;
 use crate::tools::decl::OutputSource;
 use crate::tools::{OutputSpec, Tool};
 use crate::transforms::outputs;
-use crate::worker::Steering;
+use crate::workdirs::{live_log, work_dir};
 
-/// The work directory of one attempt, under the server's work root.
-pub fn work_dir(work_root: &Path, id: uuid::Uuid, attempt: u32) -> PathBuf {
-    work_root.join(format!("{id}-{attempt}"))
-}
-
-/// The server's own files inside a work directory (captured streams).
-fn meta_dir(work_dir: &Path) -> PathBuf {
-    work_dir.join(crate::worker::workdirs::META)
-}
-
-/// Where the executor captures a stream (`stdout`, `stderr`) while the attempt runs.
-pub fn live_log(work_dir: &Path, stream: &str) -> PathBuf {
-    meta_dir(work_dir).join(stream)
-}
-
-pub async fn run(runtime: Arc<Runtime>, job: Job) {
+pub async fn run(runtime: Arc<WorkerState>, job: Job) {
     let id = job.id;
     let attempt_number = job.attempt;
     let Some(tool) = runtime.tools.get(&job.tool, job.tool_version) else {
@@ -122,7 +108,7 @@ pub async fn run(runtime: Arc<Runtime>, job: Job) {
             executor,
             workdir: &workdir,
             attach,
-            run_as: uid.as_ref().map(crate::worker::UidLease::uid),
+            run_as: uid.as_ref().map(super::UidLease::uid),
             references,
         },
         control,
@@ -219,7 +205,7 @@ struct HostPaths {
 }
 
 impl HostPaths {
-    fn of(runtime: &Runtime, tool: &Tool, workdir: &Path) -> HostPaths {
+    fn of(runtime: &WorkerState, tool: &Tool, workdir: &Path) -> HostPaths {
         let text = |path: &Path| path.to_string_lossy().into_owned();
         let mut replacements = vec![
             (format!("{}/", text(workdir)), String::new()),
@@ -277,7 +263,7 @@ impl HostPaths {
 
 /// Records the attempt's cost (for `/v1/usage`) and its metrics.
 async fn account(
-    runtime: &Runtime,
+    runtime: &WorkerState,
     job: &Job,
     outcome: &str,
     ended: chrono::DateTime<Utc>,
@@ -315,7 +301,7 @@ async fn account(
 
 /// Commits the decision (fenced by the attempt) and returns the outcome's label.
 async fn finish(
-    runtime: &Runtime,
+    runtime: &WorkerState,
     job: &Job,
     decision: Decision,
     outputs: Vec<StoredOutput>,
@@ -394,7 +380,7 @@ const LIVE_LOG_INTERVAL: Duration = Duration::from_secs(1);
 const LIVE_LOG_BYTES: u64 = 4 * 1024 * 1024;
 
 impl LiveLogs {
-    fn start(runtime: &Runtime, job: &Job, paths: [PathBuf; 2]) -> LiveLogs {
+    fn start(runtime: &WorkerState, job: &Job, paths: [PathBuf; 2]) -> LiveLogs {
         let stop = CancellationToken::new();
         let blobs = runtime.blobs.clone();
         let keys = ["stdout", "stderr"].map(|stream| JobKeys::log(job.id, job.attempt, stream));
@@ -473,7 +459,7 @@ const STORAGE_PATIENCE: Duration = Duration::from_secs(600);
 /// stops: an outage of the storage (a full disk, a lock, an object store down) waits
 /// instead of using up the job's attempts or throwing away an outcome the program earned.
 /// The attempt's heartbeat keeps its lease meanwhile.
-async fn patiently<T, E, F, Fut>(runtime: &Runtime, job: &Job, operation: F) -> Result<T, E>
+async fn patiently<T, E, F, Fut>(runtime: &WorkerState, job: &Job, operation: F) -> Result<T, E>
 where
     E: MayPass + std::fmt::Display,
     F: Fn() -> Fut,
@@ -500,7 +486,7 @@ where
     }
 }
 
-async fn discard_attempt(runtime: &Runtime, id: uuid::Uuid, attempt: u32) {
+async fn discard_attempt(runtime: &WorkerState, id: uuid::Uuid, attempt: u32) {
     if let Err(error) = runtime
         .blobs
         .delete_prefix(&JobKeys::attempt(id, attempt))
@@ -513,7 +499,7 @@ async fn discard_attempt(runtime: &Runtime, id: uuid::Uuid, attempt: u32) {
 /// Renews the lease every third of its length, records progress (at most every 200 ms),
 /// and turns a remote cancel request or a lost lease into cancellation of the program.
 async fn heartbeat_loop(
-    runtime: Arc<Runtime>,
+    runtime: Arc<WorkerState>,
     id: uuid::Uuid,
     attempt: u32,
     mut progress: watch::Receiver<Option<Progress>>,
@@ -577,7 +563,11 @@ struct Attempt<'a> {
 
 /// Where the attempt runs: the work directory of a program an earlier attempt left
 /// running (the job's `executor_ref`, if its executor still finds it), else a fresh one.
-async fn place(runtime: &Runtime, job: &Job, executor: &dyn Executor) -> (PathBuf, Option<String>) {
+async fn place(
+    runtime: &WorkerState,
+    job: &Job,
+    executor: &dyn Executor,
+) -> (PathBuf, Option<String>) {
     if let Some(reference) = &job.executor_ref {
         if let Some(workdir) = executor.locate(reference).await {
             tracing::info!(job_id = %job.id, attempt = job.attempt, "following the program an earlier attempt started");
@@ -594,7 +584,7 @@ async fn place(runtime: &Runtime, job: &Job, executor: &dyn Executor) -> (PathBu
 
 /// Records an executor's reference to its program with the attempt (fenced by it).
 struct StoreReferences {
-    runtime: Arc<Runtime>,
+    runtime: Arc<WorkerState>,
     id: uuid::Uuid,
     attempt: u32,
     recorded: AtomicBool,
@@ -626,7 +616,7 @@ impl References for StoreReferences {
 /// Stages, runs and collects. `Err` is an infrastructure failure (retried); a program's
 /// failure is an `Ok` outcome.
 async fn execute(
-    runtime: &Runtime,
+    runtime: &WorkerState,
     attempt_to_run: Attempt<'_>,
     control: RunControl,
     measured: &mut Measured,
@@ -890,7 +880,7 @@ async fn hand_over(workdir: &Path, uid: u32) -> std::io::Result<()> {
             if std::fs::symlink_metadata(&path)?.is_dir() {
                 for entry in std::fs::read_dir(&path)? {
                     let entry = entry?;
-                    if entry.file_name() != crate::worker::workdirs::META || path != workdir {
+                    if entry.file_name() != crate::workdirs::META || path != workdir {
                         pending.push(entry.path());
                     }
                 }
@@ -911,7 +901,7 @@ fn environment(tool: &Tool, workdir: &Path) -> Vec<(String, String)> {
     env.insert(
         "TMPDIR".into(),
         workdir
-            .join(crate::worker::workdirs::TMP)
+            .join(crate::workdirs::TMP)
             .to_string_lossy()
             .into_owned(),
     );
@@ -1139,7 +1129,7 @@ fn check_outputs(
 /// blob key → size), a stdout output is its log blob under its own key; outputs marked
 /// `result` are parsed into the job's JSON result.
 async fn collect_outputs(
-    runtime: &Runtime,
+    runtime: &WorkerState,
     job: &Job,
     tool: &Tool,
     run: &RunOutcome,

@@ -2,87 +2,47 @@
 //! stage → run → collect → publish → commit (fenced) → clean up.
 
 pub mod attempt;
-pub mod reaper;
-pub mod workdirs;
+mod startup;
+mod uids;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::app::Runtime;
+use crate::blobs::BlobStore;
+use crate::config::Settings;
+use crate::executors::Executors;
+use crate::running::RunningJobs;
+use crate::store::JobStore;
+use crate::tools::ToolRegistry;
+use crate::workdirs::WorkDirs;
+pub use startup::StoreLookup;
+pub use uids::{UidLease, UidPool, UID_LOCKS};
 
-/// The attempts running in this process: `DELETE` stops a program at once instead of at
-/// its next heartbeat, and a shutdown hands the attempts back.
-#[derive(Default)]
-pub struct RunningJobs {
-    attempts: Mutex<HashMap<Uuid, Steering>>,
-    handing_back: AtomicBool,
-}
-
-/// How one running attempt is stopped.
-#[derive(Clone, Default)]
-pub struct Steering {
-    /// The caller canceled the job: stop the program.
-    pub cancel: CancellationToken,
-    /// This worker lets go of the attempt (shutdown, lost lease): an executor whose
-    /// programs outlive it leaves the program running for the next worker.
-    pub detach: CancellationToken,
-}
-
-impl RunningJobs {
-    fn register(&self, id: Uuid) -> Steering {
-        let steering = Steering::default();
-        self.lock().insert(id, steering.clone());
-        steering
-    }
-
-    fn unregister(&self, id: Uuid) {
-        self.lock().remove(&id);
-    }
-
-    /// Cancels the attempt if it runs here; false otherwise.
-    pub fn cancel(&self, id: Uuid) -> bool {
-        match self.lock().get(&id) {
-            Some(steering) => {
-                steering.cancel.cancel();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Lets go of every attempt running here; their jobs go back to the queue (the
-    /// process is shutting down and the grace period is over).
-    pub fn hand_back_all(&self) -> usize {
-        self.handing_back.store(true, Ordering::SeqCst);
-        let attempts = self.lock();
-        for steering in attempts.values() {
-            steering.detach.cancel();
-        }
-        attempts.len()
-    }
-
-    /// True once `hand_back_all` was called: a stopped attempt is handed back, not
-    /// canceled.
-    pub fn handing_back(&self) -> bool {
-        self.handing_back.load(Ordering::SeqCst)
-    }
-
-    /// Attempts running here.
-    pub fn count(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Steering>> {
-        self.attempts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+/// What the worker pool works with. Made by `WorkerState::open`, which owns the work
+/// directory (see `startup.rs`).
+pub struct WorkerState {
+    pub settings: Arc<Settings>,
+    pub tools: Arc<ToolRegistry>,
+    pub store: Arc<dyn JobStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub executors: Executors,
+    /// Shared with the API in one process: `DELETE` stops a program running here at once.
+    pub running: Arc<RunningJobs>,
+    /// Makes, and recycles, the work directories of attempts on this host.
+    pub work_dirs: WorkDirs,
+    /// The uids programs run as, one per job; `None`: the server's own user.
+    pub uids: Option<UidPool>,
+    /// `bwrap`, when programs run sandboxed.
+    pub sandbox: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    /// Cancelled when the process begins to shut down.
+    pub stopping: CancellationToken,
+    /// Held while this process runs jobs in the work root (see `startup::lock_work_root`).
+    _work_lock: std::fs::File,
 }
 
 /// Per-tool counts of attempts running here, for tools with a concurrency limit.
@@ -92,7 +52,7 @@ struct ToolSlots {
 }
 
 impl ToolSlots {
-    fn saturated(&self, runtime: &Runtime) -> Vec<String> {
+    fn saturated(&self, runtime: &WorkerState) -> Vec<String> {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         runtime
             .tools
@@ -115,7 +75,7 @@ impl ToolSlots {
 
 /// Starts `count` worker loops and the lease-recovery loop; they stop with `shutdown`.
 pub fn spawn_pool(
-    runtime: Arc<Runtime>,
+    runtime: Arc<WorkerState>,
     count: usize,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -137,7 +97,7 @@ pub fn spawn_pool(
 }
 
 async fn worker_loop(
-    runtime: Arc<Runtime>,
+    runtime: Arc<WorkerState>,
     slots: Arc<ToolSlots>,
     index: usize,
     shutdown: CancellationToken,
@@ -168,7 +128,7 @@ enum ExecutionOutcome {
 
 /// Claims one due job and runs its attempt to the end.
 async fn try_execute_next(
-    runtime: &Arc<Runtime>,
+    runtime: &Arc<WorkerState>,
     slots: &ToolSlots,
 ) -> Result<ExecutionOutcome, crate::store::StoreError> {
     let now = runtime.store.now();
@@ -187,7 +147,7 @@ async fn try_execute_next(
 /// After `shutdown`: waits for the worker loops (each finishing its attempt) for the
 /// grace period, then hands the remaining attempts back to the queue and waits for them
 /// to record it (bounded: a lease that is not handed back expires anyway).
-pub async fn drain(runtime: &Runtime, workers: Vec<tokio::task::JoinHandle<()>>) {
+pub async fn drain(runtime: &WorkerState, workers: Vec<tokio::task::JoinHandle<()>>) {
     if workers.is_empty() {
         return;
     }
@@ -217,13 +177,16 @@ pub async fn drain(runtime: &Runtime, workers: Vec<tokio::task::JoinHandle<()>>)
     }
 }
 
-async fn recovery_loop(runtime: Arc<Runtime>, shutdown: CancellationToken) {
+async fn recovery_loop(runtime: Arc<WorkerState>, shutdown: CancellationToken) {
     let period = (runtime.settings.lease() / 3).max(Duration::from_millis(100));
     let mut next_sweep = tokio::time::Instant::now() + runtime.executors.sweep_interval();
     loop {
         if tokio::time::Instant::now() >= next_sweep {
             next_sweep += runtime.executors.sweep_interval();
-            let swept = runtime.executors.sweep(runtime.store.as_ref()).await;
+            let swept = runtime
+                .executors
+                .sweep(&StoreLookup(runtime.store.clone()))
+                .await;
             if swept > 0 {
                 tracing::info!(swept, "cleaned up what jobs no worker followed left behind");
             }
@@ -243,86 +206,5 @@ async fn recovery_loop(runtime: Arc<Runtime>, shutdown: CancellationToken) {
             () = tokio::time::sleep(period) => {}
             () = shutdown.cancelled() => break,
         }
-    }
-}
-
-/// The uids programs run as (`run_as_uid`): one per running attempt on this machine, so
-/// that a per-user process limit holds per job, jobs cannot signal or read one another,
-/// and "every process of the uid" is exactly what a job started. A uid is held with an
-/// exclusive `flock` on `/run/batchgate/uids/<uid>`, so every batchgate process of the
-/// machine (several servers, workers, test servers) shares one pool without a
-/// coordinator, and a crashed holder's lock goes with it; the next holder first kills
-/// whatever the crashed one's job left running under that uid.
-pub struct UidPool {
-    first: u32,
-    count: u32,
-    directory: PathBuf,
-    next: std::sync::atomic::AtomicU32,
-}
-
-/// Where the pool's lock files live.
-pub const UID_LOCKS: &str = "/run/batchgate/uids";
-
-impl UidPool {
-    /// The pool of `count` uids from `first`; makes its lock directory (root only).
-    pub fn open(first: u32, count: u32) -> std::io::Result<UidPool> {
-        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-        if first == 0 || first.checked_add(count.max(1)).is_none() {
-            return Err(std::io::Error::other(format!(
-                "the pool {first} + {count} uids must lie between 1 and 4294967295"
-            )));
-        }
-        let directory = PathBuf::from(UID_LOCKS);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&directory)?;
-        let metadata = std::fs::metadata(&directory)?;
-        if metadata.uid() != 0 || metadata.mode() & 0o022 != 0 {
-            return Err(std::io::Error::other(format!(
-                "{UID_LOCKS} must be owned by root and writable by no one else"
-            )));
-        }
-        Ok(UidPool {
-            first,
-            count: count.max(1),
-            directory,
-            next: std::sync::atomic::AtomicU32::new(std::process::id() % count.max(1)),
-        })
-    }
-
-    /// A uid no other running job of this machine holds.
-    pub fn acquire(&self) -> Result<UidLease, String> {
-        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for offset in 0..self.count {
-            let uid = self.first + (start.wrapping_add(offset)) % self.count;
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(self.directory.join(uid.to_string()))
-                .map_err(|error| format!("cannot lock a uid for the program: {error}"))?;
-            let locked =
-                rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
-            if locked.is_ok() {
-                return Ok(UidLease { uid, _lock: file });
-            }
-        }
-        Err(format!(
-            "all {} uids of the program users' pool are in use on this machine",
-            self.count
-        ))
-    }
-}
-
-/// A uid held for one attempt; released when dropped (after its processes were killed).
-pub struct UidLease {
-    uid: u32,
-    _lock: std::fs::File,
-}
-
-impl UidLease {
-    pub fn uid(&self) -> u32 {
-        self.uid
     }
 }

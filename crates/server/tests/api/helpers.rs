@@ -316,7 +316,7 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
-    pub runtime: std::sync::Arc<batchgate_server::Runtime>,
+    pub runtime: std::sync::Arc<batchgate_server::api::ApiState>,
     _dir: tempfile::TempDir,
     shutdown: CancellationToken,
 }
@@ -352,11 +352,11 @@ pub async fn spawn_app_with(settings: &str) -> TestApp {
     };
     let config =
         Config::load_with_env(&source, &overrides, false).expect("the test configuration loads");
-    let application = Application::build(config, true)
+    let application = Application::build(config, batchgate_server::Workers::Embedded)
         .await
         .expect("the server starts");
     let address = format!("http://{}", application.local_addr());
-    let runtime = application.runtime();
+    let runtime = application.api_state();
     let shutdown = CancellationToken::new();
     tokio::spawn(application.run_until_stopped(shutdown.clone()));
     let client = reqwest::Client::builder()

@@ -332,7 +332,7 @@ async fn restart_on(data_dir: &std::path::Path) -> batchgate_server::Application
         ..batchgate_server::Overrides::default()
     };
     let config = batchgate_server::Config::load_with_env(&source, &overrides, false).unwrap();
-    batchgate_server::Application::build(config, true)
+    batchgate_server::Application::build(config, batchgate_server::Workers::Embedded)
         .await
         .unwrap()
 }

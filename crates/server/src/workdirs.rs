@@ -1,5 +1,7 @@
-//! Work directories of attempts that run on this host: made fresh, or recycled from an
-//! ended attempt's emptied directory.
+//! The work-directory layout (one owner for every executor and the worker: an attempt's
+//! directory `<work_root>/<job id>-<attempt>`, the server's `.batchgate/` in it, the
+//! program's `tmp/`), and the work directories of attempts that run on this host: made
+//! fresh, or recycled from an ended attempt's emptied directory.
 //!
 //! Why recycle: a directory made and removed per job costs an inode allocation and leaves
 //! a freed inode behind, and ext4 without a journal searches past every inode freed in
@@ -20,6 +22,35 @@ use std::sync::Mutex;
 pub const META: &str = ".batchgate";
 /// The program's `TMPDIR` inside its work directory.
 pub const TMP: &str = "tmp";
+
+/// The work directory of one attempt, under a work root.
+pub fn work_dir(work_root: &Path, id: uuid::Uuid, attempt: u32) -> PathBuf {
+    work_root.join(format!("{id}-{attempt}"))
+}
+
+/// The server's own files inside a work directory (captured streams).
+pub fn meta_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join(META)
+}
+
+/// Where an executor captures a stream (`stdout`, `stderr`) while the attempt runs.
+pub fn live_log(work_dir: &Path, stream: &str) -> PathBuf {
+    meta_dir(work_dir).join(stream)
+}
+
+/// `<job id>-<attempt>`, the name of an attempt's work directory.
+pub fn attempt_label(workdir: &Path) -> String {
+    workdir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The job and attempt a work directory's name says.
+pub fn parse_label(label: &str) -> Option<(uuid::Uuid, u32)> {
+    let (id, attempt) = label.rsplit_once('-')?;
+    Some((uuid::Uuid::parse_str(id).ok()?, attempt.parse().ok()?))
+}
 
 pub struct WorkDirs {
     spare_root: PathBuf,
@@ -102,40 +133,8 @@ impl WorkDirs {
     }
 }
 
-/// Removes, at start, the work directories that attempts of a crashed or killed
-/// predecessor left in `work_root` (inputs, control file, logs: they must not outlive
-/// their job's retention), keeping only those of programs an executor still follows (the
-/// job's `executor_ref` names the directory). Nothing runs in `work_root` yet: the
-/// process holds its lock and has stopped the predecessor's programs. Returns how many
-/// were removed.
-pub async fn remove_abandoned(work_root: &Path, store: &dyn crate::store::JobStore) -> usize {
-    use crate::executors::detached::{parse_label, Reference};
-    let Ok(entries) = fs::read_dir(work_root) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let Some((id, _)) = entry.file_name().to_str().and_then(parse_label) else {
-            continue;
-        };
-        let followed = match store.get(id).await {
-            Ok(Some(job)) => job.executor_ref.as_deref().is_some_and(|text| {
-                serde_json::from_str::<Reference>(text)
-                    .is_ok_and(|reference| reference.workdir == entry.path())
-            }),
-            Ok(None) => false,
-            // A store that does not answer keeps everything until the next start.
-            Err(_) => return removed,
-        };
-        if !followed {
-            remove(&entry.path()).await;
-            removed += 1;
-        }
-    }
-    removed
-}
-
-async fn remove(workdir: &Path) {
+/// Removes an attempt's work directory (logged when it cannot).
+pub async fn remove(workdir: &Path) {
     if let Err(error) = tokio::fs::remove_dir_all(workdir).await {
         if error.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(workdir = %workdir.display(), %error, "cannot remove the work directory");

@@ -1,0 +1,79 @@
+//! The attempts running in this process and how each is stopped: `DELETE` (the API)
+//! stops a program at once instead of at its next heartbeat, and a shutdown (the worker)
+//! hands the attempts back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The attempts running in this process: `DELETE` stops a program at once instead of at
+/// its next heartbeat, and a shutdown hands the attempts back.
+#[derive(Default)]
+pub struct RunningJobs {
+    attempts: Mutex<HashMap<Uuid, Steering>>,
+    handing_back: AtomicBool,
+}
+
+/// How one running attempt is stopped.
+#[derive(Clone, Default)]
+pub struct Steering {
+    /// The caller canceled the job: stop the program.
+    pub cancel: CancellationToken,
+    /// This worker lets go of the attempt (shutdown, lost lease): an executor whose
+    /// programs outlive it leaves the program running for the next worker.
+    pub detach: CancellationToken,
+}
+
+impl RunningJobs {
+    pub fn register(&self, id: Uuid) -> Steering {
+        let steering = Steering::default();
+        self.lock().insert(id, steering.clone());
+        steering
+    }
+
+    pub fn unregister(&self, id: Uuid) {
+        self.lock().remove(&id);
+    }
+
+    /// Cancels the attempt if it runs here; false otherwise.
+    pub fn cancel(&self, id: Uuid) -> bool {
+        match self.lock().get(&id) {
+            Some(steering) => {
+                steering.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Lets go of every attempt running here; their jobs go back to the queue (the
+    /// process is shutting down and the grace period is over).
+    pub fn hand_back_all(&self) -> usize {
+        self.handing_back.store(true, Ordering::SeqCst);
+        let attempts = self.lock();
+        for steering in attempts.values() {
+            steering.detach.cancel();
+        }
+        attempts.len()
+    }
+
+    /// True once `hand_back_all` was called: a stopped attempt is handed back, not
+    /// canceled.
+    pub fn handing_back(&self) -> bool {
+        self.handing_back.load(Ordering::SeqCst)
+    }
+
+    /// Attempts running here.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Steering>> {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
