@@ -219,6 +219,10 @@ fn demo_image() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "containers"),
+    ignore = "needs the `containers` feature (cargo test --all-features)"
+)]
 async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
     let Some(engine) = Engine::new() else {
         return;
@@ -305,6 +309,10 @@ fn own_uid() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "containers"),
+    ignore = "needs the `containers` feature (cargo test --all-features)"
+)]
 async fn a_restarted_worker_reattaches_to_the_running_container() {
     let Some(engine) = Engine::new() else {
         return;
@@ -365,6 +373,10 @@ async fn a_restarted_worker_reattaches_to_the_running_container() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "containers"),
+    ignore = "needs the `containers` feature (cargo test --all-features)"
+)]
 async fn a_container_whose_job_was_canceled_meanwhile_is_swept() {
     let Some(engine) = Engine::new() else {
         return;

@@ -105,6 +105,10 @@ fn on_path(program: &str) -> Option<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "object-store"),
+    ignore = "needs the `object-store` feature (cargo test --all-features)"
+)]
 async fn an_object_store_outage_is_a_503_and_a_running_job_waits_for_it() {
     let Some(binary) = on_path("s3s-fs") else {
         common::skip("s3s-fs is not installed (cargo install s3s-fs --version 0.14.1 --locked --features binary)");

@@ -369,11 +369,19 @@ async fn presigned_result_delivery(variable: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "object-store"),
+    ignore = "needs the `object-store` feature (cargo test --all-features)"
+)]
 async fn s3_results_are_delivered_by_presigned_url() {
     presigned_result_delivery("BATCHGATE_TEST_S3_URL").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "object-store"),
+    ignore = "needs the `object-store` feature (cargo test --all-features)"
+)]
 async fn azure_results_are_delivered_by_presigned_url() {
     presigned_result_delivery("BATCHGATE_TEST_AZURE_URL").await;
 }

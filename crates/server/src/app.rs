@@ -106,17 +106,25 @@ async fn open_blobs(
 ) -> Result<Arc<dyn BlobStore>, StartError> {
     let root = match settings.blobs.as_str() {
         "local" => data_dir.join("blobs"),
-        url if crate::blobs::object::is_object_url(url) => {
-            let store = crate::blobs::object::ObjectBlobStore::open(url)?;
-            store
-                .ping()
-                .await
-                .map_err(|error| format!("blob storage {url} is not reachable: {error}"))?;
-            return Ok(Arc::new(store));
-        }
+        url if crate::blobs::is_object_url(url) => return open_object_store(url).await,
         shared => PathBuf::from(shared),
     };
     Ok(Arc::new(LocalBlobStore::open(&root).await?))
+}
+
+#[cfg(feature = "object-store")]
+async fn open_object_store(url: &str) -> Result<Arc<dyn BlobStore>, StartError> {
+    let store = crate::blobs::object::ObjectBlobStore::open(url)?;
+    store
+        .ping()
+        .await
+        .map_err(|error| format!("blob storage {url} is not reachable: {error}"))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "object-store"))]
+async fn open_object_store(_url: &str) -> Result<Arc<dyn BlobStore>, StartError> {
+    Err(crate::config::missing_feature("blobs", "object-store").into())
 }
 
 /// Without keys, a server is open to anyone who can reach it: allowed on a loopback

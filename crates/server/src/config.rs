@@ -388,6 +388,38 @@ pub struct Overrides {
     pub insecure_open: Option<bool>,
 }
 
+/// Why a configuration cannot run on this binary: it names what a cargo feature left out.
+pub fn missing_feature(field: &str, feature: &str) -> String {
+    format!(
+        "field `{field}`: this batchgate was built without the `{feature}` feature; rebuild \
+         it with `cargo build --release -p batchgate --features {feature}` (or --all-features)"
+    )
+}
+
+impl Settings {
+    /// The first section (field, cargo feature) the settings use that this binary was
+    /// built without.
+    pub fn features_missing(&self) -> Option<(&'static str, &'static str)> {
+        let missing = [
+            (
+                self.container.is_some() && !cfg!(feature = "containers"),
+                ("container", "containers"),
+            ),
+            (
+                self.kubernetes.is_some() && !cfg!(feature = "kubernetes"),
+                ("kubernetes", "kubernetes"),
+            ),
+            (
+                crate::blobs::is_object_url(&self.blobs) && !cfg!(feature = "object-store"),
+                ("blobs", "object-store"),
+            ),
+        ];
+        missing
+            .into_iter()
+            .find_map(|(missing, what)| missing.then_some(what))
+    }
+}
+
 #[derive(Debug)]
 pub struct Config {
     pub settings: Settings,
@@ -449,13 +481,16 @@ impl Config {
         }
         if settings.blobs != "local"
             && !settings.blobs.starts_with('/')
-            && !crate::blobs::object::is_object_url(&settings.blobs)
+            && !crate::blobs::is_object_url(&settings.blobs)
         {
             return Err(fail(
                 "field `blobs`: must be `local`, an absolute directory path, or \
                  s3://bucket/prefix, az://container/prefix, gs://bucket/prefix"
                     .into(),
             ));
+        }
+        if let Some((field, feature)) = settings.features_missing() {
+            return Err(fail(missing_feature(field, feature)));
         }
         if let Some(url) = &settings.public_url {
             let scheme_ok = url.starts_with("http://") || url.starts_with("https://");

@@ -6,7 +6,16 @@
 //! local backend does not fsync, which is why the default backend is written here.
 //! `object::ObjectBlobStore` keeps them in S3, Azure Blob Storage or GCS.
 
+#[cfg(feature = "object-store")]
 pub mod object;
+
+/// True for the URLs `object::ObjectBlobStore` understands (S3, Azure Blob Storage, GCS),
+/// whether or not this binary was built with it (the `object-store` feature).
+pub fn is_object_url(url: &str) -> bool {
+    ["s3://", "az://", "gs://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+}
 
 use std::fs;
 use std::io::Write;

@@ -35,12 +35,7 @@ pub struct ObjectBlobStore {
     prefix: String,
 }
 
-/// True for the URLs `ObjectBlobStore::open` understands.
-pub fn is_object_url(url: &str) -> bool {
-    ["s3://", "az://", "gs://"]
-        .iter()
-        .any(|scheme| url.starts_with(scheme))
-}
+pub use super::is_object_url;
 
 impl ObjectBlobStore {
     pub fn open(url: &str) -> Result<ObjectBlobStore, BlobError> {

@@ -171,6 +171,7 @@ mod local {
 }
 
 /// An object store named by `variable`, or a visible skip.
+#[cfg(feature = "object-store")]
 fn object_store(variable: &str) -> Option<object::ObjectBlobStore> {
     match std::env::var(variable) {
         Ok(url) => Some(object::ObjectBlobStore::open(&url).unwrap()),
@@ -186,6 +187,7 @@ fn object_store(variable: &str) -> Option<object::ObjectBlobStore> {
 
 /// The store's own presigned URL serves the blob without credentials; a tampered one is
 /// refused by the storage service.
+#[cfg(feature = "object-store")]
 async fn presigned_urls_work_and_are_checked(blobs: &dyn BlobStore) {
     let key = format!("jobs/{}/result.json", uuid::Uuid::now_v7());
     blobs.put_bytes(&key, br#"{"ok":true}"#).await.unwrap();
@@ -212,6 +214,7 @@ async fn presigned_urls_work_and_are_checked(blobs: &dyn BlobStore) {
         .unwrap();
 }
 
+#[cfg(feature = "object-store")]
 mod s3 {
     use super::*;
 
@@ -228,6 +231,7 @@ mod s3 {
     }
 }
 
+#[cfg(feature = "object-store")]
 mod azure {
     use super::*;
 

@@ -3,8 +3,10 @@
 //! (a local process, a Slurm batch job; containers and Kubernetes later) shares that
 //! logic.
 
+#[cfg(feature = "containers")]
 pub mod container;
 pub mod detached;
+#[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod local;
 pub mod process;
@@ -218,7 +220,9 @@ pub struct LookupFailed;
 pub struct Executors {
     pub local: local::LocalExecutor,
     pub slurm: Option<slurm::SlurmExecutor>,
+    #[cfg(feature = "containers")]
     pub container: Option<container::ContainerExecutor>,
+    #[cfg(feature = "kubernetes")]
     pub kubernetes: Option<kubernetes::KubernetesExecutor>,
 }
 
@@ -229,8 +233,14 @@ impl Executors {
         let (executor, section): (Option<&dyn Executor>, &str) = match tool.executor {
             ExecutorDecl::Local => return Ok(&self.local),
             ExecutorDecl::Slurm => (self.slurm.as_ref().map(|e| e as _), "slurm"),
+            #[cfg(feature = "containers")]
             ExecutorDecl::Container => (self.container.as_ref().map(|e| e as _), "container"),
+            #[cfg(feature = "kubernetes")]
             ExecutorDecl::Kubernetes => (self.kubernetes.as_ref().map(|e| e as _), "kubernetes"),
+            #[cfg(not(feature = "containers"))]
+            ExecutorDecl::Container => (None, "container"),
+            #[cfg(not(feature = "kubernetes"))]
+            ExecutorDecl::Kubernetes => (None, "kubernetes"),
         };
         executor.ok_or_else(|| format!("this worker has no [{section}] configuration"))
     }
@@ -240,7 +250,9 @@ impl Executors {
     pub fn sweep_interval(&self) -> Duration {
         [
             self.slurm.as_ref().map(|slurm| slurm.sweep_interval()),
+            #[cfg(feature = "containers")]
             self.container.as_ref().map(|c| c.sweep_interval()),
+            #[cfg(feature = "kubernetes")]
             self.kubernetes.as_ref().map(|k| k.sweep_interval()),
         ]
         .into_iter()
@@ -255,9 +267,11 @@ impl Executors {
         if let Some(slurm) = &self.slurm {
             swept += slurm.sweep(jobs).await;
         }
+        #[cfg(feature = "containers")]
         if let Some(container) = &self.container {
             swept += container.sweep(jobs).await;
         }
+        #[cfg(feature = "kubernetes")]
         if let Some(kubernetes) = &self.kubernetes {
             swept += kubernetes.sweep(jobs).await;
         }

@@ -12,9 +12,7 @@ use uuid::Uuid;
 use super::{UidPool, WorkerState};
 use crate::blobs::BlobStore;
 use crate::config::{ProgramUsers, SandboxMode, Settings};
-use crate::executors::container::ContainerExecutor;
 use crate::executors::detached::Reference;
-use crate::executors::kubernetes::KubernetesExecutor;
 use crate::executors::local::LocalExecutor;
 use crate::executors::slurm::SlurmExecutor;
 use crate::executors::{Executors, JobLookup, LookupFailed, Standing};
@@ -104,21 +102,30 @@ async fn open_executors(
         Some(slurm) => Some(SlurmExecutor::open(slurm.clone()).await?),
         None => None,
     };
-    let container = match &settings.container {
-        Some(container) => {
-            Some(ContainerExecutor::open(container.clone(), work_root.to_owned()).await?)
-        }
-        None => None,
-    };
-    let kubernetes = match &settings.kubernetes {
-        Some(kubernetes) => Some(KubernetesExecutor::open(kubernetes.clone()).await?),
-        None => None,
-    };
+    // A section for an executor this binary was built without is refused when the
+    // configuration is loaded (`config::missing_feature`).
     Ok(Executors {
         local: LocalExecutor::new(data_dir, work_root.to_owned()),
         slurm,
-        container,
-        kubernetes,
+        #[cfg(feature = "containers")]
+        container: match &settings.container {
+            Some(container) => Some(
+                crate::executors::container::ContainerExecutor::open(
+                    container.clone(),
+                    work_root.to_owned(),
+                )
+                .await?,
+            ),
+            None => None,
+        },
+        #[cfg(feature = "kubernetes")]
+        kubernetes: match &settings.kubernetes {
+            Some(kubernetes) => Some(
+                crate::executors::kubernetes::KubernetesExecutor::open(kubernetes.clone())
+                    .await?,
+            ),
+            None => None,
+        },
     })
 }
 
