@@ -685,21 +685,36 @@ mod tests {
             (
                 "examples/slurm.toml",
                 std::fs::read_to_string(root.join("examples/slurm.toml")).unwrap(),
+                None,
             ),
             (
                 "examples/container.toml",
                 std::fs::read_to_string(root.join("examples/container.toml")).unwrap(),
+                Some(("containers", cfg!(feature = "containers"))),
             ),
-            ("deploy/kubernetes/configmap.yaml", kubernetes),
+            (
+                "deploy/kubernetes/configmap.yaml",
+                kubernetes,
+                Some(("kubernetes", cfg!(feature = "kubernetes"))),
+            ),
         ];
-        for (name, text) in examples {
+        for (name, text, feature) in examples {
             let source = ConfigSource::Text {
                 name: name.into(),
                 text,
             };
-            let config = Config::load_with_env(&source, &overrides, false)
-                .unwrap_or_else(|error| panic!("{name}: {error}"));
-            assert_eq!(config.tools.all().count(), 1, "{name}");
+            let loaded = Config::load_with_env(&source, &overrides, false);
+            match feature {
+                // Built without the executor: refused at load, naming the feature.
+                Some((feature, false)) => {
+                    let error = loaded.unwrap_err().to_string();
+                    assert!(error.contains(&format!("`{feature}` feature")), "{error}");
+                }
+                _ => {
+                    let config = loaded.unwrap_or_else(|error| panic!("{name}: {error}"));
+                    assert_eq!(config.tools.all().count(), 1, "{name}");
+                }
+            }
         }
         let error = check(&TOOL.replace(
             "command = [\"/bin/echo\", \"hi\"]",
@@ -718,7 +733,24 @@ mod tests {
             )
         ))
         .unwrap_err();
-        assert!(error.contains("outputs must be files"), "{error}");
+        if cfg!(feature = "kubernetes") {
+            assert!(error.contains("outputs must be files"), "{error}");
+        }
+    }
+
+    /// Object storage named by a binary built without it: refused at load.
+    #[test]
+    fn blobs_in_object_storage_need_the_feature() {
+        let loaded = check(&format!("blobs = \"s3://bucket/jobs\"\n{TOOL}"));
+        if cfg!(feature = "object-store") {
+            assert!(loaded.is_ok(), "{:?}", loaded.err());
+        } else {
+            let error = loaded.unwrap_err();
+            assert!(
+                error.contains("field `blobs`") && error.contains("--features object-store"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -121,8 +121,7 @@ async fn open_executors(
         #[cfg(feature = "kubernetes")]
         kubernetes: match &settings.kubernetes {
             Some(kubernetes) => Some(
-                crate::executors::kubernetes::KubernetesExecutor::open(kubernetes.clone())
-                    .await?,
+                crate::executors::kubernetes::KubernetesExecutor::open(kubernetes.clone()).await?,
             ),
             None => None,
         },
