@@ -5,10 +5,11 @@
 //! author can get wrong is discovered by the first user.
 
 pub mod argv;
+mod build;
 pub mod control;
 pub mod decl;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,8 @@ use serde_json::{Map, Value};
 
 use crate::transforms::records::Layout;
 use crate::transforms::{FieldFault, Format};
-use argv::{ArgTemplate, Placeholder};
+use argv::ArgTemplate;
+use build::Invalid;
 use control::ControlTemplate;
 use decl::{OutputSource, ProgressStream, ToolDecl};
 
@@ -363,348 +365,49 @@ impl Tool {
     /// without running it.
     pub fn from_decl(decl: ToolDecl, defaults: &ToolDefaults) -> Result<Tool, ToolError> {
         let tool_id = format!("{}@{}", decl.name, decl.version);
-        let fail = |field: &str, message: String| ToolError {
+        let fail = |Invalid(field, message): Invalid| ToolError {
             tool: tool_id.clone(),
-            field: field.to_owned(),
+            field,
             message,
         };
-        if !valid_name(&decl.name) {
-            return Err(fail("name", "use letters, digits, `_` and `-` only".into()));
-        }
-        if decl.version == 0 {
-            return Err(fail("version", "versions start at 1".into()));
-        }
-
-        let mut inputs = Vec::new();
-        for (index, input) in decl.inputs.into_iter().enumerate() {
-            let field = format!("inputs[{index}]");
-            if !valid_name(&input.name) {
-                return Err(fail(
-                    &format!("{field}.name"),
-                    "use letters, digits, `_` and `-` only".into(),
-                ));
-            }
-            if inputs
-                .iter()
-                .any(|known: &InputSpec| known.name == input.name)
-            {
-                return Err(fail(
-                    &format!("{field}.name"),
-                    format!("input `{}` is declared twice", input.name),
-                ));
-            }
-            if !input.columns.is_empty() && !input.format.is_tabular() {
-                return Err(fail(
-                    &format!("{field}.columns"),
-                    "columns apply to csv and tsv only".into(),
-                ));
-            }
-            let media_types = if input.media_types.is_empty() {
-                vec![input.format.default_media_type().to_owned()]
-            } else {
-                input.media_types
-            };
-            inputs.push(InputSpec {
-                file_name: format!("{}.{}", input.name, input.format.extension()),
-                name: input.name,
-                layout: Layout {
-                    format: input.format,
-                    columns: input.columns,
-                    header: input.header,
-                },
-                media_types,
-                required: input.required,
-                max_bytes: input.max_bytes.unwrap_or(u64::MAX),
-            });
-        }
-
-        let mut outputs: Vec<OutputSpec> = Vec::new();
-        if decl.executor == decl::ExecutorDecl::Kubernetes
-            && decl
-                .outputs
-                .iter()
-                .any(|output| output.from == decl::OutputSource::Stdout)
-        {
-            return Err(fail(
-                "outputs",
-                "a Kubernetes tool's outputs must be files: the pod log interleaves stdout and stderr"
-                    .into(),
-            ));
-        }
-        for (index, output) in decl.outputs.into_iter().enumerate() {
-            let field = format!("outputs[{index}]");
-            if !valid_name(&output.name) {
-                return Err(fail(
-                    &format!("{field}.name"),
-                    "use letters, digits, `_` and `-` only".into(),
-                ));
-            }
-            if outputs.iter().any(|known| known.name == output.name) {
-                return Err(fail(
-                    &format!("{field}.name"),
-                    format!("output `{}` is declared twice", output.name),
-                ));
-            }
-            match (output.from, &output.path) {
-                (OutputSource::File, None) => {
-                    return Err(fail(
-                        &format!("{field}.path"),
-                        "a file output needs a path".into(),
-                    ))
-                }
-                (OutputSource::Stdout, Some(_)) => {
-                    return Err(fail(
-                        &format!("{field}.path"),
-                        "a stdout output has no path".into(),
-                    ))
-                }
-                (OutputSource::File, Some(path)) => check_relative_path(path)
-                    .map_err(|message| fail(&format!("{field}.path"), message))?,
-                (OutputSource::Stdout, None) => {}
-            }
-            outputs.push(OutputSpec {
-                media_type: output
-                    .media_type
-                    .unwrap_or_else(|| output.format.default_media_type().to_owned()),
-                name: output.name,
-                source: output.from,
-                path: output.path,
-                format: output.format,
-                columns: output.columns,
-                header: output.header,
-                result: output.result,
-                required: output.required,
-            });
-        }
-        if outputs.is_empty() {
-            return Err(fail("outputs", "declare at least one output".into()));
-        }
-        if decl.slurm.is_some() && decl.executor != decl::ExecutorDecl::Slurm {
-            return Err(fail(
-                "slurm",
-                "Slurm resources are given but the tool's executor is not `slurm`".into(),
-            ));
-        }
-        match (&decl.container, decl.executor) {
-            (None, decl::ExecutorDecl::Container) => {
-                return Err(fail(
-                    "container",
-                    "`executor = \"container\"` needs [tools.container] with an `image`".into(),
-                ))
-            }
-            (Some(_), executor) if executor != decl::ExecutorDecl::Container => {
-                return Err(fail(
-                    "container",
-                    "an image is given but the tool's executor is not `container`".into(),
-                ))
-            }
-            (Some(container), _) if container.image.trim().is_empty() => {
-                return Err(fail("container.image", "name an image".into()))
-            }
-            (Some(container), _) if container.cpus.is_some_and(|cpus| cpus <= 0.0) => {
-                return Err(fail("container.cpus", "must be positive".into()))
-            }
-            _ => {}
-        }
-        match (&decl.kubernetes, decl.executor) {
-            (None, decl::ExecutorDecl::Kubernetes) => {
-                return Err(fail(
-                    "kubernetes",
-                    "`executor = \"kubernetes\"` needs [tools.kubernetes] with an `image`".into(),
-                ))
-            }
-            (Some(_), executor) if executor != decl::ExecutorDecl::Kubernetes => {
-                return Err(fail(
-                    "kubernetes",
-                    "an image is given but the tool's executor is not `kubernetes`".into(),
-                ))
-            }
-            (Some(pod), _) if pod.image.trim().is_empty() => {
-                return Err(fail("kubernetes.image", "name an image".into()))
-            }
-            _ => {}
-        }
-        if decl.slurm.as_ref().and_then(|slurm| slurm.cpus) == Some(0) {
-            return Err(fail("slurm.cpus", "a job needs at least one CPU".into()));
-        }
-
-        let parameters_schema = decl.parameters.unwrap_or_else(|| {
-            serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false})
-        });
-        if parameters_schema.get("type").and_then(Value::as_str) != Some("object") {
-            return Err(fail(
-                "parameters.type",
-                "the parameter schema must have `type = \"object\"`".into(),
-            ));
-        }
-        let validator = jsonschema::validator_for(&parameters_schema)
-            .map_err(|error| fail("parameters", format!("not a valid JSON Schema: {error}")))?;
-
-        let control = match decl.control {
-            Some(control) => {
-                check_plain_file_name(&control.file)
-                    .map_err(|message| fail("control.file", message))?;
-                if inputs.iter().any(|input| input.file_name == control.file) {
-                    return Err(fail(
-                        "control.file",
-                        "clashes with an input file name".into(),
-                    ));
-                }
-                Some(
-                    ControlTemplate::compile(control.file, control.template, control.values)
-                        .map_err(|message| fail("control.template", message))?,
-                )
-            }
-            None => None,
-        };
-
-        if decl.command.is_empty() {
-            return Err(fail("command", "the argv list is empty".into()));
-        }
-        let properties: BTreeSet<String> = parameters_schema
-            .get("properties")
-            .and_then(Value::as_object)
-            .map(|props| props.keys().cloned().collect())
-            .unwrap_or_default();
-        let mut command = Vec::new();
-        for (index, argument) in decl.command.iter().enumerate() {
-            let field = format!("command[{index}]");
-            let template = ArgTemplate::parse(argument).map_err(|message| fail(&field, message))?;
-            for placeholder in template.placeholders() {
-                let problem = match placeholder {
-                    Placeholder::Input(name) if !inputs.iter().any(|i| &i.name == name) => {
-                        Some(format!(
-                            "no input `{name}`; inputs are: {}",
-                            names(inputs.iter().map(|i| &i.name))
-                        ))
-                    }
-                    Placeholder::Output(name) => match outputs.iter().find(|o| &o.name == name) {
-                        None => Some(format!(
-                            "no output `{name}`; outputs are: {}",
-                            names(outputs.iter().map(|o| &o.name))
-                        )),
-                        Some(output) if output.source == OutputSource::Stdout => {
-                            Some(format!("output `{name}` comes from stdout and has no file"))
-                        }
-                        Some(_) => None,
-                    },
-                    Placeholder::Control if control.is_none() => {
-                        Some("`{control}` is used but no [control] is declared".into())
-                    }
-                    Placeholder::Param(name) if !properties.contains(name) => {
-                        Some(format!("no parameter `{name}` in the parameter schema"))
-                    }
-                    _ => None,
-                };
-                if let Some(message) = problem {
-                    return Err(fail(&field, message));
-                }
-            }
-            command.push(template);
-        }
-        if command[0].placeholders().next().is_some() {
-            return Err(fail(
-                "command[0]",
-                "the program itself cannot come from a placeholder".into(),
-            ));
-        }
-
-        for name in decl.env.vars.keys().chain(decl.env.allow.iter()) {
-            if name.is_empty() || name.contains(['=', '\0']) {
-                return Err(fail("env", format!("`{name}` is not a variable name")));
-            }
-        }
-
-        let progress = match decl.progress {
-            Some(progress) => Some(ProgressSpec {
-                pattern: Regex::new(&progress.pattern)
-                    .map_err(|error| fail("progress.pattern", error.to_string()))?,
-                stream: progress.stream,
-            }),
-            None => None,
-        };
-
-        let limits_decl = decl.limits;
-        let mb = |value: Option<u64>| value.map(|mb| mb * 1024 * 1024);
-        let limits = Limits {
-            timeout: limits_decl
-                .timeout_seconds
-                .map(Duration::from_secs)
-                .unwrap_or(defaults.timeout),
-            cpu_seconds: limits_decl.cpu_seconds,
-            memory_bytes: mb(limits_decl.memory_mb),
-            file_size_bytes: mb(limits_decl.file_size_mb),
-            open_files: limits_decl.open_files.unwrap_or(1024),
-            processes: limits_decl.processes.unwrap_or(64),
-            max_request_bytes: limits_decl
-                .max_request_bytes
-                .unwrap_or(defaults.max_request_bytes),
-            max_output_bytes: limits_decl.max_output_bytes.unwrap_or(100 * 1024 * 1024),
-            max_log_bytes: limits_decl.max_log_bytes.unwrap_or(1024 * 1024),
-            concurrency: limits_decl.concurrency,
-            kill_grace: Duration::from_secs(limits_decl.kill_grace_seconds.unwrap_or(5)),
-        };
-        if limits.timeout.is_zero() {
-            return Err(fail("limits.timeout_seconds", "must be at least 1".into()));
-        }
-        if limits.concurrency == Some(0) {
-            return Err(fail("limits.concurrency", "must be at least 1".into()));
-        }
+        build::identity(&decl).map_err(fail)?;
+        let inputs = build::inputs(decl.inputs).map_err(fail)?;
+        let outputs = build::outputs(decl.outputs, decl.executor).map_err(fail)?;
+        build::executor_sections(
+            &decl.executor,
+            &decl.slurm,
+            &decl.container,
+            &decl.kubernetes,
+        )
+        .map_err(fail)?;
+        let (parameters_schema, validator) = build::parameters(decl.parameters).map_err(fail)?;
+        let control = build::control(decl.control, &inputs).map_err(fail)?;
+        let command = build::command(
+            &decl.command,
+            &inputs,
+            &outputs,
+            control.is_some(),
+            &parameters_schema,
+        )
+        .map_err(fail)?;
+        build::environment(&decl.env).map_err(fail)?;
+        let progress = build::progress(decl.progress).map_err(fail)?;
+        let limits = build::limits(decl.limits, defaults).map_err(fail)?;
         let mut warnings = Vec::new();
-        for &code in &decl.retry.on_exit_codes {
-            if !(0..=255).contains(&code) {
-                return Err(fail(
-                    "retry.on_exit_codes",
-                    format!("{code} is not an exit status (0–255)"),
-                ));
-            }
-            if let Some(name) = (129..=192).contains(&code).then(|| signal_name(code - 128)) {
-                warnings.push(format!(
-                    "retry.on_exit_codes: {code} is what a shell reports for a program killed by \
-                     signal {} ({name}), but a program killed by a signal has no exit code; \
-                     {code} matches only a program that itself exits with {code}. To retry \
-                     after the signal, use retry.on_signals = [\"{name}\"]",
-                    code - 128
-                ));
-            }
-        }
-        let on_signals = decl
-            .retry
-            .on_signals
-            .iter()
-            .map(|signal| parse_signal(signal).map_err(|message| fail("retry.on_signals", message)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let retry = RetryPolicy {
-            max_attempts: decl.retry.max_attempts.unwrap_or(3),
-            on_exit_codes: decl.retry.on_exit_codes,
-            on_signals,
-            on_timeout: decl.retry.on_timeout,
-            backoff: Duration::from_secs_f64(decl.retry.backoff_seconds.unwrap_or(1.0).max(0.0)),
-        };
-        if retry.max_attempts == 0 {
-            return Err(fail("retry.max_attempts", "must be at least 1".into()));
-        }
-
-        let example: protocol::SubmitRequest = serde_json::from_value(decl.example)
-            .map_err(|error| fail("example", format!("not a request body: {error}")))?;
-
-        for name in &decl.accepts_options {
-            if !command
-                .iter()
-                .any(|argument| argument.whole_param() == Some(name))
-            {
-                return Err(fail(
-                    "accepts_options",
-                    format!("`{name}` fills no whole argument of `command`"),
-                ));
-            }
-        }
+        let retry = build::retry(decl.retry, &mut warnings).map_err(fail)?;
+        let example: protocol::SubmitRequest =
+            serde_json::from_value(decl.example).map_err(|error| {
+                fail(Invalid::new(
+                    "example",
+                    format!("not a request body: {error}"),
+                ))
+            })?;
+        build::accepted_options(&decl.accepts_options, &command).map_err(fail)?;
         warnings.extend(option_warnings(
             &command,
             &parameters_schema,
             &decl.accepts_options,
         ));
-
         let tool = Tool {
             accepts_options: decl.accepts_options,
             warnings,
@@ -738,7 +441,7 @@ impl Tool {
             kubernetes: decl.kubernetes,
         };
         tool.check_example()
-            .map_err(|message| fail("example", message))?;
+            .map_err(|message| fail(Invalid::new("example", message)))?;
         Ok(tool)
     }
 
@@ -918,6 +621,7 @@ impl ToolRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     const GOOD: &str = r#"
         name = "t"
