@@ -10,6 +10,7 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::WorkerState;
 use crate::blobs::JobKeys;
@@ -27,139 +28,86 @@ use crate::tools::{OutputSpec, Tool};
 use crate::transforms::outputs;
 use crate::workdirs::{live_log, work_dir};
 
+/// Runs one claimed attempt of `job` to its end, inside a span that names the job, the
+/// attempt and the tool (every log line of the attempt carries them).
 pub async fn run(runtime: Arc<WorkerState>, job: Job) {
-    let id = job.id;
-    let attempt_number = job.attempt;
+    let span = tracing::info_span!(
+        "attempt",
+        job_id = %job.id,
+        attempt = job.attempt,
+        tool = %format_args!("{}@{}", job.tool, job.tool_version),
+    );
+    run_attempt(runtime, job).instrument(span).await;
+}
+
+async fn run_attempt(runtime: Arc<WorkerState>, job: Job) {
     let Some(tool) = runtime.tools.get(&job.tool, job.tool_version) else {
-        let error = JobError {
-            code: "tool-retired".into(),
-            message: format!(
-                "tool `{}@{}` is no longer offered by this server",
-                job.tool, job.tool_version
-            ),
-            exit_code: None,
-            signal: None,
-            stderr_tail: None,
-        };
-        let decision = Decision::Finish {
-            state: JobState::Failed,
-            error: Some(error),
-        };
-        let _ = finish(&runtime, &job, decision, Vec::new()).await;
+        let _ = finish(&runtime, &job, retired(&job), Vec::new()).await;
         return;
     };
-    // A program on this host gets a uid of its own when the server has a pool.
-    let placed = runtime.executors.for_tool(&tool).and_then(|executor| {
-        let uid = match (&runtime.uids, executor.on_this_host()) {
-            (Some(pool), true) => Some(pool.acquire()?),
-            _ => None,
-        };
-        Ok((executor, uid))
-    });
-    let (executor, uid) = match placed {
+    let (executor, uid) = match placed(&runtime, &tool) {
         Ok(placed) => placed,
         Err(message) => {
             let outcome = AttemptOutcome::Infrastructure(message);
-            let decision = jobs::decide(outcome, attempt_number, &tool.retry, rand_fraction());
+            let decision = jobs::decide(outcome, job.attempt, &tool.retry, rand_fraction());
             let _ = finish(&runtime, &job, decision, Vec::new()).await;
             return;
         }
     };
-    tracing::info!(job_id = %id, attempt = attempt_number, tool = %tool.id(), "attempt started");
-
-    let steering = runtime.running.register(id);
-    let lease_lost = CancellationToken::new();
-    let (progress_tx, progress_rx) = watch::channel(None::<Progress>);
-    let final_progress = progress_rx.clone();
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        runtime.clone(),
-        id,
-        attempt_number,
-        progress_rx,
-        steering.clone(),
-        lease_lost.clone(),
-    ));
-
-    if attempt_number == 1 {
+    tracing::info!("attempt started");
+    if job.attempt == 1 {
         if let Some(started) = job.started_at {
             let waited = (started - job.created_at).to_std().unwrap_or_default();
             crate::telemetry::queue_wait(&job.tool, waited);
         }
     }
+    let steering = runtime.running.register(job.id);
+    let heartbeat = HeartbeatGuard::start(&runtime, &job, steering.clone());
     let (workdir, attach) = place(&runtime, &job, executor).await;
     let mut measured = Measured::default();
     let references = Arc::new(StoreReferences {
         runtime: runtime.clone(),
-        id,
-        attempt: attempt_number,
+        id: job.id,
+        attempt: job.attempt,
         recorded: AtomicBool::new(false),
     });
     let control = RunControl {
-        progress: progress_tx,
+        progress: heartbeat.progress.clone(),
         cancel: steering.cancel.clone(),
         detach: steering.detach.clone(),
         references: references.clone(),
     };
-    let result = execute(
-        &runtime,
-        Attempt {
-            job: &job,
-            tool: &tool,
-            executor,
-            workdir: &workdir,
-            attach,
-            run_as: uid.as_ref().map(super::UidLease::uid),
-            references,
-        },
-        control,
-        &mut measured,
-    )
-    .await;
+    let attempt = Attempt {
+        job: &job,
+        tool: &tool,
+        executor,
+        workdir: &workdir,
+        attach,
+        run_as: uid.as_ref().map(super::UidLease::uid),
+        references,
+    };
+    let result = execute(&runtime, attempt, control, &mut measured).await;
     let attempt_ended = crate::jobs::now();
-    runtime.running.unregister(id);
-    // The heartbeat writes progress at most every 200 ms; record the last report too.
-    let last_report = final_progress.borrow().clone();
-    if let Some(progress) = last_report {
-        let lease = chrono::Duration::from_std(runtime.settings.lease()).unwrap_or_default();
-        let _ = runtime
-            .store
-            .heartbeat(
-                id,
-                attempt_number,
-                runtime.store.now() + lease,
-                Some(&progress),
-            )
-            .await;
-    }
-
+    runtime.running.unregister(job.id);
+    heartbeat.record_last_progress(&runtime, &job).await;
     let (outcome, outputs) = match result {
         Ok(pair) => pair,
         Err(message) => (AttemptOutcome::Infrastructure(message), Vec::new()),
     };
     let outcome = HostPaths::of(&runtime, &tool, &workdir).remove_from(outcome);
     measured.bytes_out += outputs.iter().map(|output| output.size).sum::<u64>();
-    let label = if lease_lost.is_cancelled() {
-        // Another attempt owns the job now; this one changes nothing.
-        tracing::warn!(job_id = %id, attempt = attempt_number, "lease lost; discarding this attempt");
-        discard_attempt(&runtime, id, attempt_number).await;
-        "discarded"
-    } else {
-        let decision = if matches!(outcome, AttemptOutcome::Canceled)
-            && (runtime.running.handing_back() || measured.detached)
-        {
-            // Stopped by this worker's shutdown, not by the caller: another worker runs it.
-            tracing::info!(job_id = %id, attempt = attempt_number, "handing the job back to the queue");
-            Decision::Retry {
-                delay: Duration::ZERO,
-                error: worker_stopped_error(attempt_number),
-            }
-        } else {
-            jobs::decide(outcome, attempt_number, &tool.retry, rand_fraction())
-        };
-        finish(&runtime, &job, decision, outputs).await
-    };
+    let lease_lost = heartbeat.lease_lost.is_cancelled();
+    let label = conclude(
+        &runtime,
+        &job,
+        &tool,
+        (outcome, outputs),
+        lease_lost,
+        &measured,
+    )
+    .await;
     // The heartbeat held the lease while the outcome was being stored.
-    heartbeat.abort();
+    drop(heartbeat);
     // A program left running for the next worker keeps its directory.
     if !measured.detached {
         // Every process of the attempt has ended (with a uid of its own: every process
@@ -169,6 +117,123 @@ pub async fn run(runtime: Arc<WorkerState>, job: Job) {
     }
     drop(uid);
     account(&runtime, &job, label, attempt_ended, &measured).await;
+}
+
+/// The executor of `tool` and, for a program on this host when the server has a pool,
+/// the uid it runs as.
+fn placed<'a>(
+    runtime: &'a WorkerState,
+    tool: &Tool,
+) -> Result<(&'a dyn Executor, Option<super::UidLease>), String> {
+    let executor = runtime.executors.for_tool(tool)?;
+    let uid = match (&runtime.uids, executor.on_this_host()) {
+        (Some(pool), true) => Some(pool.acquire()?),
+        _ => None,
+    };
+    Ok((executor, uid))
+}
+
+/// A job whose tool version this server no longer offers fails at once.
+fn retired(job: &Job) -> Decision {
+    Decision::Finish {
+        state: JobState::Failed,
+        error: Some(JobError {
+            code: "tool-retired".into(),
+            message: format!(
+                "tool `{}@{}` is no longer offered by this server",
+                job.tool, job.tool_version
+            ),
+            exit_code: None,
+            signal: None,
+            stderr_tail: None,
+        }),
+    }
+}
+
+/// Commits what the attempt earned, unless another attempt owns the job now (then it
+/// changes nothing); a job this worker's shutdown stopped goes back to the queue.
+/// Returns the label the attempt is accounted under.
+async fn conclude(
+    runtime: &WorkerState,
+    job: &Job,
+    tool: &Tool,
+    (outcome, outputs): (AttemptOutcome, Vec<StoredOutput>),
+    lease_lost: bool,
+    measured: &Measured,
+) -> &'static str {
+    if lease_lost {
+        tracing::warn!("lease lost; discarding this attempt");
+        discard_attempt(runtime, job.id, job.attempt).await;
+        return "discarded";
+    }
+    let decision = if matches!(outcome, AttemptOutcome::Canceled)
+        && (runtime.running.handing_back() || measured.detached)
+    {
+        // Stopped by this worker's shutdown, not by the caller: another worker runs it.
+        tracing::info!("handing the job back to the queue");
+        Decision::Retry {
+            delay: Duration::ZERO,
+            error: worker_stopped_error(job.attempt),
+        }
+    } else {
+        jobs::decide(outcome, job.attempt, &tool.retry, rand_fraction())
+    };
+    finish(runtime, job, decision, outputs).await
+}
+
+/// The attempt's heartbeat (`heartbeat_loop`) for as long as the guard lives: it holds
+/// the lease until the outcome is committed, and stops when dropped.
+struct HeartbeatGuard {
+    task: tokio::task::JoinHandle<()>,
+    /// Where the executor reports progress.
+    progress: watch::Sender<Option<Progress>>,
+    last: watch::Receiver<Option<Progress>>,
+    /// Cancelled when another attempt took the job.
+    lease_lost: CancellationToken,
+}
+
+impl HeartbeatGuard {
+    fn start(runtime: &Arc<WorkerState>, job: &Job, steering: Steering) -> HeartbeatGuard {
+        let lease_lost = CancellationToken::new();
+        let (progress, last) = watch::channel(None::<Progress>);
+        let task = tokio::spawn(
+            heartbeat_loop(
+                runtime.clone(),
+                job.id,
+                job.attempt,
+                last.clone(),
+                steering,
+                lease_lost.clone(),
+            )
+            .in_current_span(),
+        );
+        HeartbeatGuard {
+            task,
+            progress,
+            last,
+            lease_lost,
+        }
+    }
+
+    /// The heartbeat writes progress at most every 200 ms: the last report is recorded
+    /// when the program has ended.
+    async fn record_last_progress(&self, runtime: &WorkerState, job: &Job) {
+        let last_report = self.last.borrow().clone();
+        if let Some(progress) = last_report {
+            let lease = chrono::Duration::from_std(runtime.settings.lease()).unwrap_or_default();
+            let until = runtime.store.now() + lease;
+            let _ = runtime
+                .store
+                .heartbeat(job.id, job.attempt, until, Some(&progress))
+                .await;
+        }
+    }
+}
+
+impl Drop for HeartbeatGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 fn worker_stopped_error(attempt: u32) -> JobError {
@@ -295,7 +360,7 @@ async fn account(
         bytes_out: measured.bytes_out,
     };
     if let Err(error) = runtime.store.record_attempt(&usage).await {
-        tracing::warn!(job_id = %job.id, %error, "cannot record the attempt's cost");
+        tracing::warn!(%error, "cannot record the attempt's cost");
     }
 }
 
@@ -323,20 +388,18 @@ async fn finish(
                 finished_at: now,
                 expires_at: chrono::Duration::from_std(retention).ok().map(|r| now + r),
             };
-            tracing::info!(job_id = %id, attempt, state = %state, "attempt finished");
-            let committed = patiently(runtime, job, || {
-                runtime.store.complete(id, attempt, &completion)
-            })
-            .await;
+            tracing::info!(state = %state, "attempt finished");
+            let committed =
+                patiently(runtime, || runtime.store.complete(id, attempt, &completion)).await;
             if matches!(committed, Ok(true)) {
                 crate::telemetry::finished(&job.tool, &job.tier, state.as_str());
             }
             (state.as_str(), committed)
         }
         Decision::Retry { delay, error } => {
-            tracing::info!(job_id = %id, attempt, delay_ms = delay.as_millis() as u64, code = %error.code, "attempt will be retried");
+            tracing::info!(delay_ms = delay.as_millis() as u64, code = %error.code, "attempt will be retried");
             let run_after = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            let committed = patiently(runtime, job, || {
+            let committed = patiently(runtime, || {
                 runtime.store.requeue(id, attempt, run_after, &error)
             })
             .await;
@@ -346,13 +409,13 @@ async fn finish(
     match committed {
         Ok(true) => label,
         Ok(false) => {
-            tracing::warn!(job_id = %id, attempt, "a newer attempt owns the job; this outcome is discarded");
+            tracing::warn!("a newer attempt owns the job; this outcome is discarded");
             discard_attempt(runtime, id, attempt).await;
             "discarded"
         }
         Err(error) => {
             // The lease will expire and the job will be retried from scratch.
-            tracing::error!(job_id = %id, attempt, %error, "cannot record the attempt's outcome");
+            tracing::error!(%error, "cannot record the attempt's outcome");
             "discarded"
         }
     }
@@ -459,7 +522,7 @@ const STORAGE_PATIENCE: Duration = Duration::from_secs(600);
 /// stops: an outage of the storage (a full disk, a lock, an object store down) waits
 /// instead of using up the job's attempts or throwing away an outcome the program earned.
 /// The attempt's heartbeat keeps its lease meanwhile.
-async fn patiently<T, E, F, Fut>(runtime: &WorkerState, job: &Job, operation: F) -> Result<T, E>
+async fn patiently<T, E, F, Fut>(runtime: &WorkerState, operation: F) -> Result<T, E>
 where
     E: MayPass + std::fmt::Display,
     F: Fn() -> Fut,
@@ -474,7 +537,7 @@ where
                     && started.elapsed() < STORAGE_PATIENCE
                     && !runtime.stopping.is_cancelled() =>
             {
-                tracing::warn!(job_id = %job.id, attempt = job.attempt, %error, retry_ms = delay.as_millis() as u64, "storage trouble; waiting");
+                tracing::warn!(%error, retry_ms = delay.as_millis() as u64, "storage trouble; waiting");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = runtime.stopping.cancelled() => {}
@@ -492,7 +555,7 @@ async fn discard_attempt(runtime: &WorkerState, id: uuid::Uuid, attempt: u32) {
         .delete_prefix(&JobKeys::attempt(id, attempt))
         .await
     {
-        tracing::warn!(job_id = %id, attempt, %error, "cannot delete a discarded attempt's blobs");
+        tracing::warn!(%error, "cannot delete a discarded attempt's blobs");
     }
 }
 
@@ -544,7 +607,7 @@ async fn heartbeat_loop(
                 steering.detach.cancel();
                 return;
             }
-            Err(error) => tracing::warn!(job_id = %id, %error, "heartbeat failed"),
+            Err(error) => tracing::warn!(%error, "heartbeat failed"),
         }
     }
 }
@@ -570,7 +633,7 @@ async fn place(
 ) -> (PathBuf, Option<String>) {
     if let Some(reference) = &job.executor_ref {
         if let Some(workdir) = executor.locate(reference).await {
-            tracing::info!(job_id = %job.id, attempt = job.attempt, "following the program an earlier attempt started");
+            tracing::info!("following the program an earlier attempt started");
             return (workdir, Some(reference.clone()));
         }
         // Nothing left to follow: the program starts again.
@@ -613,39 +676,75 @@ impl References for StoreReferences {
     }
 }
 
-/// Stages, runs and collects. `Err` is an infrastructure failure (retried); a program's
-/// failure is an `Ok` outcome.
+/// Stages, runs and collects (ARCHITECTURE's pipeline: stage → spec → run → publish).
+/// `Err` is an infrastructure failure (retried); a program's failure is an `Ok` outcome.
 async fn execute(
     runtime: &WorkerState,
-    attempt_to_run: Attempt<'_>,
+    attempt: Attempt<'_>,
     control: RunControl,
     measured: &mut Measured,
 ) -> Result<(AttemptOutcome, Vec<StoredOutput>), String> {
-    let Attempt {
-        job,
-        tool,
-        executor,
-        workdir,
-        attach,
-        run_as,
-        references,
-    } = attempt_to_run;
     measured.started = Some(crate::jobs::now());
-    let id = job.id;
-    let attempt = job.attempt;
-    let io = |what: &str| {
-        let what = what.to_owned();
-        move |error: std::io::Error| format!("{what}: {error}")
-    };
-    let staging = attach.is_none();
-    let mut output_paths = BTreeMap::new();
+    let files = stage(runtime, &attempt, measured).await?;
+    let spec = run_spec(runtime, &attempt, &files)?;
+    if let Some(uid) = spec.run_as {
+        hand_over(attempt.workdir, uid)
+            .await
+            .map_err(|error| format!("give the work directory to the program's user: {error}"))?;
+    }
+    let logs = [spec.stdout_path.clone(), spec.stderr_path.clone()];
+    let live = LiveLogs::start(runtime, attempt.job, logs.clone());
+    let run = attempt.executor.run(spec, control).await;
+    // The final logs below replace the live copies; none may land after them.
+    live.stop().await;
+    let run = run.map_err(|error| error.to_string())?;
+    if run.termination == Termination::Detached {
+        measured.detached = true;
+        return Ok((AttemptOutcome::Canceled, Vec::new()));
+    }
+    // The program has ended: a worker taking the job over must not follow it again.
+    if attempt.attach.is_some() || attempt.references.recorded() {
+        runtime
+            .store
+            .set_executor_ref(attempt.job.id, attempt.job.attempt, None)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "cannot clear the executor reference");
+                format!("clear the executor reference: {}", error.summary())
+            })?;
+    }
+    measured.wall = run.wall_time;
+    measured.cpu = run.cpu_time;
+    measured.peak_memory = run.peak_memory_bytes;
+    publish(runtime, &attempt, &run, &files.outputs, logs, measured).await
+}
+
+/// Where an attempt's files are in its work directory (as the worker sees it).
+struct AttemptFiles {
+    inputs: BTreeMap<String, PathBuf>,
+    outputs: BTreeMap<String, PathBuf>,
+    control: Option<PathBuf>,
+}
+
+/// Makes the work directory and copies the inputs and the control file into it (unless
+/// the attempt follows a program an earlier one started, whose directory has them).
+async fn stage(
+    runtime: &WorkerState,
+    attempt: &Attempt<'_>,
+    measured: &mut Measured,
+) -> Result<AttemptFiles, String> {
+    let Attempt {
+        job, tool, workdir, ..
+    } = *attempt;
+    let staging = attempt.attach.is_none();
+    let mut outputs = BTreeMap::new();
     for output in &tool.outputs {
         if let Some(relative) = &output.path {
-            output_paths.insert(output.name.clone(), workdir.join(relative));
+            outputs.insert(output.name.clone(), workdir.join(relative));
         }
     }
     if staging {
-        let directories = output_paths
+        let directories = outputs
             .values()
             .filter_map(|path| path.parent())
             .filter(|parent| *parent != workdir)
@@ -653,55 +752,70 @@ async fn execute(
             .collect();
         runtime
             .work_dirs
-            .create(workdir, directories, executor.on_this_host())
+            .create(workdir, directories, attempt.executor.on_this_host())
             .await
-            .map_err(io("create the work directory"))?;
+            .map_err(|error| format!("create the work directory: {error}"))?;
     }
-
-    let mut input_paths = BTreeMap::new();
+    let mut inputs = BTreeMap::new();
     for stored in &job.inputs {
         let spec = tool
             .input(&stored.name)
             .ok_or_else(|| format!("the tool has no input `{}` any more", stored.name))?;
         let path = workdir.join(&spec.file_name);
         if staging {
-            let key = JobKeys::input(id, &stored.name);
-            measured.bytes_in +=
-                patiently(runtime, job, || runtime.blobs.copy_to_file(&key, &path))
-                    .await
-                    .map_err(|error| {
-                        blob_failure(&format!("stage input `{}`", stored.name), &error)
-                    })?;
+            let key = JobKeys::input(job.id, &stored.name);
+            measured.bytes_in += patiently(runtime, || runtime.blobs.copy_to_file(&key, &path))
+                .await
+                .map_err(|error| blob_failure(&format!("stage input `{}`", stored.name), &error))?;
         }
-        input_paths.insert(stored.name.clone(), path);
+        inputs.insert(stored.name.clone(), path);
     }
-    let control_path = match &tool.control {
+    let control = match &tool.control {
         Some(control) => {
             let path = workdir.join(&control.file);
             if staging {
-                let key = JobKeys::control(id);
-                measured.bytes_in +=
-                    patiently(runtime, job, || runtime.blobs.copy_to_file(&key, &path))
-                        .await
-                        .map_err(|error| blob_failure("stage the control file", &error))?;
+                let key = JobKeys::control(job.id);
+                measured.bytes_in += patiently(runtime, || runtime.blobs.copy_to_file(&key, &path))
+                    .await
+                    .map_err(|error| blob_failure("stage the control file", &error))?;
             }
             Some(path)
         }
         None => None,
     };
+    Ok(AttemptFiles {
+        inputs,
+        outputs,
+        control,
+    })
+}
+
+/// What the executor runs: the rendered argv (wrapped in the sandbox on this host), the
+/// environment, the limits and where the streams go.
+fn run_spec(
+    runtime: &WorkerState,
+    attempt: &Attempt<'_>,
+    files: &AttemptFiles,
+) -> Result<RunSpec, String> {
+    let Attempt {
+        job,
+        tool,
+        executor,
+        workdir,
+        ..
+    } = *attempt;
     // The argv names the files as the program sees them (a container mounts the work
     // directory elsewhere).
     let view = executor.program_workdir(workdir);
     let seen = |path: &PathBuf| view.join(path.strip_prefix(workdir).unwrap_or(path));
-    let seen_inputs = input_paths
-        .iter()
-        .map(|(k, p)| (k.clone(), seen(p)))
-        .collect();
-    let seen_outputs = output_paths
-        .iter()
-        .map(|(k, p)| (k.clone(), seen(p)))
-        .collect();
-    let seen_control = control_path.as_ref().map(seen);
+    let seen_all = |paths: &BTreeMap<String, PathBuf>| {
+        paths
+            .iter()
+            .map(|(name, path)| (name.clone(), seen(path)))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let (seen_inputs, seen_outputs) = (seen_all(&files.inputs), seen_all(&files.outputs));
+    let seen_control = files.control.as_ref().map(seen);
     let values = ArgValues {
         workdir: &view,
         inputs: &seen_inputs,
@@ -717,16 +831,14 @@ async fn execute(
     // The sandbox and per-job users belong to this host; a container or a cluster job
     // gets the engine's isolation.
     let local = executor.on_this_host();
-    let run_as = run_as.filter(|_| local);
     if let Some(bwrap) = runtime.sandbox.as_ref().filter(|_| local) {
         argv = crate::executors::sandbox::wrap(bwrap, argv, workdir, &runtime.data_dir);
     }
-
     let stdout_is_output = tool
         .outputs
         .iter()
         .any(|o| o.source == OutputSource::Stdout);
-    let spec = RunSpec {
+    Ok(RunSpec {
         argv,
         workdir: workdir.to_owned(),
         env: environment(tool, &view),
@@ -748,46 +860,29 @@ async fn execute(
         },
         stderr_path: live_log(workdir, "stderr"),
         stderr_cap: tool.limits.max_log_bytes,
-        run_as,
-        attach: attach.clone(),
+        run_as: attempt.run_as.filter(|_| local),
+        attach: attempt.attach.clone(),
         slurm: tool.slurm.clone(),
         container: tool.container.clone(),
         kubernetes: tool.kubernetes.clone(),
-    };
-    if let Some(uid) = run_as {
-        hand_over(workdir, uid)
-            .await
-            .map_err(io("give the work directory to the program's user"))?;
-    }
-    let stdout_path = spec.stdout_path.clone();
-    let stderr_path = spec.stderr_path.clone();
-    let live = LiveLogs::start(runtime, job, [stdout_path.clone(), stderr_path.clone()]);
-    let run = executor.run(spec, control).await;
-    // The final logs below replace the live copies; none may land after them.
-    live.stop().await;
-    let run = run.map_err(|error| error.to_string())?;
-    if run.termination == Termination::Detached {
-        measured.detached = true;
-        return Ok((AttemptOutcome::Canceled, Vec::new()));
-    }
-    // The program has ended: a worker taking the job over must not follow it again.
-    if attach.is_some() || references.recorded() {
-        runtime
-            .store
-            .set_executor_ref(id, attempt, None)
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, "cannot clear the executor reference");
-                format!("clear the executor reference: {}", error.summary())
-            })?;
-    }
-    measured.wall = run.wall_time;
-    measured.cpu = run.cpu_time;
-    measured.peak_memory = run.peak_memory_bytes;
+    })
+}
 
-    // Logs are kept whatever happened (they are how a user understands a failure), and
-    // stored with the file outputs in one call.
-    let failure = classify(tool, &run);
+/// Stores the logs (whatever happened: they are how a user understands a failure) and,
+/// when the program succeeded, its file outputs, in one call; then converts the outputs.
+async fn publish(
+    runtime: &WorkerState,
+    attempt: &Attempt<'_>,
+    run: &RunOutcome,
+    output_paths: &BTreeMap<String, PathBuf>,
+    [stdout_path, stderr_path]: [PathBuf; 2],
+    measured: &mut Measured,
+) -> Result<(AttemptOutcome, Vec<StoredOutput>), String> {
+    let Attempt {
+        job, tool, workdir, ..
+    } = *attempt;
+    let (id, number) = (job.id, job.attempt);
+    let failure = classify(tool, run);
     let logs = [("stdout", stdout_path), ("stderr", stderr_path)];
     let file_outputs: Vec<(&OutputSpec, &PathBuf)> = match failure {
         Some(_) => Vec::new(),
@@ -805,10 +900,10 @@ async fn execute(
         .iter()
         .zip(log_sizes)
         .filter(|(_, size)| size.is_some())
-        .map(|((stream, path), _)| (JobKeys::log(id, attempt, stream), path.clone()))
+        .map(|((stream, path), _)| (JobKeys::log(id, number, stream), path.clone()))
         .collect();
     let stored_logs = files.len();
-    let failure = failure.or_else(|| check_outputs(tool, &run, &file_outputs, output_sizes));
+    let failure = failure.or_else(|| check_outputs(tool, run, &file_outputs, output_sizes));
     if failure.is_none() {
         files.extend(
             file_outputs
@@ -816,11 +911,11 @@ async fn execute(
                 .zip(output_sizes)
                 .filter(|(_, size)| size.is_some())
                 .map(|((output, path), _)| {
-                    (JobKeys::output(id, attempt, &output.name), (*path).clone())
+                    (JobKeys::output(id, number, &output.name), (*path).clone())
                 }),
         );
     }
-    let stored = patiently(runtime, job, || runtime.blobs.put_files(&files))
+    let stored = patiently(runtime, || runtime.blobs.put_files(&files))
         .await
         .map_err(|error| blob_failure("store the logs and outputs", &error))?;
     measured.bytes_out += stored[..stored_logs].iter().sum::<u64>();
@@ -832,7 +927,7 @@ async fn execute(
                 .zip(&stored[stored_logs..])
                 .map(|((key, _), size)| (key.clone(), *size))
                 .collect();
-            collect_outputs(runtime, job, tool, &run, sizes).await
+            collect_outputs(runtime, job, tool, run, sizes).await
         }
     }
 }
@@ -1144,7 +1239,7 @@ async fn collect_outputs(
         let size = match output.source {
             OutputSource::Stdout => {
                 let log = JobKeys::log(id, attempt, "stdout");
-                patiently(runtime, job, || runtime.blobs.copy(&log, &key))
+                patiently(runtime, || runtime.blobs.copy(&log, &key))
                     .await
                     .map_err(|error| blob_failure("store output", &error))?
             }
@@ -1155,7 +1250,7 @@ async fn collect_outputs(
             },
         };
         if output.result {
-            let bytes = patiently(runtime, job, || runtime.blobs.read(&key))
+            let bytes = patiently(runtime, || runtime.blobs.read(&key))
                 .await
                 .map_err(|error| blob_failure("read output", &error))?;
             let (format, columns, header) = (output.format, output.columns.clone(), output.header);
@@ -1190,7 +1285,7 @@ async fn collect_outputs(
     }
     let body = serde_json::to_vec(&Value::Object(result)).expect("JSON serializes");
     let key = JobKeys::result(id, attempt);
-    patiently(runtime, job, || runtime.blobs.put_bytes(&key, &body))
+    patiently(runtime, || runtime.blobs.put_bytes(&key, &body))
         .await
         .map_err(|error| blob_failure("store the result", &error))?;
     Ok((AttemptOutcome::Succeeded, taken))
