@@ -24,7 +24,7 @@ use super::ApiState;
 use super::{header_value, job_status, live, retry_after_seconds, ApiError, AppState};
 use crate::auth::Caller;
 use crate::blobs::JobKeys;
-use crate::jobs::{Job, JobState, StoredInput};
+use crate::jobs::{Job, StoredInput, Submission};
 use crate::store::{Admission, Inserted, Refusal};
 use crate::tools::Tool;
 use crate::transforms::records::{normalize_tabular_file, Layout};
@@ -98,7 +98,8 @@ pub async fn submit(
     Ok(response)
 }
 
-/// The job, and how many jobs were queued when it was admitted (`None` for a replay).
+/// The job, and how many jobs were queued when it was admitted (`None` for a replay):
+/// the HTTP request is read (`receive`), checked (`validate`), then committed (`commit`).
 async fn submit_as(
     runtime: &ApiState,
     caller: &Caller,
@@ -106,6 +107,98 @@ async fn submit_as(
     query: &[(String, String)],
     request: Request,
 ) -> Result<(Job, Option<u64>), ApiError> {
+    let tool = allowed_tool(runtime, caller, tool_ref)?;
+    let headers = request.headers().clone();
+    let limit = caller.max_request_bytes(tool.limits.max_request_bytes);
+    if let Some(length) = content_length(&headers) {
+        if length > limit {
+            return Err(ApiError::too_large(limit, "the request body"));
+        }
+    }
+    let idempotency_key = idempotency_key(&headers)?;
+    // A repeated idempotent request is answered with its job even when the quota is
+    // full now; anything else is refused before its body is read.
+    let replaying = match &idempotency_key {
+        Some(key) => runtime
+            .store
+            .find_by_idempotency_key(&caller.owner, key)
+            .await?
+            .is_some(),
+        None => false,
+    };
+    let queued_before = match replaying {
+        true => None,
+        false => Some(admit(runtime, caller).await?),
+    };
+    let id = Uuid::now_v7();
+    let staging = Staging::new(&runtime.staging_root, id, &tool);
+    let deadline = Duration::from_secs(runtime.settings.body_timeout_seconds);
+    let media_type = media_type(&headers);
+    let receiving = receive(
+        &tool,
+        request,
+        media_type.as_deref(),
+        query,
+        &staging,
+        limit,
+    );
+    let received = tokio::time::timeout(deadline, receiving)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    deadline.as_secs()
+                ),
+            )
+        })??;
+    let Received {
+        inputs,
+        parameters,
+        hash,
+    } = received;
+    let (parameters, control) = validate(&tool, &inputs, parameters)?;
+    if let Some(key) = &idempotency_key {
+        if let Some(existing) = runtime
+            .store
+            .find_by_idempotency_key(&caller.owner, key)
+            .await?
+        {
+            return Ok((replay(existing, &hash, &tool)?, None));
+        }
+    }
+    let submission = Submission {
+        owner: caller.owner.clone(),
+        tier: caller.tier_label().to_owned(),
+        priority: caller.priority(),
+        retention: caller.retention(tool.retention),
+        tool: tool.name.clone(),
+        tool_version: tool.version,
+        max_attempts: tool.retry.max_attempts,
+        params: parameters,
+        inputs,
+        idempotency_key,
+        request_hash: Some(hash),
+    };
+    let staged = Staged {
+        id,
+        files: &staging.files,
+        control,
+    };
+    match commit(runtime, caller, &tool, staged, submission).await? {
+        Committed::Created(job) => Ok((job, queued_before)),
+        Committed::Replayed(job) => Ok((job, None)),
+    }
+}
+
+/// The tool `tool_ref` names, if the caller's tier may use it.
+fn allowed_tool(
+    runtime: &ApiState,
+    caller: &Caller,
+    tool_ref: &str,
+) -> Result<Arc<Tool>, ApiError> {
     let tool = runtime.tools.resolve(tool_ref).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -126,76 +219,35 @@ async fn submit_as(
             ));
         }
     }
-    let headers = request.headers().clone();
-    let limit = caller.max_request_bytes(tool.limits.max_request_bytes);
-    if let Some(length) = content_length(&headers) {
-        if length > limit {
-            return Err(ApiError::too_large(limit, "the request body"));
-        }
-    }
-    let idempotency_key = match headers.get("idempotency-key") {
-        Some(value) => {
-            let key = value
-                .to_str()
-                .ok()
-                .filter(|key| !key.is_empty() && key.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid-idempotency-key",
-                        "Idempotency-Key must be 1 to 255 visible characters",
-                    )
-                })?;
-            Some(key.to_owned())
-        }
-        None => None,
-    };
-    let media_type = media_type(&headers);
-    // A repeated idempotent request is answered with its job even when the quota is
-    // full now; anything else is refused before its body is read.
-    let replaying = match &idempotency_key {
-        Some(key) => runtime
-            .store
-            .find_by_idempotency_key(&caller.owner, key)
-            .await?
-            .is_some(),
-        None => false,
-    };
-    let queued_before = match replaying {
-        true => None,
-        false => Some(admit(runtime, caller).await?),
-    };
+    Ok(tool)
+}
 
-    let id = Uuid::now_v7();
-    let staging = Staging::new(&runtime.staging_root, id, &tool);
-    let deadline = Duration::from_secs(runtime.settings.body_timeout_seconds);
-    let received = tokio::time::timeout(
-        deadline,
-        receive(
-            &tool,
-            request,
-            media_type.as_deref(),
-            query,
-            &staging,
-            limit,
-        ),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request-timeout",
-            format!(
-                "the request body did not arrive within {} s",
-                deadline.as_secs()
-            ),
-        )
-    })??;
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| !key.is_empty() && key.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-idempotency-key",
+                "Idempotency-Key must be 1 to 255 visible characters",
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
 
+/// Every required input is there and within its size, the parameters validate
+/// (defaults applied), the control file renders.
+fn validate(
+    tool: &Tool,
+    inputs: &[StoredInput],
+    parameters: Map<String, Value>,
+) -> Result<(Map<String, Value>, Option<String>), ApiError> {
     for input in &tool.inputs {
-        let given = received
-            .inputs
-            .iter()
-            .find(|stored| stored.name == input.name);
+        let given = inputs.iter().find(|stored| stored.name == input.name);
         match given {
             None if input.required => {
                 return Err(ApiError::unprocessable(FieldFault::new(
@@ -212,21 +264,19 @@ async fn submit_as(
             _ => {}
         }
     }
-    let parameters = tool
-        .validate_parameters(received.parameters)
-        .map_err(|faults| {
-            let detail = faults
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation-failed",
-                detail,
-            )
-            .with_fields(faults)
-        })?;
+    let parameters = tool.validate_parameters(parameters).map_err(|faults| {
+        let detail = faults
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation-failed",
+            detail,
+        )
+        .with_fields(faults)
+    })?;
     let control = match &tool.control {
         Some(template) => Some(
             template
@@ -235,88 +285,72 @@ async fn submit_as(
         ),
         None => None,
     };
+    Ok((parameters, control))
+}
 
-    let request_hash = received.hash;
-    if let Some(key) = &idempotency_key {
-        if let Some(existing) = runtime
-            .store
-            .find_by_idempotency_key(&caller.owner, key)
-            .await?
-        {
-            return Ok((replay(existing, &request_hash, &tool)?, None));
-        }
-    }
+/// A validated request's files, ready to be committed.
+struct Staged<'a> {
+    id: Uuid,
+    files: &'a StagedFiles,
+    control: Option<String>,
+}
 
-    // Commit: inputs and control file first (fsynced), then the row. A crash between
-    // the two leaves unreferenced blobs, never a job without its inputs.
-    for input in &received.inputs {
+enum Committed {
+    Created(Job),
+    /// Another request with the same idempotency key won the race.
+    Replayed(Job),
+}
+
+/// Inputs and control file first (fsynced), then the row with the quota checks. A crash
+/// between the two leaves unreferenced blobs, never a job without its inputs; a refusal
+/// leaves nothing.
+async fn commit(
+    runtime: &ApiState,
+    caller: &Caller,
+    tool: &Tool,
+    staged: Staged<'_>,
+    submission: Submission,
+) -> Result<Committed, ApiError> {
+    let id = staged.id;
+    for input in &submission.inputs {
         runtime
             .blobs
             .put_file(
                 &JobKeys::input(id, &input.name),
-                &staging.files.input(&input.name),
+                &staged.files.input(&input.name),
             )
             .await?;
     }
-    if let Some(control) = &control {
+    if let Some(control) = &staged.control {
         runtime
             .blobs
             .put_bytes(&JobKeys::control(id), control.as_bytes())
             .await?;
     }
     let now = runtime.store.now();
-    let job = Job {
-        id,
-        owner: caller.owner.clone(),
-        tier: caller.tier_label().to_owned(),
-        priority: caller.priority(),
-        retention: caller.retention(tool.retention),
-        tool: tool.name.clone(),
-        tool_version: tool.version,
-        state: JobState::Queued,
-        params: parameters,
-        inputs: received.inputs,
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        expires_at: None,
-        attempt: 0,
-        max_attempts: tool.retry.max_attempts,
-        lease_until: None,
-        run_after: now,
-        progress: None,
-        error: None,
-        outputs: Vec::new(),
-        cancel_requested: false,
-        idempotency_key,
-        request_hash: Some(request_hash.clone()),
-        purged_at: None,
-        executor_ref: None,
-    };
-    let admission = admission(caller, now);
-    let inserted = match runtime.store.insert(&job, &admission).await {
-        Ok(inserted) => inserted,
+    let job = Job::queued(id, submission, now);
+    let inserted = runtime.store.insert(&job, &admission(caller, now)).await;
+    let discard = || async { drop(runtime.blobs.delete_prefix(&JobKeys::job(id)).await) };
+    match inserted {
+        Ok(Inserted::Created) => {}
         Err(error) => {
-            let _ = runtime.blobs.delete_prefix(&JobKeys::job(id)).await;
+            discard().await;
             return Err(error.into());
         }
-    };
-    match inserted {
-        Inserted::Created => {}
-        Inserted::Existing(existing) => {
-            // Another request with the same key won the race.
-            let _ = runtime.blobs.delete_prefix(&JobKeys::job(id)).await;
-            return Ok((replay(*existing, &request_hash, &tool)?, None));
+        Ok(Inserted::Existing(existing)) => {
+            discard().await;
+            let hash = job.request_hash.as_deref().unwrap_or_default();
+            return Ok(Committed::Replayed(replay(*existing, hash, tool)?));
         }
-        Inserted::Refused(refusal) => {
+        Ok(Inserted::Refused(refusal)) => {
             // A concurrent request took the last place: nothing of this one stays.
-            let _ = runtime.blobs.delete_prefix(&JobKeys::job(id)).await;
+            discard().await;
             return Err(quota_error(caller, &refusal));
         }
     }
     crate::telemetry::submitted(&job.tool, &job.tier);
     tracing::info!(job_id = %id, tool = %tool.id(), key = %caller.owner, "job accepted");
-    Ok((job, queued_before))
+    Ok(Committed::Created(job))
 }
 
 /// The quota checks made with the insert.

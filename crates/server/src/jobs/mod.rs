@@ -50,6 +50,69 @@ pub struct Job {
     pub executor_ref: Option<String>,
 }
 
+/// What a submission decides about a new job; `Job::queued` adds the rest.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub owner: String,
+    pub tier: String,
+    pub priority: i32,
+    pub retention: Duration,
+    pub tool: String,
+    pub tool_version: u32,
+    pub max_attempts: u32,
+    pub params: Map<String, Value>,
+    pub inputs: Vec<StoredInput>,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<String>,
+}
+
+impl Job {
+    /// A job just submitted: queued, due `now`, no attempt yet.
+    pub fn queued(id: Uuid, submission: Submission, now: DateTime<Utc>) -> Job {
+        let Submission {
+            owner,
+            tier,
+            priority,
+            retention,
+            tool,
+            tool_version,
+            max_attempts,
+            params,
+            inputs,
+            idempotency_key,
+            request_hash,
+        } = submission;
+        Job {
+            id,
+            owner,
+            tier,
+            priority,
+            retention,
+            tool,
+            tool_version,
+            state: JobState::Queued,
+            params,
+            inputs,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            expires_at: None,
+            attempt: 0,
+            max_attempts,
+            lease_until: None,
+            run_after: now,
+            progress: None,
+            error: None,
+            outputs: Vec::new(),
+            cancel_requested: false,
+            idempotency_key,
+            request_hash,
+            purged_at: None,
+            executor_ref: None,
+        }
+    }
+}
+
 /// An input file of a job, as staged at submit time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredInput {
