@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeZone, Utc};
 
+use super::problem::Code;
 use super::problem::ProblemCode;
 use super::ApiState;
 use super::{header_value, ApiError, AppState};
@@ -34,7 +35,7 @@ impl Access {
             Access::Caller(caller) => Ok(caller),
             Access::Signed(_) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "signed-url-invalid",
+                Code::SignedUrlInvalid,
                 "a signed URL opens only the result and outputs it was made for",
             )),
         }
@@ -61,7 +62,7 @@ pub async fn authenticate(
     let caller = match identify(&runtime, request.headers()).await {
         Ok(caller) => caller,
         Err(error) => {
-            crate::telemetry::rejected(error.code, "");
+            crate::telemetry::rejected(error.code.as_str(), "");
             return error.into_response();
         }
     };
@@ -89,10 +90,10 @@ pub async fn authenticate(
                 header_value(&format!("\"requests\";r={remaining};t={reset}")),
             ));
             if count > limit {
-                crate::telemetry::rejected("rate-limited", caller.tier_label());
+                crate::telemetry::rejected(Code::RateLimited.as_str(), caller.tier_label());
                 let mut error = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "rate-limited",
+                    Code::RateLimited,
                     format!(
                         "tier `{}` allows {limit} requests per minute; try again in {reset} s",
                         caller.tier_name
@@ -108,7 +109,7 @@ pub async fn authenticate(
     request.extensions_mut().insert(Access::Caller(caller));
     let mut response = next.run(request).await;
     if let Some(ProblemCode(code)) = response.extensions().get::<ProblemCode>() {
-        crate::telemetry::rejected(code, &tier);
+        crate::telemetry::rejected(code.as_str(), &tier);
     }
     for (name, value) in quota_headers {
         // A handler's own value (the jobs quota on a refused submit) wins.
@@ -171,7 +172,7 @@ fn signed_query(method: &Method, path: &str, query: Option<&str>) -> Option<Sign
     })
 }
 
-fn unauthorized(code: &'static str, detail: &str) -> ApiError {
+fn unauthorized(code: Code, detail: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, code, detail).with_header(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"batchgate\""),
@@ -188,7 +189,7 @@ fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
             .map(str::trim)
             .ok_or_else(|| {
                 unauthorized(
-                    "invalid-api-key",
+                    Code::InvalidApiKey,
                     "the Authorization header must be `Bearer <key>`",
                 )
             })?;
@@ -204,7 +205,7 @@ async fn identify(runtime: &ApiState, headers: &HeaderMap) -> Result<Caller, Api
     let Some(presented) = presented_key(headers)? else {
         if auth_required(runtime).await? {
             return Err(unauthorized(
-                "api-key-required",
+                Code::ApiKeyRequired,
                 "this server requires an API key: `Authorization: Bearer <key>`",
             ));
         }
@@ -213,19 +214,19 @@ async fn identify(runtime: &ApiState, headers: &HeaderMap) -> Result<Caller, Api
             runtime.settings.anonymous_tier.as_deref(),
         ));
     };
-    let invalid = || unauthorized("invalid-api-key", "the API key is not valid");
+    let invalid = || unauthorized(Code::InvalidApiKey, "the API key is not valid");
     let id = keys::parse_id(presented).ok_or_else(invalid)?;
     let record = runtime.store.find_key(id).await?.ok_or_else(invalid)?;
     if !keys::matches(&record, presented) {
         return Err(invalid());
     }
     if record.revoked_at.is_some() {
-        return Err(unauthorized("api-key-revoked", "the API key was revoked"));
+        return Err(unauthorized(Code::ApiKeyRevoked, "the API key was revoked"));
     }
     let tier = runtime.tiers.get(&record.tier).ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,
-            "tier-unknown",
+            Code::TierUnknown,
             format!(
                 "the key's tier `{}` is not configured on this server",
                 record.tier

@@ -12,6 +12,7 @@ use tokio_util::io::ReaderStream;
 use uuid::Uuid;
 
 use super::auth::Access;
+use super::problem::Code;
 use super::ApiState;
 use super::{header_value, job_status, no_store, retry_after_seconds, ApiError, AppState};
 use crate::auth::signing::Refused;
@@ -47,12 +48,12 @@ async fn load_for(
     let refused = |reason: Refused| match reason {
         Refused::Expired => ApiError::new(
             StatusCode::FORBIDDEN,
-            "signed-url-expired",
+            Code::SignedUrlExpired,
             "this link has expired; ask the status monitor for a new one",
         ),
         Refused::Invalid => ApiError::new(
             StatusCode::FORBIDDEN,
-            "signed-url-invalid",
+            Code::SignedUrlInvalid,
             "this link's signature is not valid",
         ),
     };
@@ -85,7 +86,7 @@ fn present(job: Job) -> Result<Job, ApiError> {
     if job.purged_at.is_some() {
         return Err(ApiError::new(
             StatusCode::GONE,
-            "job-expired",
+            Code::JobExpired,
             "this job's data was deleted (retention ended or it was deleted)",
         ));
     }
@@ -242,7 +243,7 @@ pub async fn result(
     match job.state {
         JobState::Queued | JobState::Running => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "job-not-finished",
+            Code::JobNotFinished,
             format!(
                 "the job is {}; poll /v1/jobs/{} until it ends",
                 job.state, job.id
@@ -250,7 +251,7 @@ pub async fn result(
         )),
         JobState::Canceled => Err(ApiError::new(
             StatusCode::CONFLICT,
-            "job-canceled",
+            Code::JobCanceled,
             "the job was canceled",
         )),
         JobState::Failed => {
@@ -260,7 +261,7 @@ pub async fn result(
                 .map(|e| e.message.clone())
                 .unwrap_or_else(|| "the job failed".into());
             let mut problem =
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "job-failed", detail);
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::JobFailed, detail);
             problem.job_error = error;
             problem.attempts = Some(job.attempt);
             Err(problem)
@@ -326,7 +327,7 @@ pub async fn output(
     else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "output-not-found",
+            Code::OutputNotFound,
             format!("the job has no output `{name}`"),
         ));
     };
@@ -397,10 +398,11 @@ pub async fn logs(
         None => vec!["stdout", "stderr"],
         Some(stream @ ("stdout" | "stderr")) => vec![stream],
         Some(_) => {
-            return Err(
-                ApiError::bad_request("invalid-query", "`stream` is `stdout` or `stderr`")
-                    .with_fields([FieldFault::new("/query/stream", "must be stdout or stderr")]),
+            return Err(ApiError::bad_request(
+                Code::InvalidQuery,
+                "`stream` is `stdout` or `stderr`",
             )
+            .with_fields([FieldFault::new("/query/stream", "must be stdout or stderr")]))
         }
     };
     let mut text = String::new();
@@ -515,18 +517,17 @@ pub async fn list(
     let state = match params.status.as_deref() {
         None | Some("") => None,
         Some(text) => Some(JobState::parse(text).ok_or_else(|| {
-            ApiError::bad_request("invalid-query", format!("unknown status `{text}`")).with_fields(
-                [FieldFault::new(
+            ApiError::bad_request(Code::InvalidQuery, format!("unknown status `{text}`"))
+                .with_fields([FieldFault::new(
                     "/query/status",
                     "one of queued, running, succeeded, failed, canceled",
-                )],
-            )
+                )])
         })?),
     };
     let before = match params.cursor.as_deref() {
         None | Some("") => None,
         Some(text) => Some(Uuid::parse_str(text).map_err(|_| {
-            ApiError::bad_request("invalid-query", "bad cursor").with_fields([FieldFault::new(
+            ApiError::bad_request(Code::InvalidQuery, "bad cursor").with_fields([FieldFault::new(
                 "/query/cursor",
                 "not a cursor from this API",
             )])
@@ -534,8 +535,10 @@ pub async fn list(
     };
     let limit = params.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request("invalid-query", "limit is 1 to 100")
-            .with_fields([FieldFault::new("/query/limit", "must be between 1 and 100")]));
+        return Err(
+            ApiError::bad_request(Code::InvalidQuery, "limit is 1 to 100")
+                .with_fields([FieldFault::new("/query/limit", "must be between 1 and 100")]),
+        );
     }
     let tool = params.tool.filter(|t| !t.is_empty());
     let query = ListQuery {

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::auth::Access;
 use super::jobs::{load, result_url};
+use super::problem::Code;
 use super::ApiState;
 use super::{header_value, no_store, retry_after_seconds, ApiError, AppState};
 use crate::jobs::{Job, JobEvent, JobState};
@@ -181,7 +182,7 @@ pub async fn events(
             .and_then(|text| text.trim().parse::<u64>().ok())
             .ok_or_else(|| {
                 ApiError::bad_request(
-                    "invalid-last-event-id",
+                    Code::InvalidLastEventId,
                     "Last-Event-ID must be the id of an event of this stream",
                 )
             })?,

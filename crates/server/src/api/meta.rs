@@ -7,6 +7,7 @@ use axum::Json;
 use batchgate_protocol::{Health, HealthCheck};
 use utoipa::OpenApi;
 
+use super::problem::Code;
 use super::{ApiError, AppState};
 
 #[derive(OpenApi)]
@@ -133,7 +134,7 @@ fn asset(media_type: &'static str, body: &'static str) -> Response {
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not-found",
+        Code::NotFound,
         format!("no resource at {}", uri.path()),
     )
 }

@@ -9,6 +9,73 @@ use crate::blobs::BlobError;
 use crate::store::StoreError;
 use crate::transforms::FieldFault;
 
+/// Declares `Code` with the string each variant is sent as.
+macro_rules! problem_codes {
+    ($($variant:ident = $text:literal,)*) => {
+        /// Every problem `code` the API answers with: one list, so that nothing misspells
+        /// a code and the OpenAPI document can name them all.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $($variant,)*
+        }
+
+        impl Code {
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $text,)*
+                }
+            }
+        }
+    };
+}
+
+problem_codes! {
+    AdminRequired = "admin-required",
+    ApiKeyRequired = "api-key-required",
+    ApiKeyRevoked = "api-key-revoked",
+    BodyReadFailed = "body-read-failed",
+    IdempotencyKeyReused = "idempotency-key-reused",
+    Internal = "internal",
+    InvalidApiKey = "invalid-api-key",
+    InvalidIdempotencyKey = "invalid-idempotency-key",
+    InvalidLastEventId = "invalid-last-event-id",
+    InvalidQuery = "invalid-query",
+    JobCanceled = "job-canceled",
+    JobExpired = "job-expired",
+    JobFailed = "job-failed",
+    JobNotFinished = "job-not-finished",
+    JobNotFound = "job-not-found",
+    MalformedJson = "malformed-json",
+    MalformedMultipart = "malformed-multipart",
+    NotFound = "not-found",
+    OutputNotFound = "output-not-found",
+    PayloadTooLarge = "payload-too-large",
+    QueueFull = "queue-full",
+    QuotaExceeded = "quota-exceeded",
+    RateLimited = "rate-limited",
+    RequestTimeout = "request-timeout",
+    SignedUrlExpired = "signed-url-expired",
+    SignedUrlInvalid = "signed-url-invalid",
+    StorageFull = "storage-full",
+    StorageUnavailable = "storage-unavailable",
+    StoreUnavailable = "store-unavailable",
+    TierUnknown = "tier-unknown",
+    TooManyConcurrentJobs = "too-many-concurrent-jobs",
+    ToolNotAllowed = "tool-not-allowed",
+    ToolNotFound = "tool-not-found",
+    UnexpectedQuery = "unexpected-query",
+    UnsupportedMediaType = "unsupported-media-type",
+    ValidationFailed = "validation-failed",
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Boxed so that `Result<_, ApiError>` stays small on the happy path.
 #[derive(Debug)]
 pub struct ApiError(Box<ApiErrorBody>);
@@ -16,7 +83,7 @@ pub struct ApiError(Box<ApiErrorBody>);
 #[derive(Debug)]
 pub struct ApiErrorBody {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: Code,
     pub detail: Option<String>,
     pub errors: Vec<FieldError>,
     pub job_error: Option<JobError>,
@@ -28,10 +95,10 @@ pub struct ApiErrorBody {
 
 /// The problem code of an error response, as a response extension.
 #[derive(Debug, Clone, Copy)]
-pub struct ProblemCode(pub &'static str);
+pub struct ProblemCode(pub Code);
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: Code, detail: impl Into<String>) -> ApiError {
         ApiError(Box::new(ApiErrorBody {
             status,
             code,
@@ -63,7 +130,7 @@ impl ApiError {
         self
     }
 
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> ApiError {
+    pub fn bad_request(code: Code, detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, detail)
     }
 
@@ -71,20 +138,20 @@ impl ApiError {
         let detail = format!("{}: {}", display_path(&fault.path), fault.message);
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "validation-failed",
+            Code::ValidationFailed,
             detail,
         )
         .with_fields([fault])
     }
 
     pub fn job_not_found() -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "job-not-found", "no such job")
+        ApiError::new(StatusCode::NOT_FOUND, Code::JobNotFound, "no such job")
     }
 
     pub fn too_large(limit: u64, what: &str) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
+            Code::PayloadTooLarge,
             format!("{what} is larger than the limit of {limit} bytes"),
         )
     }
@@ -93,7 +160,7 @@ impl ApiError {
         tracing::error!(cause = %cause, "request failed");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            Code::Internal,
             "an internal error occurred",
         )
     }
@@ -132,7 +199,7 @@ impl From<StoreError> for ApiError {
                 tracing::error!(%error, "job store unavailable");
                 let mut problem = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "store-unavailable",
+                    Code::StoreUnavailable,
                     "the job store is unavailable; try again shortly",
                 );
                 problem.retry_after = Some(5);
@@ -151,7 +218,7 @@ impl From<BlobError> for ApiError {
                 tracing::error!(%error, "blob storage unavailable");
                 let mut problem = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "storage-unavailable",
+                    Code::StorageUnavailable,
                     "the blob storage is unavailable; try again shortly",
                 );
                 problem.retry_after = Some(5);
@@ -178,7 +245,7 @@ impl ApiError {
         tracing::error!(cause = %cause, "storage full");
         let mut problem = ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
-            "storage-full",
+            Code::StorageFull,
             "the server's storage is full; try again later",
         );
         problem.retry_after = Some(30);
@@ -203,7 +270,7 @@ impl IntoResponse for ApiError {
             type_: format!("https://batchgate.dev/problems/{}", body.code),
             title,
             status: body.status.as_u16(),
-            code: body.code.to_owned(),
+            code: body.code.as_str().to_owned(),
             detail: body.detail,
             errors: body.errors,
             job_error: body.job_error,
@@ -226,5 +293,25 @@ impl IntoResponse for ApiError {
         // For the rejection metrics (counted where the caller's tier is known).
         response.extensions_mut().insert(ProblemCode(body.code));
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    /// Codes are what clients branch on: distinct, and in the one style.
+    #[test]
+    fn codes_are_distinct_and_kebab_case() {
+        let mut seen = std::collections::HashSet::new();
+        for code in Code::ALL {
+            let text = code.as_str();
+            assert!(seen.insert(text), "{text} twice");
+            assert!(
+                !text.starts_with('-') && text.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+                "{text}"
+            );
+        }
+        assert_eq!(Code::ValidationFailed.to_string(), "validation-failed");
     }
 }

@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::auth::{seconds_until, Access};
+use super::problem::Code;
 use super::ApiState;
 use super::{header_value, job_status, live, retry_after_seconds, ApiError, AppState};
 use crate::auth::Caller;
@@ -147,7 +148,7 @@ async fn submit_as(
         .map_err(|_| {
             ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "request-timeout",
+                Code::RequestTimeout,
                 format!(
                     "the request body did not arrive within {} s",
                     deadline.as_secs()
@@ -202,7 +203,7 @@ fn allowed_tool(
     let tool = runtime.tools.resolve(tool_ref).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "tool-not-found",
+            Code::ToolNotFound,
             format!("no tool `{tool_ref}`; see /v1/tools"),
         )
     })?;
@@ -210,7 +211,7 @@ fn allowed_tool(
         if !tier.allows(&tool) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "tool-not-allowed",
+                Code::ToolNotAllowed,
                 format!(
                     "tier `{}` may not use tool `{}`",
                     caller.tier_name,
@@ -232,7 +233,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .filter(|key| !key.is_empty() && key.len() <= 255)
         .ok_or_else(|| {
             ApiError::bad_request(
-                "invalid-idempotency-key",
+                Code::InvalidIdempotencyKey,
                 "Idempotency-Key must be 1 to 255 visible characters",
             )
         })?;
@@ -272,7 +273,7 @@ fn validate(
             .join("; ");
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "validation-failed",
+            Code::ValidationFailed,
             detail,
         )
         .with_fields(faults)
@@ -375,7 +376,7 @@ async fn admit(runtime: &ApiState, caller: &Caller) -> Result<u64, ApiError> {
     if queued >= cap {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "queue-full",
+            Code::QueueFull,
             format!("{cap} jobs are waiting already; try again shortly"),
         )
         .with_retry_after(runtime.settings.retry_after_max_seconds.min(30)));
@@ -412,7 +413,7 @@ fn quota_error(caller: &Caller, refusal: &Refusal) -> ApiError {
             let wait = seconds_until(frees, chrono::Utc::now());
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "quota-exceeded",
+                Code::QuotaExceeded,
                 format!(
                     "tier `{}` allows {limit} job(s) per {} s; the next one can start in {wait} s",
                     caller.tier_name, tier.window_seconds
@@ -426,7 +427,7 @@ fn quota_error(caller: &Caller, refusal: &Refusal) -> ApiError {
         }
         Refusal::Concurrent => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "too-many-concurrent-jobs",
+            Code::TooManyConcurrentJobs,
             format!(
                 "tier `{}` allows {} job(s) queued or running at once; wait for one to finish",
                 caller.tier_name,
@@ -444,7 +445,7 @@ fn replay(existing: Job, request_hash: &str, tool: &Tool) -> Result<Job, ApiErro
     if !same_tool || existing.request_hash.as_deref() != Some(request_hash) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency-key-reused",
+            Code::IdempotencyKeyReused,
             "this Idempotency-Key was already used with a different request",
         ));
     }
@@ -491,7 +492,7 @@ async fn receive(
     let Some(media_type) = media_type else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
+            Code::UnsupportedMediaType,
             "a Content-Type header is required (application/json, multipart/form-data, or the input's own type)",
         ));
     };
@@ -502,7 +503,7 @@ async fn receive(
     if media_type == "application/json" || media_type.ends_with("+json") {
         if !query.is_empty() {
             return Err(ApiError::bad_request(
-                "unexpected-query",
+                Code::UnexpectedQuery,
                 "with a JSON body, parameters go in the body's `parameters`, not the query string",
             ));
         }
@@ -536,7 +537,7 @@ async fn receive(
         let multipart = Multipart::from_request(request, &())
             .await
             .map_err(|rejection| {
-                ApiError::bad_request("malformed-multipart", rejection.body_text())
+                ApiError::bad_request(Code::MalformedMultipart, rejection.body_text())
             })?;
         return receive_multipart(tool, multipart, staging, limit, hasher).await;
     }
@@ -545,7 +546,7 @@ async fn receive(
     let [input] = tool.inputs.as_slice() else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
+            Code::UnsupportedMediaType,
             format!(
                 "`{media_type}`: this tool takes {} inputs; send application/json or multipart/form-data",
                 tool.inputs.len()
@@ -555,7 +556,7 @@ async fn receive(
     if !accepts(&input.media_types, media_type) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
+            Code::UnsupportedMediaType,
             format!(
                 "`{media_type}` is not accepted; send application/json, multipart/form-data or one of: {}",
                 input.media_types.join(", ")
@@ -593,7 +594,7 @@ async fn receive_multipart(
     let mut parameters = None;
     let mut inputs: Vec<StoredInput> = Vec::new();
     let malformed = |error: axum::extract::multipart::MultipartError| {
-        ApiError::bad_request("malformed-multipart", error.body_text())
+        ApiError::bad_request(Code::MalformedMultipart, error.body_text())
     };
     while let Some(mut field) = multipart.next_field().await.map_err(malformed)? {
         let name = field.name().unwrap_or_default().to_owned();
@@ -615,7 +616,7 @@ async fn receive_multipart(
             }
             let value: Value = serde_json::from_slice(&text).map_err(|error| {
                 ApiError::bad_request(
-                    "malformed-json",
+                    Code::MalformedJson,
                     format!("part `parameters` is not valid JSON: {error}"),
                 )
             })?;
@@ -724,7 +725,7 @@ async fn convert_json_part(
 fn request_error(error: RequestError) -> ApiError {
     match error {
         RequestError::Malformed(detail) => ApiError::bad_request(
-            "malformed-json",
+            Code::MalformedJson,
             format!("the body is not valid JSON: {detail}"),
         ),
         RequestError::Invalid(fault) => ApiError::unprocessable(fault),
@@ -818,7 +819,7 @@ async fn stream_body(
         let chunk = chunk.map_err(|error| {
             // A body over a decompression cap or a broken connection ends up here.
             ApiError::bad_request(
-                "body-read-failed",
+                Code::BodyReadFailed,
                 format!("the request body could not be read: {error}"),
             )
         })?;

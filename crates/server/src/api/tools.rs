@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use batchgate_protocol::{ToolCatalogue, ToolDescription, ToolSummary};
 
+use super::problem::Code;
 use super::{ApiError, AppState};
 
 /// The tools this server offers (newest version of each)
@@ -39,7 +40,7 @@ pub async fn describe(
     let tool = runtime.tools.resolve(&reference).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "tool-not-found",
+            Code::ToolNotFound,
             format!("no tool `{reference}`; see /v1/tools"),
         )
     })?;

@@ -7,6 +7,7 @@ use axum::Json;
 use batchgate_protocol::{TierLimits, Usage, UsageNow, UsageWindow};
 
 use super::auth::{auth_required, Access};
+use super::problem::Code;
 use super::{no_store, ApiError, AppState};
 
 /// The caller's usage and limits
@@ -85,7 +86,7 @@ pub async fn metrics(
     if !caller.admin && auth_required(&runtime).await? {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "admin-required",
+            Code::AdminRequired,
             "metrics need an admin key",
         ));
     }
