@@ -438,25 +438,11 @@ impl Config {
         overrides: &Overrides,
         read_env: bool,
     ) -> Result<Config, ConfigError> {
-        let (source_name, text) = match source {
-            ConfigSource::File(path) => (
-                path.display().to_string(),
-                std::fs::read_to_string(path).map_err(|error| ConfigError {
-                    source_name: path.display().to_string(),
-                    message: format!("cannot read: {error}"),
-                })?,
-            ),
-            ConfigSource::Demo => (
-                "built-in demo configuration".to_owned(),
-                crate::demo::CONFIG.to_owned(),
-            ),
-            ConfigSource::Text { name, text } => (name.clone(), text.clone()),
-        };
+        let (source_name, text) = source.read()?;
         let fail = |message: String| ConfigError {
             source_name: source_name.clone(),
             message,
         };
-
         let mut figment =
             Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(&text));
         if read_env {
@@ -466,45 +452,10 @@ impl Config {
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|error| fail(error.to_string()))?;
-        if settings.pending_status != 200 && settings.pending_status != 202 {
-            return Err(fail("field `pending_status`: must be 200 or 202".into()));
-        }
-        let store = settings.store.as_str();
-        if store != "sqlite"
-            && !store.starts_with("postgres://")
-            && !store.starts_with("postgresql://")
-        {
-            return Err(fail(
-                "field `store`: must be `sqlite` or a PostgreSQL URL (postgres://user@host/db)"
-                    .into(),
-            ));
-        }
-        if settings.blobs != "local"
-            && !settings.blobs.starts_with('/')
-            && !crate::blobs::is_object_url(&settings.blobs)
-        {
-            return Err(fail(
-                "field `blobs`: must be `local`, an absolute directory path, or \
-                 s3://bucket/prefix, az://container/prefix, gs://bucket/prefix"
-                    .into(),
-            ));
-        }
-        if let Some((field, feature)) = settings.features_missing() {
-            return Err(fail(missing_feature(field, feature)));
-        }
-        if let Some(url) = &settings.public_url {
-            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-            if !scheme_ok || url.ends_with('/') || url.contains(['?', '#', ' ']) {
-                return Err(fail(format!(
-                    "field `public_url`: `{url}` must be an http(s) URL without a trailing \
-                     slash, query or fragment, e.g. https://batch.example.org"
-                )));
-            }
-        }
-
+        settings.check().map_err(fail)?;
         // The demo names its program `@DEMO_BIN@/analyzer` (so may any configuration, to
         // offer the demo program); the settings above do not depend on it, and the data
-        // directory they give is where it is installed.
+        // directory they give is where a worker installs it.
         let text = if text.contains("@DEMO_BIN@") {
             crate::demo::resolve(&text, &settings.data_dir).map_err(|error| {
                 fail(format!(
@@ -515,99 +466,8 @@ impl Config {
         } else {
             text
         };
-        let document: toml::Table =
-            toml::from_str(&text).map_err(|error| fail(error.to_string()))?;
-        let declarations = match document.get("tools") {
-            None => Vec::new(),
-            Some(toml::Value::Array(items)) => items.clone(),
-            Some(_) => {
-                return Err(fail(
-                    "`tools` must be an array of tables ([[tools]])".into(),
-                ))
-            }
-        };
-        if declarations.is_empty() {
-            return Err(fail("no tools are declared (add a [[tools]] table)".into()));
-        }
-        let defaults = settings.tool_defaults();
-        let mut tools = Vec::new();
-        for (index, value) in declarations.into_iter().enumerate() {
-            let label = tool_label(&value, index);
-            let decl: ToolDecl = serde_path_to_error::deserialize(value).map_err(|error| {
-                let path = error.path().to_string();
-                fail(format!(
-                    "tool `{label}` (tools[{index}]): field `{path}`: {}",
-                    error.inner()
-                ))
-            })?;
-            let tool = Tool::from_decl(decl, &defaults).map_err(|error: ToolError| {
-                fail(format!(
-                    "tool `{}` (tools[{index}]): field `{}`: {}",
-                    error.tool, error.field, error.message
-                ))
-            })?;
-            tools.push(tool);
-        }
-        if let Some(slurm) = &settings.slurm {
-            if !slurm.work_dir.is_absolute() {
-                return Err(fail(
-                    "field `slurm.work_dir`: must be an absolute path that every compute node \
-                     sees (a shared filesystem)"
-                        .into(),
-                ));
-            }
-            if !(slurm.poll_interval_seconds > 0.0 && slurm.sweep_interval_seconds > 0.0) {
-                return Err(fail(
-                    "field `slurm.poll_interval_seconds`/`sweep_interval_seconds`: must be positive"
-                        .into(),
-                ));
-            }
-        }
-        if settings.slurm.is_none() {
-            if let Some(tool) = tools
-                .iter()
-                .find(|tool| tool.executor == crate::tools::decl::ExecutorDecl::Slurm)
-            {
-                return Err(fail(format!(
-                    "tool `{}`: `executor = \"slurm\"` needs a [slurm] section with \
-                     `work_dir` (a directory shared with the compute nodes)",
-                    tool.id()
-                )));
-            }
-        }
-        if let Some(kubernetes) = &settings.kubernetes {
-            if kubernetes.pvc.is_empty() || !kubernetes.work_dir.is_absolute() {
-                return Err(fail(
-                    "field `kubernetes`: needs `pvc` (the claim holding the work directories) \
-                     and `work_dir` (the absolute path where this worker mounts it)"
-                        .into(),
-                ));
-            }
-        }
-        if settings.kubernetes.is_none() {
-            if let Some(tool) = tools
-                .iter()
-                .find(|tool| tool.executor == crate::tools::decl::ExecutorDecl::Kubernetes)
-            {
-                return Err(fail(format!(
-                    "tool `{}`: `executor = \"kubernetes\"` needs a [kubernetes] section \
-                     (`pvc` and `work_dir`)",
-                    tool.id()
-                )));
-            }
-        }
-        if settings.container.is_none() {
-            if let Some(tool) = tools
-                .iter()
-                .find(|tool| tool.executor == crate::tools::decl::ExecutorDecl::Container)
-            {
-                return Err(fail(format!(
-                    "tool `{}`: `executor = \"container\"` needs a [container] section \
-                     (`engine = \"unix:///run/podman/podman.sock\"`, or empty for DOCKER_HOST)",
-                    tool.id()
-                )));
-            }
-        }
+        let tools = load_tools(&text, &settings.tool_defaults()).map_err(fail)?;
+        settings.check_executors(&tools).map_err(fail)?;
         let tools = ToolRegistry::new(tools).map_err(|error| fail(error.to_string()))?;
         let tiers = Tiers::new(settings.tiers.clone(), &tools).map_err(fail)?;
         if let Some(name) = &settings.anonymous_tier {
@@ -623,6 +483,158 @@ impl Config {
             tiers,
         })
     }
+}
+
+impl ConfigSource {
+    /// The source's name (for errors) and its text.
+    fn read(&self) -> Result<(String, String), ConfigError> {
+        Ok(match self {
+            ConfigSource::File(path) => (
+                path.display().to_string(),
+                std::fs::read_to_string(path).map_err(|error| ConfigError {
+                    source_name: path.display().to_string(),
+                    message: format!("cannot read: {error}"),
+                })?,
+            ),
+            ConfigSource::Demo => (
+                "built-in demo configuration".to_owned(),
+                crate::demo::CONFIG.to_owned(),
+            ),
+            ConfigSource::Text { name, text } => (name.clone(), text.clone()),
+        })
+    }
+}
+
+impl Settings {
+    /// The settings' own consistency (tools aside).
+    fn check(&self) -> Result<(), String> {
+        if self.pending_status != 200 && self.pending_status != 202 {
+            return Err("field `pending_status`: must be 200 or 202".into());
+        }
+        let store = self.store.as_str();
+        if store != "sqlite"
+            && !store.starts_with("postgres://")
+            && !store.starts_with("postgresql://")
+        {
+            return Err(
+                "field `store`: must be `sqlite` or a PostgreSQL URL (postgres://user@host/db)"
+                    .into(),
+            );
+        }
+        if self.blobs != "local"
+            && !self.blobs.starts_with('/')
+            && !crate::blobs::is_object_url(&self.blobs)
+        {
+            return Err(
+                "field `blobs`: must be `local`, an absolute directory path, or \
+                 s3://bucket/prefix, az://container/prefix, gs://bucket/prefix"
+                    .into(),
+            );
+        }
+        if let Some((field, feature)) = self.features_missing() {
+            return Err(missing_feature(field, feature));
+        }
+        if let Some(url) = &self.public_url {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.ends_with('/') || url.contains(['?', '#', ' ']) {
+                return Err(format!(
+                    "field `public_url`: `{url}` must be an http(s) URL without a trailing \
+                     slash, query or fragment, e.g. https://batch.example.org"
+                ));
+            }
+        }
+        if let Some(slurm) = &self.slurm {
+            if !slurm.work_dir.is_absolute() {
+                return Err(
+                    "field `slurm.work_dir`: must be an absolute path that every compute node \
+                     sees (a shared filesystem)"
+                        .into(),
+                );
+            }
+            if !(slurm.poll_interval_seconds > 0.0 && slurm.sweep_interval_seconds > 0.0) {
+                return Err(
+                    "field `slurm.poll_interval_seconds`/`sweep_interval_seconds`: must be positive"
+                        .into(),
+                );
+            }
+        }
+        if let Some(kubernetes) = &self.kubernetes {
+            if kubernetes.pvc.is_empty() || !kubernetes.work_dir.is_absolute() {
+                return Err(
+                    "field `kubernetes`: needs `pvc` (the claim holding the work directories) \
+                     and `work_dir` (the absolute path where this worker mounts it)"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every tool's executor has its section.
+    fn check_executors(&self, tools: &[Tool]) -> Result<(), String> {
+        use crate::tools::decl::ExecutorDecl;
+        let sections = [
+            (
+                ExecutorDecl::Slurm,
+                self.slurm.is_some(),
+                "`executor = \"slurm\"` needs a [slurm] section with `work_dir` (a directory \
+                 shared with the compute nodes)",
+            ),
+            (
+                ExecutorDecl::Kubernetes,
+                self.kubernetes.is_some(),
+                "`executor = \"kubernetes\"` needs a [kubernetes] section (`pvc` and `work_dir`)",
+            ),
+            (
+                ExecutorDecl::Container,
+                self.container.is_some(),
+                "`executor = \"container\"` needs a [container] section (`engine = \
+                 \"unix:///run/podman/podman.sock\"`, or empty for DOCKER_HOST)",
+            ),
+        ];
+        for (executor, configured, message) in sections {
+            if configured {
+                continue;
+            }
+            if let Some(tool) = tools.iter().find(|tool| tool.executor == executor) {
+                return Err(format!("tool `{}`: {message}", tool.id()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `[[tools]]` of a configuration's text, each checked (errors name the tool, its
+/// index and the field).
+fn load_tools(text: &str, defaults: &ToolDefaults) -> Result<Vec<Tool>, String> {
+    let document: toml::Table = toml::from_str(text).map_err(|error| error.to_string())?;
+    let declarations = match document.get("tools") {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items.clone(),
+        Some(_) => return Err("`tools` must be an array of tables ([[tools]])".into()),
+    };
+    if declarations.is_empty() {
+        return Err("no tools are declared (add a [[tools]] table)".into());
+    }
+    let mut tools = Vec::new();
+    for (index, value) in declarations.into_iter().enumerate() {
+        let label = tool_label(&value, index);
+        let decl: ToolDecl = serde_path_to_error::deserialize(value).map_err(|error| {
+            let path = error.path().to_string();
+            format!(
+                "tool `{label}` (tools[{index}]): field `{path}`: {}",
+                error.inner()
+            )
+        })?;
+        let tool = Tool::from_decl(decl, defaults).map_err(|error: ToolError| {
+            format!(
+                "tool `{}` (tools[{index}]): field `{}`: {}",
+                error.tool, error.field, error.message
+            )
+        })?;
+        tools.push(tool);
+    }
+    Ok(tools)
 }
 
 fn tool_label(value: &toml::Value, index: usize) -> String {
