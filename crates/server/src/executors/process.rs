@@ -93,20 +93,7 @@ pub async fn run(
     let spawned = match spawn(&spec, limits).await {
         Ok(spawned) => spawned,
         Err(error) => {
-            // Named by its file name only: a path of this machine is not the client's.
-            let program = std::path::Path::new(&spec.argv[0]).file_name().map_or_else(
-                || spec.argv[0].clone(),
-                |name| name.to_string_lossy().into_owned(),
-            );
-            let reason = match error.kind() {
-                std::io::ErrorKind::NotFound => "no such program".to_owned(),
-                std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-                _ => error.kind().to_string(),
-            };
-            let termination = Termination::SpawnFailed {
-                not_found: error.kind() == std::io::ErrorKind::NotFound,
-                message: format!("cannot start `{program}`: {reason}"),
-            };
+            let termination = spawn_failure(&spec.argv[0], &error);
             return Ok(RunOutcome::bare(termination, started.elapsed()));
         }
     };
@@ -127,32 +114,16 @@ pub async fn run(
         apply_rlimits(group, &spec.rlimits);
     }
 
-    let progress_on = |stream: ProgressStream| {
-        spec.progress
-            .clone()
-            .filter(|p| p.stream == ProgressStream::Both || p.stream == stream)
-    };
     let peak_memory = Arc::new(AtomicU64::new(0));
     let sampler = tokio::spawn(sample_peak_memory(group, peak_memory.clone()));
     let overflow = Overflow::default();
-    let stdout_task = tokio::spawn(capture(
-        stdout,
-        stdout_file,
-        spec.stdout_cap,
-        progress_on(ProgressStream::Stdout),
-        progress.clone(),
-        false,
-        overflow.stdout.clone(),
-    ));
-    let stderr_task = tokio::spawn(capture(
-        stderr,
-        stderr_file,
-        spec.stderr_cap,
-        progress_on(ProgressStream::Stderr),
+    let [stdout_task, stderr_task] = start_captures(
+        &spec,
+        [Box::new(stdout), Box::new(stderr)],
+        [stdout_file, stderr_file],
         progress,
-        true,
-        overflow.stderr.clone(),
-    ));
+        &overflow,
+    );
 
     // A contained program's wrapper ends everything itself after the grace period.
     let grace = if contained {
@@ -163,13 +134,7 @@ pub async fn run(
     let (termination, usage) = tokio::select! {
         ended = &mut exit => {
             let usage = ended.map_err(|_| std::io::Error::other("the waiting thread ended"))??;
-            let status = usage.status;
-            let termination = match (status.code(), status.signal()) {
-                (Some(code), _) => Termination::Exited(code),
-                (None, Some(signal)) => Termination::Signaled(signal),
-                (None, None) => Termination::Exited(-1),
-            };
-            (termination, Some(usage))
+            (termination_of(usage.status), Some(usage))
         }
         () = tokio::time::sleep(spec.timeout) => {
             (Termination::TimedOut, stop_group(group, &mut exit, grace).await)
@@ -202,6 +167,80 @@ pub async fn run(
             .map(|usage| usage.rusage.utime + usage.rusage.stime),
         peak_memory_bytes: sampled_peak,
     })
+}
+
+/// Copies the program's stdout and stderr into their capture files (up to their caps,
+/// reading progress lines) until the pipes close; each task gives whether it truncated
+/// and the stream's tail.
+fn start_captures(
+    spec: &RunSpec,
+    pipes: [Box<dyn AsyncRead + Send + Unpin>; 2],
+    files: [tokio::fs::File; 2],
+    progress: watch::Sender<Option<Progress>>,
+    overflow: &Overflow,
+) -> [tokio::task::JoinHandle<(bool, String)>; 2] {
+    let [stdout, stderr] = pipes;
+    let [stdout_file, stderr_file] = files;
+    let streams = [
+        (
+            ProgressStream::Stdout,
+            stdout,
+            stdout_file,
+            spec.stdout_cap,
+            false,
+            &overflow.stdout,
+        ),
+        (
+            ProgressStream::Stderr,
+            stderr,
+            stderr_file,
+            spec.stderr_cap,
+            true,
+            &overflow.stderr,
+        ),
+    ];
+    streams.map(|(stream, pipe, file, cap, keep_tail, overflowed)| {
+        let progress_spec = spec
+            .progress
+            .clone()
+            .filter(|p| p.stream == ProgressStream::Both || p.stream == stream);
+        tokio::spawn(capture(
+            pipe,
+            file,
+            cap,
+            progress_spec,
+            progress.clone(),
+            keep_tail,
+            overflowed.clone(),
+        ))
+    })
+}
+
+/// Why a program could not start, named by its file name only (a path of this machine is
+/// not the client's).
+fn spawn_failure(program: &str, error: &std::io::Error) -> Termination {
+    let name = std::path::Path::new(program).file_name().map_or_else(
+        || program.to_owned(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let reason = match error.kind() {
+        std::io::ErrorKind::NotFound => "no such program".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => error.kind().to_string(),
+    };
+    Termination::SpawnFailed {
+        not_found: error.kind() == std::io::ErrorKind::NotFound,
+        message: format!("cannot start `{name}`: {reason}"),
+    }
+}
+
+/// How an exit status reads.
+fn termination_of(status: std::process::ExitStatus) -> Termination {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Termination::Exited(code),
+        (None, Some(signal)) => Termination::Signaled(signal),
+        (None, None) => Termination::Exited(-1),
+    }
 }
 
 /// Ends every process of `uid` (a job's own user): `batchgate-limits kill-all` run as

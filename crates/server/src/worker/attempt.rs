@@ -1048,24 +1048,15 @@ fn classify(tool: &Tool, run: &RunOutcome) -> Option<AttemptOutcome> {
                 Some(*signal),
             )))
         }
-        Termination::Signaled(signal) => {
-            let reason = match *signal {
-                25 => " (file size limit reached)".to_owned(),
-                9 if tool.limits.memory_bytes.is_some() => {
-                    " (killed; it may have run out of memory)".to_owned()
-                }
-                9 => " (killed)".to_owned(),
-                11 => " (segmentation fault)".to_owned(),
-                6 => " (aborted)".to_owned(),
-                _ => String::new(),
-            };
-            Some(AttemptOutcome::ProgramFailed(error(
-                "program-killed",
-                format!("the program was killed by signal {signal}{reason}"),
-                None,
-                Some(*signal),
-            )))
-        }
+        Termination::Signaled(signal) => Some(AttemptOutcome::ProgramFailed(error(
+            "program-killed",
+            format!(
+                "the program was killed by signal {signal}{}",
+                signal_reason(tool, *signal)
+            ),
+            None,
+            Some(*signal),
+        ))),
         Termination::TimedOut => Some(AttemptOutcome::TimedOut(error(
             "timeout",
             format!(
@@ -1097,29 +1088,8 @@ fn classify(tool: &Tool, run: &RunOutcome) -> Option<AttemptOutcome> {
             error(code, message.clone(), None, None),
         )),
         Termination::OutputTooLarge { stream } => {
-            let is_output = *stream == "stdout"
-                && tool.outputs.iter().any(|o| o.source == OutputSource::Stdout);
-            Some(AttemptOutcome::ProgramFailed(if is_output {
-                error(
-                    "output-too-large",
-                    format!(
-                        "the program's output (stdout) is larger than the tool's limit of {} bytes (limits.max_output_bytes); the program was stopped",
-                        tool.limits.max_output_bytes
-                    ),
-                    None,
-                    None,
-                )
-            } else {
-                error(
-                    "log-too-large",
-                    format!(
-                        "the program wrote more than the tool's limit of {} bytes to {stream} (limits.max_log_bytes); the program was stopped",
-                        tool.limits.max_log_bytes
-                    ),
-                    None,
-                    None,
-                )
-            }))
+            let (code, message) = stream_too_large(tool, stream);
+            Some(AttemptOutcome::ProgramFailed(error(code, message, None, None)))
         }
         Termination::SpawnFailed { not_found, message } => {
             Some(AttemptOutcome::ProgramFailed(error(
@@ -1137,6 +1107,47 @@ fn classify(tool: &Tool, run: &RunOutcome) -> Option<AttemptOutcome> {
                 None,
             )))
         }
+    }
+}
+
+/// What a signal usually means, for the failure message.
+fn signal_reason(tool: &Tool, signal: i32) -> &'static str {
+    match signal {
+        25 => " (file size limit reached)",
+        9 if tool.limits.memory_bytes.is_some() => " (killed; it may have run out of memory)",
+        9 => " (killed)",
+        11 => " (segmentation fault)",
+        6 => " (aborted)",
+        _ => "",
+    }
+}
+
+/// The code and message of a stream that outgrew its cap: the output (a stdout output)
+/// or a log.
+fn stream_too_large(tool: &Tool, stream: &str) -> (&'static str, String) {
+    let is_output = stream == "stdout"
+        && tool
+            .outputs
+            .iter()
+            .any(|o| o.source == OutputSource::Stdout);
+    if is_output {
+        (
+            "output-too-large",
+            format!(
+                "the program's output (stdout) is larger than the tool's limit of {} bytes \
+                 (limits.max_output_bytes); the program was stopped",
+                tool.limits.max_output_bytes
+            ),
+        )
+    } else {
+        (
+            "log-too-large",
+            format!(
+                "the program wrote more than the tool's limit of {} bytes to {stream} \
+                 (limits.max_log_bytes); the program was stopped",
+                tool.limits.max_log_bytes
+            ),
+        )
     }
 }
 
