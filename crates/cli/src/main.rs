@@ -168,17 +168,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BATCHGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,sqlx=warn"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // Both formats escape what they print: a value with a line break or an escape
-    // sequence cannot start a forged log line.
-    match cli.log_format {
-        LogFormat::Text => logs.with_ansi(false).init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
+    init_logs(cli.log_format);
     match cli.command {
         Command::Serve {
             config,
@@ -229,27 +219,7 @@ fn main() -> ExitCode {
                 Err(error) => config_error(error),
             }
         }
-        Command::CheckConfig { file } => {
-            match Config::load(&ConfigSource::File(file.clone()), &Overrides::default()) {
-                Ok(config) => {
-                    println!("{}: ok", file.display());
-                    for tool in config.tools.all() {
-                        println!("  {} — {}", tool.id(), tool.title);
-                        for warning in &tool.warnings {
-                            println!("    warning: {warning}");
-                        }
-                    }
-                    if let Some(warning) = config.settings.containment_warning() {
-                        println!("warning: {warning}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    ExitCode::from(78)
-                }
-            }
-        }
+        Command::CheckConfig { file } => check_config(&file),
         Command::Keys(command) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -262,6 +232,44 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Remote(command) => remote::run(command, &cli.remote),
+    }
+}
+
+/// Logs to stderr, as text or JSON. Both formats escape what they print: a value with a
+/// line break or an escape sequence cannot start a forged log line.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATCHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,sqlx=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(false).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
+/// `batchgate check-config FILE`: the tools it declares and their warnings, or the error
+/// (exit status 78, EX_CONFIG).
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(&ConfigSource::File(file.to_owned()), &Overrides::default()) {
+        Ok(config) => {
+            println!("{}: ok", file.display());
+            for tool in config.tools.all() {
+                println!("  {} — {}", tool.id(), tool.title);
+                for warning in &tool.warnings {
+                    println!("    warning: {warning}");
+                }
+            }
+            if let Some(warning) = config.settings.containment_warning() {
+                println!("warning: {warning}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(78)
+        }
     }
 }
 

@@ -259,44 +259,13 @@ async fn dispatch(command: RemoteCommand, remote: &Remote) -> Result<(), Exit> {
             cursor,
             json,
         } => {
-            let status = status
-                .map(|text| {
-                    JobState::parse(&text).ok_or_else(|| {
-                        usage(format!(
-                            "--status `{text}`: one of queued, running, succeeded, failed, canceled"
-                        ))
-                    })
-                })
-                .transpose()?;
             let filter = JobFilter {
-                status,
+                status: status.as_deref().map(parse_state).transpose()?,
                 tool,
                 cursor,
                 limit: Some(limit),
             };
-            let page = client(remote)?.jobs(&filter).await?;
-            if json {
-                print_json(&page);
-                return Ok(());
-            }
-            println!(
-                "{:<36}  {:<16}  {:<9}  {:<19}  PROGRESS",
-                "ID", "TOOL", "STATUS", "CREATED"
-            );
-            for job in &page.jobs {
-                println!(
-                    "{:<36}  {:<16}  {:<9}  {:<19}  {}",
-                    job.id,
-                    format!("{}@{}", job.tool, job.tool_version),
-                    job.status,
-                    job.created_at.format("%Y-%m-%d %H:%M:%S"),
-                    describe_progress(job)
-                );
-            }
-            if let Some(cursor) = &page.next_cursor {
-                eprintln!("more: batchgate jobs --cursor {cursor}");
-            }
-            Ok(())
+            list_jobs(remote, &filter, json).await
         }
         RemoteCommand::Logs { id, follow, stream } => {
             logs(&client(remote)?, &id, follow, stream.as_deref()).await
@@ -344,6 +313,41 @@ async fn dispatch(command: RemoteCommand, remote: &Remote) -> Result<(), Exit> {
             Ok(())
         }
     }
+}
+
+fn parse_state(text: &str) -> Result<JobState, Exit> {
+    JobState::parse(text).ok_or_else(|| {
+        usage(format!(
+            "--status `{text}`: one of queued, running, succeeded, failed, canceled"
+        ))
+    })
+}
+
+/// `batchgate jobs`: a page of the history, as a table (or JSON).
+async fn list_jobs(remote: &Remote, filter: &JobFilter, json: bool) -> Result<(), Exit> {
+    let page = client(remote)?.jobs(filter).await?;
+    if json {
+        print_json(&page);
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<16}  {:<9}  {:<19}  PROGRESS",
+        "ID", "TOOL", "STATUS", "CREATED"
+    );
+    for job in &page.jobs {
+        println!(
+            "{:<36}  {:<16}  {:<9}  {:<19}  {}",
+            job.id,
+            format!("{}@{}", job.tool, job.tool_version),
+            job.status,
+            job.created_at.format("%Y-%m-%d %H:%M:%S"),
+            describe_progress(job)
+        );
+    }
+    if let Some(cursor) = &page.next_cursor {
+        eprintln!("more: batchgate jobs --cursor {cursor}");
+    }
+    Ok(())
 }
 
 fn submission(
