@@ -28,140 +28,24 @@ use super::{
 };
 use crate::jobs::{EventKind, Job, JobError, JobEvent, JobState, Progress};
 
-/// Migrations, applied in order; `PRAGMA user_version` counts those applied.
+/// Migrations (`crates/server/migrations/sqlite/`), applied in order inside one
+/// `BEGIN IMMEDIATE`; `PRAGMA user_version` counts those applied. Not `sqlx::migrate!`:
+/// its SQLite runner takes no lock (sqlx-sqlite's `Migrate::lock` does nothing), so a
+/// `serve --no-worker` and a `worker` opening one data directory at once would both run
+/// an `ALTER TABLE`, and every database written so far records its version here, not in
+/// `_sqlx_migrations`.
 const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
-const V1: &str = r#"
-CREATE TABLE IF NOT EXISTS jobs (
-    id               TEXT PRIMARY KEY,
-    owner            TEXT NOT NULL,
-    tool             TEXT NOT NULL,
-    tool_version     INTEGER NOT NULL,
-    state            TEXT NOT NULL,
-    params           TEXT NOT NULL,
-    inputs           TEXT NOT NULL,
-    created_at       INTEGER NOT NULL,
-    started_at       INTEGER,
-    finished_at      INTEGER,
-    expires_at       INTEGER,
-    attempt          INTEGER NOT NULL DEFAULT 0,
-    max_attempts     INTEGER NOT NULL,
-    lease_until      INTEGER,
-    run_after        INTEGER NOT NULL,
-    progress         TEXT,
-    error            TEXT,
-    outputs          TEXT NOT NULL DEFAULT '[]',
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    idempotency_key  TEXT,
-    request_hash     TEXT,
-    purged_at        INTEGER
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (run_after, id) WHERE state = 'queued';
-CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_until) WHERE state = 'running';
-CREATE INDEX IF NOT EXISTS jobs_history ON jobs (owner, id);
-CREATE INDEX IF NOT EXISTS jobs_runs ON jobs (tool, tool_version, finished_at) WHERE state = 'succeeded';
-"#;
+const V1: &str = include_str!("../../migrations/sqlite/0001_jobs.sql");
 
-const V2: &str = r#"
-ALTER TABLE jobs ADD COLUMN tier TEXT NOT NULL DEFAULT '';
-ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE jobs ADD COLUMN retention_ms INTEGER NOT NULL DEFAULT 604800000;
-ALTER TABLE jobs ADD COLUMN cleaned_at INTEGER;
-DROP INDEX jobs_queue;
-CREATE INDEX jobs_queue ON jobs (priority DESC, run_after, id) WHERE state = 'queued';
-CREATE INDEX jobs_owner_created ON jobs (owner, created_at);
-CREATE INDEX jobs_active ON jobs (owner) WHERE state IN ('queued', 'running');
-CREATE INDEX jobs_expiry ON jobs (expires_at) WHERE purged_at IS NULL AND expires_at IS NOT NULL;
-CREATE INDEX jobs_unclean ON jobs (purged_at) WHERE purged_at IS NOT NULL AND cleaned_at IS NULL;
-CREATE TABLE api_keys (
-    id          TEXT PRIMARY KEY,
-    hash        TEXT NOT NULL,
-    name        TEXT NOT NULL,
-    tier        TEXT NOT NULL,
-    admin       INTEGER NOT NULL,
-    created_at  INTEGER NOT NULL,
-    revoked_at  INTEGER
-);
-CREATE TABLE request_counts (
-    subject      TEXT NOT NULL,
-    window_start INTEGER NOT NULL,
-    count        INTEGER NOT NULL,
-    PRIMARY KEY (subject, window_start)
-) WITHOUT ROWID;
-CREATE TABLE signing_secrets (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    secret      TEXT NOT NULL,
-    created_at  INTEGER NOT NULL
-);
-CREATE TABLE attempts (
-    job_id        TEXT NOT NULL,
-    attempt       INTEGER NOT NULL,
-    owner         TEXT NOT NULL,
-    tier          TEXT NOT NULL,
-    tool          TEXT NOT NULL,
-    tool_version  INTEGER NOT NULL,
-    started_at    INTEGER NOT NULL,
-    finished_at   INTEGER NOT NULL,
-    outcome       TEXT NOT NULL,
-    wall_ms       INTEGER NOT NULL,
-    cpu_ms        INTEGER,
-    max_rss_bytes INTEGER,
-    bytes_in      INTEGER NOT NULL,
-    bytes_out     INTEGER NOT NULL,
-    PRIMARY KEY (job_id, attempt)
-);
-CREATE INDEX attempts_owner ON attempts (owner, finished_at);
-CREATE INDEX attempts_finished ON attempts (finished_at);
-"#;
+const V2: &str = include_str!("../../migrations/sqlite/0002_keys_usage_signing.sql");
 
 /// The event log of every job, written by triggers so that no change of state, attempt,
 /// progress or cancel flag can be made without its event, whichever statement makes it.
-const V3: &str = r#"
-CREATE TABLE job_events (
-    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id           TEXT NOT NULL,
-    kind             TEXT NOT NULL,
-    at               INTEGER NOT NULL,
-    state            TEXT NOT NULL,
-    attempt          INTEGER NOT NULL,
-    progress         TEXT,
-    error            TEXT,
-    cancel_requested INTEGER NOT NULL
-);
-CREATE INDEX job_events_job ON job_events (job_id, seq);
-INSERT INTO job_events (job_id, kind, at, state, attempt, progress, error, cancel_requested)
-    SELECT id, 'state', COALESCE(finished_at, started_at, created_at), state, attempt,
-           progress, error, cancel_requested
-    FROM jobs WHERE purged_at IS NULL ORDER BY created_at, id;
-CREATE TRIGGER job_events_created AFTER INSERT ON jobs
-BEGIN
-    INSERT INTO job_events (job_id, kind, at, state, attempt, progress, error, cancel_requested)
-    VALUES (NEW.id, 'state', NEW.created_at, NEW.state, NEW.attempt, NEW.progress, NEW.error,
-            NEW.cancel_requested);
-END;
-CREATE TRIGGER job_events_changed AFTER UPDATE OF state, attempt, progress, cancel_requested ON jobs
-WHEN NEW.state IS NOT OLD.state OR NEW.attempt IS NOT OLD.attempt
-  OR NEW.progress IS NOT OLD.progress OR NEW.cancel_requested IS NOT OLD.cancel_requested
-BEGIN
-    INSERT INTO job_events (job_id, kind, at, state, attempt, progress, error, cancel_requested)
-    VALUES (NEW.id,
-            CASE WHEN NEW.state IS NOT OLD.state OR NEW.attempt IS NOT OLD.attempt THEN 'state'
-                 WHEN NEW.cancel_requested IS NOT OLD.cancel_requested THEN 'cancel-requested'
-                 ELSE 'progress' END,
-            CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER),
-            NEW.state, NEW.attempt, NEW.progress, NEW.error, NEW.cancel_requested);
-END;
-CREATE TRIGGER job_events_purged AFTER UPDATE OF purged_at ON jobs
-WHEN OLD.purged_at IS NULL AND NEW.purged_at IS NOT NULL
-BEGIN
-    DELETE FROM job_events WHERE job_id = NEW.id;
-END;
-"#;
+const V3: &str = include_str!("../../migrations/sqlite/0003_job_events.sql");
 
 /// Where a running attempt's program can be found again (see `JobStore::set_executor_ref`).
-const V4: &str = "ALTER TABLE jobs ADD COLUMN executor_ref TEXT;";
+const V4: &str = include_str!("../../migrations/sqlite/0004_executor_ref.sql");
 
 pub struct SqliteJobStore {
     /// Reads. WAL readers never wait for the writer.
