@@ -10,6 +10,7 @@ pub mod cache;
 pub mod changes;
 pub mod durable;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;

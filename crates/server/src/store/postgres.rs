@@ -26,16 +26,16 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::cache::{FinishedJobs, KeysExist, RunTimes};
 use super::changes::Changes;
+use super::rows::{self, column};
 use super::{
     lease_lost_error, Admission, ApiKey, AttemptUsage, Completion, Heartbeat, Inserted, JobStore,
     ListQuery, Standing, StoreError, UsageTotals,
 };
-use crate::jobs::{EventKind, Job, JobError, JobEvent, JobState, Progress, StoredOutput};
+use crate::jobs::{Job, JobError, JobEvent, JobState, Progress, StoredOutput};
 
 /// Migrations (`crates/server/migrations/postgres/`), applied in order under an advisory
 /// lock; `batchgate_schema.version` counts those applied (the same runner as SQLite's,
@@ -235,81 +235,65 @@ fn unavailable(error: sqlx::Error) -> StoreError {
     StoreError::from(error)
 }
 
-fn corrupt(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(error.to_string())
-}
-
-fn state(text: &str) -> Result<JobState, StoreError> {
-    JobState::parse(text).ok_or_else(|| StoreError::Corrupt(format!("state {text}")))
-}
-
 fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
-    let progress: Option<Json<Progress>> = row.try_get("progress").map_err(corrupt)?;
-    let error: Option<Json<JobError>> = row.try_get("error").map_err(corrupt)?;
+    let progress: Option<Json<Progress>> = column(row, "progress")?;
+    let error: Option<Json<JobError>> = column(row, "error")?;
     Ok(Job {
-        id: row.try_get("id").map_err(corrupt)?,
-        owner: row.try_get("owner").map_err(corrupt)?,
-        tier: row.try_get("tier").map_err(corrupt)?,
-        priority: row.try_get("priority").map_err(corrupt)?,
-        retention: Duration::from_millis(
-            row.try_get::<i64, _>("retention_ms")
-                .map_err(corrupt)?
-                .max(0) as u64,
-        ),
-        tool: row.try_get("tool").map_err(corrupt)?,
-        tool_version: row.try_get::<i64, _>("tool_version").map_err(corrupt)? as u32,
-        state: state(row.try_get("state").map_err(corrupt)?)?,
-        params: row.try_get::<Json<_>, _>("params").map_err(corrupt)?.0,
-        inputs: row.try_get::<Json<_>, _>("inputs").map_err(corrupt)?.0,
-        created_at: row.try_get("created_at").map_err(corrupt)?,
-        started_at: row.try_get("started_at").map_err(corrupt)?,
-        finished_at: row.try_get("finished_at").map_err(corrupt)?,
-        expires_at: row.try_get("expires_at").map_err(corrupt)?,
-        attempt: row.try_get::<i64, _>("attempt").map_err(corrupt)? as u32,
-        max_attempts: row.try_get::<i64, _>("max_attempts").map_err(corrupt)? as u32,
-        lease_until: row.try_get("lease_until").map_err(corrupt)?,
-        run_after: row.try_get("run_after").map_err(corrupt)?,
+        id: column(row, "id")?,
+        owner: column(row, "owner")?,
+        tier: column(row, "tier")?,
+        priority: column(row, "priority")?,
+        retention: Duration::from_millis(column::<i64, _, _>(row, "retention_ms")?.max(0) as u64),
+        tool: column(row, "tool")?,
+        tool_version: column::<i64, _, _>(row, "tool_version")? as u32,
+        state: rows::state(column(row, "state")?)?,
+        params: column::<Json<_>, _, _>(row, "params")?.0,
+        inputs: column::<Json<_>, _, _>(row, "inputs")?.0,
+        created_at: column(row, "created_at")?,
+        started_at: column(row, "started_at")?,
+        finished_at: column(row, "finished_at")?,
+        expires_at: column(row, "expires_at")?,
+        attempt: column::<i64, _, _>(row, "attempt")? as u32,
+        max_attempts: column::<i64, _, _>(row, "max_attempts")? as u32,
+        lease_until: column(row, "lease_until")?,
+        run_after: column(row, "run_after")?,
         progress: progress.map(|json| json.0),
         error: error.map(|json| json.0),
-        outputs: row
-            .try_get::<Json<Vec<StoredOutput>>, _>("outputs")
-            .map_err(corrupt)?
-            .0,
-        cancel_requested: row.try_get("cancel_requested").map_err(corrupt)?,
-        idempotency_key: row.try_get("idempotency_key").map_err(corrupt)?,
-        request_hash: row.try_get("request_hash").map_err(corrupt)?,
-        purged_at: row.try_get("purged_at").map_err(corrupt)?,
-        executor_ref: row.try_get("executor_ref").map_err(corrupt)?,
+        outputs: column::<Json<Vec<StoredOutput>>, _, _>(row, "outputs")?.0,
+        cancel_requested: column(row, "cancel_requested")?,
+        idempotency_key: column(row, "idempotency_key")?,
+        request_hash: column(row, "request_hash")?,
+        purged_at: column(row, "purged_at")?,
+        executor_ref: column(row, "executor_ref")?,
     })
 }
 
 fn event_from_row(row: &PgRow) -> Result<JobEvent, StoreError> {
-    let kind: String = row.try_get("kind").map_err(corrupt)?;
-    let progress: Option<Json<Progress>> = row.try_get("progress").map_err(corrupt)?;
-    let error: Option<Json<JobError>> = row.try_get("error").map_err(corrupt)?;
+    let kind: String = column(row, "kind")?;
+    let progress: Option<Json<Progress>> = column(row, "progress")?;
+    let error: Option<Json<JobError>> = column(row, "error")?;
     Ok(JobEvent {
-        seq: row.try_get::<i64, _>("seq").map_err(corrupt)? as u64,
-        job_id: row.try_get("job_id").map_err(corrupt)?,
-        kind: EventKind::parse(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("event kind {kind}")))?,
-        at: row.try_get("at").map_err(corrupt)?,
-        state: state(row.try_get("state").map_err(corrupt)?)?,
-        attempt: row.try_get::<i64, _>("attempt").map_err(corrupt)? as u32,
+        seq: column::<i64, _, _>(row, "seq")? as u64,
+        job_id: column(row, "job_id")?,
+        kind: rows::event_kind(&kind)?,
+        at: column(row, "at")?,
+        state: rows::state(column(row, "state")?)?,
+        attempt: column::<i64, _, _>(row, "attempt")? as u32,
         progress: progress.map(|json| json.0),
         error: error.map(|json| json.0),
-        cancel_requested: row.try_get("cancel_requested").map_err(corrupt)?,
+        cancel_requested: column(row, "cancel_requested")?,
     })
 }
 
 fn key_from_row(row: &PgRow) -> Result<ApiKey, StoreError> {
     Ok(ApiKey {
-        id: row.try_get("id").map_err(corrupt)?,
-        hash: row.try_get("hash").map_err(corrupt)?,
-        name: row.try_get("name").map_err(corrupt)?,
-        tier: row.try_get("tier").map_err(corrupt)?,
-        admin: row.try_get("admin").map_err(corrupt)?,
-        created_at: row.try_get("created_at").map_err(corrupt)?,
-        revoked_at: row.try_get("revoked_at").map_err(corrupt)?,
+        id: column(row, "id")?,
+        hash: column(row, "hash")?,
+        name: column(row, "name")?,
+        tier: column(row, "tier")?,
+        admin: column(row, "admin")?,
+        created_at: column(row, "created_at")?,
+        revoked_at: column(row, "revoked_at")?,
     })
 }
 
@@ -408,9 +392,9 @@ impl JobStore for PgJobStore {
         .await
         .map_err(unavailable)?;
         Ok(Standing {
-            jobs_since: row.try_get::<i64, _>(0).map_err(corrupt)? as u64,
-            oldest_since: row.try_get(1).map_err(corrupt)?,
-            active: row.try_get::<i64, _>(2).map_err(corrupt)? as u64,
+            jobs_since: column::<i64, _, _>(&row, 0)? as u64,
+            oldest_since: column(&row, 1)?,
+            active: column::<i64, _, _>(&row, 2)? as u64,
         })
     }
 
@@ -435,9 +419,9 @@ impl JobStore for PgJobStore {
         rows.iter()
             .map(|row| {
                 Ok((
-                    row.try_get(0).map_err(corrupt)?,
-                    state(row.try_get(1).map_err(corrupt)?)?,
-                    row.try_get::<i64, _>(2).map_err(corrupt)? as u64,
+                    column(row, 0)?,
+                    rows::state(column(row, 1)?)?,
+                    column::<i64, _, _>(row, 2)? as u64,
                 ))
             })
             .collect()
@@ -704,9 +688,9 @@ impl JobStore for PgJobStore {
         .map_err(unavailable)?;
         let mut recovered = 0;
         for row in rows {
-            let id: Uuid = row.try_get(0).map_err(corrupt)?;
-            let attempt = row.try_get::<i64, _>(1).map_err(corrupt)? as u32;
-            let max_attempts = row.try_get::<i64, _>(2).map_err(corrupt)? as u32;
+            let id: Uuid = column(&row, 0)?;
+            let attempt = column::<i64, _, _>(&row, 1)? as u32;
+            let max_attempts = column::<i64, _, _>(&row, 2)? as u32;
             let final_attempt = attempt >= max_attempts;
             let error = Json(lease_lost_error(attempt, final_attempt));
             // Fenced like a completion: only if the same attempt still holds an expired
@@ -900,12 +884,7 @@ impl JobStore for PgJobStore {
             .await
             .map_err(unavailable)?;
         rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get::<i64, _>(0).map_err(corrupt)? as u32,
-                    row.try_get(1).map_err(corrupt)?,
-                ))
-            })
+            .map(|row| Ok((column::<i64, _, _>(row, 0)? as u32, column(row, 1)?)))
             .collect()
     }
 
@@ -976,7 +955,7 @@ impl JobStore for PgJobStore {
         .await
         .map_err(unavailable)?;
         let get = |index: usize| -> Result<u64, StoreError> {
-            Ok(row.try_get::<i64, _>(index).map_err(corrupt)?.max(0) as u64)
+            Ok(column::<i64, _, _>(&row, index)?.max(0) as u64)
         };
         Ok(UsageTotals {
             jobs: get(0)?,

@@ -12,21 +12,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use serde::de::DeserializeOwned;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use super::cache::{FinishedJobs, KeysExist, RunTimes};
 use super::changes::Changes;
 use super::durable::WalSync;
+use super::rows::{self, column, from_json};
 use super::{
     lease_lost_error, Admission, ApiKey, AttemptUsage, Completion, Heartbeat, Inserted, JobStore,
     ListQuery, Standing, StoreError, UsageTotals,
 };
-use crate::jobs::{EventKind, Job, JobError, JobEvent, JobState, Progress};
+use crate::jobs::{Job, JobError, JobEvent, JobState, Progress};
 
 /// Migrations (`crates/server/migrations/sqlite/`), applied in order inside one
 /// `BEGIN IMMEDIATE`; `PRAGMA user_version` counts those applied. Not `sqlx::migrate!`:
@@ -198,83 +198,69 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("store values serialize")
 }
 
-fn from_json<T: DeserializeOwned>(text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|error| StoreError::Corrupt(error.to_string()))
-}
-
 fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
-    let get_err = |error: sqlx::Error| StoreError::Corrupt(error.to_string());
-    let id: String = row.try_get("id").map_err(get_err)?;
-    let state: String = row.try_get("state").map_err(get_err)?;
-    let progress: Option<String> = row.try_get("progress").map_err(get_err)?;
-    let error: Option<String> = row.try_get("error").map_err(get_err)?;
+    let id: String = column(row, "id")?;
+    let state: String = column(row, "state")?;
+    let progress: Option<String> = column(row, "progress")?;
+    let error: Option<String> = column(row, "error")?;
     Ok(Job {
-        id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        owner: row.try_get("owner").map_err(get_err)?,
-        tier: row.try_get("tier").map_err(get_err)?,
-        priority: row.try_get::<i64, _>("priority").map_err(get_err)? as i32,
-        retention: Duration::from_millis(
-            row.try_get::<i64, _>("retention_ms")
-                .map_err(get_err)?
-                .max(0) as u64,
-        ),
-        tool: row.try_get("tool").map_err(get_err)?,
-        tool_version: row.try_get::<i64, _>("tool_version").map_err(get_err)? as u32,
-        state: JobState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("state {state}")))?,
-        params: from_json(&row.try_get::<String, _>("params").map_err(get_err)?)?,
-        inputs: from_json(&row.try_get::<String, _>("inputs").map_err(get_err)?)?,
-        created_at: time(row.try_get("created_at").map_err(get_err)?)?,
-        started_at: optional_time(row.try_get("started_at").map_err(get_err)?)?,
-        finished_at: optional_time(row.try_get("finished_at").map_err(get_err)?)?,
-        expires_at: optional_time(row.try_get("expires_at").map_err(get_err)?)?,
-        attempt: row.try_get::<i64, _>("attempt").map_err(get_err)? as u32,
-        max_attempts: row.try_get::<i64, _>("max_attempts").map_err(get_err)? as u32,
-        lease_until: optional_time(row.try_get("lease_until").map_err(get_err)?)?,
-        run_after: time(row.try_get("run_after").map_err(get_err)?)?,
+        id: rows::uuid(&id)?,
+        owner: column(row, "owner")?,
+        tier: column(row, "tier")?,
+        priority: column::<i64, _, _>(row, "priority")? as i32,
+        retention: Duration::from_millis(column::<i64, _, _>(row, "retention_ms")?.max(0) as u64),
+        tool: column(row, "tool")?,
+        tool_version: column::<i64, _, _>(row, "tool_version")? as u32,
+        state: rows::state(&state)?,
+        params: from_json(&column::<String, _, _>(row, "params")?)?,
+        inputs: from_json(&column::<String, _, _>(row, "inputs")?)?,
+        created_at: time(column(row, "created_at")?)?,
+        started_at: optional_time(column(row, "started_at")?)?,
+        finished_at: optional_time(column(row, "finished_at")?)?,
+        expires_at: optional_time(column(row, "expires_at")?)?,
+        attempt: column::<i64, _, _>(row, "attempt")? as u32,
+        max_attempts: column::<i64, _, _>(row, "max_attempts")? as u32,
+        lease_until: optional_time(column(row, "lease_until")?)?,
+        run_after: time(column(row, "run_after")?)?,
         progress: progress.as_deref().map(from_json::<Progress>).transpose()?,
         error: error.as_deref().map(from_json::<JobError>).transpose()?,
-        outputs: from_json(&row.try_get::<String, _>("outputs").map_err(get_err)?)?,
-        cancel_requested: row.try_get::<i64, _>("cancel_requested").map_err(get_err)? != 0,
-        idempotency_key: row.try_get("idempotency_key").map_err(get_err)?,
-        request_hash: row.try_get("request_hash").map_err(get_err)?,
-        purged_at: optional_time(row.try_get("purged_at").map_err(get_err)?)?,
-        executor_ref: row.try_get("executor_ref").map_err(get_err)?,
+        outputs: from_json(&column::<String, _, _>(row, "outputs")?)?,
+        cancel_requested: column::<i64, _, _>(row, "cancel_requested")? != 0,
+        idempotency_key: column(row, "idempotency_key")?,
+        request_hash: column(row, "request_hash")?,
+        purged_at: optional_time(column(row, "purged_at")?)?,
+        executor_ref: column(row, "executor_ref")?,
     })
 }
 
 fn event_from_row(row: &SqliteRow) -> Result<JobEvent, StoreError> {
-    let get_err = |error: sqlx::Error| StoreError::Corrupt(error.to_string());
-    let job_id: String = row.try_get("job_id").map_err(get_err)?;
-    let kind: String = row.try_get("kind").map_err(get_err)?;
-    let state: String = row.try_get("state").map_err(get_err)?;
-    let progress: Option<String> = row.try_get("progress").map_err(get_err)?;
-    let error: Option<String> = row.try_get("error").map_err(get_err)?;
+    let job_id: String = column(row, "job_id")?;
+    let kind: String = column(row, "kind")?;
+    let state: String = column(row, "state")?;
+    let progress: Option<String> = column(row, "progress")?;
+    let error: Option<String> = column(row, "error")?;
     Ok(JobEvent {
-        seq: row.try_get::<i64, _>("seq").map_err(get_err)? as u64,
-        job_id: Uuid::parse_str(&job_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        kind: EventKind::parse(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("event kind {kind}")))?,
-        at: time(row.try_get("at").map_err(get_err)?)?,
-        state: JobState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("state {state}")))?,
-        attempt: row.try_get::<i64, _>("attempt").map_err(get_err)? as u32,
+        seq: column::<i64, _, _>(row, "seq")? as u64,
+        job_id: rows::uuid(&job_id)?,
+        kind: rows::event_kind(&kind)?,
+        at: time(column(row, "at")?)?,
+        state: rows::state(&state)?,
+        attempt: column::<i64, _, _>(row, "attempt")? as u32,
         progress: progress.as_deref().map(from_json::<Progress>).transpose()?,
         error: error.as_deref().map(from_json::<JobError>).transpose()?,
-        cancel_requested: row.try_get::<i64, _>("cancel_requested").map_err(get_err)? != 0,
+        cancel_requested: column::<i64, _, _>(row, "cancel_requested")? != 0,
     })
 }
 
 fn key_from_row(row: &SqliteRow) -> Result<ApiKey, StoreError> {
-    let get_err = |error: sqlx::Error| StoreError::Corrupt(error.to_string());
     Ok(ApiKey {
-        id: row.try_get("id").map_err(get_err)?,
-        hash: row.try_get("hash").map_err(get_err)?,
-        name: row.try_get("name").map_err(get_err)?,
-        tier: row.try_get("tier").map_err(get_err)?,
-        admin: row.try_get::<i64, _>("admin").map_err(get_err)? != 0,
-        created_at: time(row.try_get("created_at").map_err(get_err)?)?,
-        revoked_at: optional_time(row.try_get("revoked_at").map_err(get_err)?)?,
+        id: column(row, "id")?,
+        hash: column(row, "hash")?,
+        name: column(row, "name")?,
+        tier: column(row, "tier")?,
+        admin: column::<i64, _, _>(row, "admin")? != 0,
+        created_at: time(column(row, "created_at")?)?,
+        revoked_at: optional_time(column(row, "revoked_at")?)?,
     })
 }
 
@@ -360,9 +346,9 @@ impl JobStore for SqliteJobStore {
         .await
         .map_err(unavailable)?;
         Ok(Standing {
-            jobs_since: row.try_get::<i64, _>(0).map_err(unavailable)? as u64,
-            oldest_since: optional_time(row.try_get(1).map_err(unavailable)?)?,
-            active: row.try_get::<i64, _>(2).map_err(unavailable)? as u64,
+            jobs_since: column::<i64, _, _>(&row, 0)? as u64,
+            oldest_since: optional_time(column(&row, 1)?)?,
+            active: column::<i64, _, _>(&row, 2)? as u64,
         })
     }
 
@@ -386,13 +372,12 @@ impl JobStore for SqliteJobStore {
         .map_err(unavailable)?;
         let mut counts = Vec::new();
         for row in rows {
-            let state: String = row.try_get(1).map_err(unavailable)?;
-            let state = JobState::parse(&state)
-                .ok_or_else(|| StoreError::Corrupt(format!("state {state}")))?;
+            let state: String = column(&row, 1)?;
+            let state = rows::state(&state)?;
             counts.push((
-                row.try_get(0).map_err(unavailable)?,
+                column(&row, 0)?,
                 state,
-                row.try_get::<i64, _>(2).map_err(unavailable)? as u64,
+                column::<i64, _, _>(&row, 2)? as u64,
             ));
         }
         Ok(counts)
@@ -513,7 +498,7 @@ impl JobStore for SqliteJobStore {
         }
         Ok(match row {
             Some(row) => Heartbeat::Held {
-                cancel_requested: row.try_get::<i64, _>(0).map_err(unavailable)? != 0,
+                cancel_requested: column::<i64, _, _>(&row, 0)? != 0,
             },
             None => Heartbeat::Lost,
         })
@@ -719,9 +704,9 @@ impl JobStore for SqliteJobStore {
         .map_err(unavailable)?;
         let mut recovered = 0;
         for row in rows {
-            let id: String = row.try_get(0).map_err(unavailable)?;
-            let attempt = row.try_get::<i64, _>(1).map_err(unavailable)? as u32;
-            let max_attempts = row.try_get::<i64, _>(2).map_err(unavailable)? as u32;
+            let id: String = column(&row, 0)?;
+            let attempt = column::<i64, _, _>(&row, 1)? as u32;
+            let max_attempts = column::<i64, _, _>(&row, 2)? as u32;
             let final_attempt = attempt >= max_attempts;
             let error = json(&lease_lost_error(attempt, final_attempt));
             // Fenced like a completion: only if the same attempt still holds an expired lease.
@@ -894,12 +879,7 @@ impl JobStore for SqliteJobStore {
             .await
             .map_err(unavailable)?;
         rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get::<i64, _>(0).map_err(unavailable)? as u32,
-                    row.try_get(1).map_err(unavailable)?,
-                ))
-            })
+            .map(|row| Ok((column::<i64, _, _>(row, 0)? as u32, column(row, 1)?)))
             .collect()
     }
 
@@ -968,7 +948,7 @@ impl JobStore for SqliteJobStore {
         .await
         .map_err(unavailable)?;
         let get = |index: usize| -> Result<u64, StoreError> {
-            Ok(row.try_get::<i64, _>(index).map_err(unavailable)?.max(0) as u64)
+            Ok(column::<i64, _, _>(&row, index)?.max(0) as u64)
         };
         Ok(UsageTotals {
             jobs: get(0)?,
