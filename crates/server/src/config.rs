@@ -765,6 +765,29 @@ mod tests {
         }
     }
 
+    /// Loading a configuration (`keys`, `check-config`) writes nothing: the demo program
+    /// is installed by a worker when it starts.
+    #[test]
+    fn loading_the_demo_configuration_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let overrides = Overrides {
+            data_dir: Some(data_dir.clone()),
+            ..Overrides::default()
+        };
+        let config = Config::load_with_env(&ConfigSource::Demo, &overrides, false).unwrap();
+        assert!(!data_dir.exists());
+        let analyzer = config.tools.resolve("analyzer").unwrap();
+        let program = analyzer.command[0].render(&crate::tools::argv::ArgValues {
+            workdir: dir.path(),
+            inputs: &Default::default(),
+            outputs: &Default::default(),
+            control: None,
+            params: &Default::default(),
+        });
+        assert!(program.unwrap().starts_with(&*data_dir.join("bin").to_string_lossy()));
+    }
+
     #[test]
     fn settings_and_tools_load() {
         let config = check(&format!("workers = 3\npending_status = 202\n{TOOL}")).unwrap();
