@@ -785,7 +785,9 @@ mod tests {
             control: None,
             params: &Default::default(),
         });
-        assert!(program.unwrap().starts_with(&*data_dir.join("bin").to_string_lossy()));
+        assert!(program
+            .unwrap()
+            .starts_with(&*data_dir.join("bin").to_string_lossy()));
     }
 
     #[test]

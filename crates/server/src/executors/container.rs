@@ -112,31 +112,7 @@ impl ContainerExecutor {
         // A container of the same attempt left by a crash is replaced.
         let _ = self.remove(&name).await;
         let limits = &spec.rlimits;
-        // Every limit explicitly: an engine fills in the rest from its own defaults, which
-        // may exceed what it may set (podman's nproc does, on these hosts). RLIMIT_NPROC
-        // counts all processes of the uid on the host (the worker's own included), so it
-        // stays generous; the tool's process cap is the pids limit below.
-        let nproc = 4096.min(own_hard_limit(rustix::process::Resource::Nproc));
-        let nofile = limits
-            .open_files
-            .unwrap_or(1024)
-            .min(own_hard_limit(rustix::process::Resource::Nofile));
-        let ulimits = [
-            ("core", Some(0)),
-            ("cpu", limits.cpu_seconds),
-            ("fsize", limits.file_size_bytes),
-            ("nofile", Some(nofile)),
-            ("nproc", Some(nproc)),
-        ]
-        .into_iter()
-        .filter_map(|(name, value)| {
-            value.map(|value| ResourcesUlimits {
-                name: Some(name.to_owned()),
-                soft: Some(value as i64),
-                hard: Some(value as i64),
-            })
-        })
-        .collect();
+        let ulimits = ulimits(limits);
         let read_only = image.read_only.unwrap_or(true);
         let host = HostConfig {
             binds: Some(vec![format!(
@@ -290,6 +266,34 @@ fn own_hard_limit(resource: rustix::process::Resource) -> u64 {
 }
 
 /// A plain call to the engine, bounded by `CALL_TIMEOUT`.
+/// The container's rlimits, every one explicitly: an engine fills in the rest from its own
+/// defaults, which may exceed what it may set (podman's nproc does, on these hosts).
+/// RLIMIT_NPROC counts all processes of the uid on the host (the worker's own included),
+/// so it stays generous; the tool's process cap is the pids limit.
+fn ulimits(limits: &super::ResourceLimits) -> Vec<ResourcesUlimits> {
+    let nproc = 4096.min(own_hard_limit(rustix::process::Resource::Nproc));
+    let nofile = limits
+        .open_files
+        .unwrap_or(1024)
+        .min(own_hard_limit(rustix::process::Resource::Nofile));
+    [
+        ("core", Some(0)),
+        ("cpu", limits.cpu_seconds),
+        ("fsize", limits.file_size_bytes),
+        ("nofile", Some(nofile)),
+        ("nproc", Some(nproc)),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| {
+        value.map(|value| ResourcesUlimits {
+            name: Some(name.to_owned()),
+            soft: Some(value as i64),
+            hard: Some(value as i64),
+        })
+    })
+    .collect()
+}
+
 async fn call<T>(
     future: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
 ) -> Result<T, bollard::errors::Error> {

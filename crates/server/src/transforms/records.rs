@@ -264,40 +264,7 @@ pub fn normalize_tabular_file(
     if header == layout.columns {
         return Ok(());
     }
-    if header.iter().all(String::is_empty) {
-        return Err(WriteError::Invalid(FieldFault::new(
-            pointer,
-            format!(
-                "the file is empty; it must start with the header {}",
-                layout.columns.join(",")
-            ),
-        )));
-    }
-    if let Some(missing) = layout
-        .columns
-        .iter()
-        .find(|column| !header.contains(column))
-    {
-        return Err(WriteError::Invalid(FieldFault::new(
-            pointer,
-            format!(
-                "the header lacks the column `{missing}`; expected {}",
-                layout.columns.join(",")
-            ),
-        )));
-    }
-    if let Some(unknown) = header
-        .iter()
-        .find(|column| !layout.columns.contains(column))
-    {
-        return Err(WriteError::Invalid(FieldFault::new(
-            pointer,
-            format!(
-                "the header has an unknown column `{unknown}`; expected {}",
-                layout.columns.join(",")
-            ),
-        )));
-    }
+    check_header(layout, &header).map_err(|message| FieldFault::new(pointer, message))?;
     let order: Vec<usize> = layout
         .columns
         .iter()
@@ -336,6 +303,35 @@ pub fn normalize_tabular_file(
     rewrite().inspect_err(|_| {
         let _ = std::fs::remove_file(&rewritten);
     })
+}
+
+/// A header that is not exactly the declared columns must hold each of them once, in any
+/// order (the file is then reordered), and nothing else.
+fn check_header(layout: &Layout, header: &[String]) -> Result<(), String> {
+    let expected = layout.columns.join(",");
+    if header.iter().all(String::is_empty) {
+        return Err(format!(
+            "the file is empty; it must start with the header {expected}"
+        ));
+    }
+    if let Some(missing) = layout
+        .columns
+        .iter()
+        .find(|column| !header.contains(column))
+    {
+        return Err(format!(
+            "the header lacks the column `{missing}`; expected {expected}"
+        ));
+    }
+    if let Some(unknown) = header
+        .iter()
+        .find(|column| !layout.columns.contains(column))
+    {
+        return Err(format!(
+            "the header has an unknown column `{unknown}`; expected {expected}"
+        ));
+    }
+    Ok(())
 }
 
 /// The text of a scalar JSON value as a legacy program expects it.

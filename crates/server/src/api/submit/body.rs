@@ -38,30 +38,7 @@ pub(super) async fn receive(
                 "with a JSON body, parameters go in the body's `parameters`, not the query string",
             ));
         }
-        let body_path = staging.files.body();
-        let mut counter = Budget::new(limit);
-        stream_body(request.into_body(), &body_path, &mut counter, &mut hasher).await?;
-        let tool = tool.clone();
-        let files = staging.files.clone();
-        let parsed = tokio::task::spawn_blocking(move || {
-            let file = std::io::BufReader::new(std::fs::File::open(&body_path)?);
-            let mut sinks = FileSinks {
-                tool: &tool,
-                files: &files,
-                sizes: Vec::new(),
-            };
-            let result = parse_json_request(file, &mut sinks);
-            let _ = std::fs::remove_file(&body_path);
-            result.map(|(parameters, _)| (parameters, sinks.sizes))
-        })
-        .await
-        .map_err(ApiError::internal)?;
-        let (parameters, inputs) = parsed.map_err(request_error)?;
-        return Ok(Received {
-            inputs,
-            parameters,
-            hash: hex::encode(hasher.finalize()),
-        });
+        return receive_json(tool, request, staging, limit, hasher).await;
     }
 
     if media_type == "multipart/form-data" {
@@ -73,7 +50,55 @@ pub(super) async fn receive(
         return receive_multipart(tool, multipart, staging, limit, hasher).await;
     }
 
-    // Any other media type: the body is the tool's single input.
+    receive_raw(tool, request, media_type, query, staging, limit, hasher).await
+}
+
+/// A JSON body: staged whole (within `limit`), then parsed one record at a time into the
+/// inputs' files.
+async fn receive_json(
+    tool: &Arc<Tool>,
+    request: Request,
+    staging: &Staging,
+    limit: u64,
+    mut hasher: Sha256,
+) -> Result<Received, ApiError> {
+    let body_path = staging.files.body();
+    let mut counter = Budget::new(limit);
+    stream_body(request.into_body(), &body_path, &mut counter, &mut hasher).await?;
+    let tool = tool.clone();
+    let files = staging.files.clone();
+    let parsed = tokio::task::spawn_blocking(move || {
+        let file = std::io::BufReader::new(std::fs::File::open(&body_path)?);
+        let mut sinks = FileSinks {
+            tool: &tool,
+            files: &files,
+            sizes: Vec::new(),
+        };
+        let result = parse_json_request(file, &mut sinks);
+        let _ = std::fs::remove_file(&body_path);
+        result.map(|(parameters, _)| (parameters, sinks.sizes))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let (parameters, inputs) = parsed.map_err(request_error)?;
+    Ok(Received {
+        inputs,
+        parameters,
+        hash: hex::encode(hasher.finalize()),
+    })
+}
+
+/// Any other media type: the body is the tool's single input, the parameters come from
+/// the query string.
+async fn receive_raw(
+    tool: &Arc<Tool>,
+    request: Request,
+    media_type: &str,
+    query: &[(String, String)],
+    staging: &Staging,
+    limit: u64,
+    mut hasher: Sha256,
+) -> Result<Received, ApiError> {
     let [input] = tool.inputs.as_slice() else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
