@@ -18,6 +18,9 @@ use sqlx::sqlite::{
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
+mod decode;
+mod schema;
+
 use super::cache::{FinishedJobs, KeysExist, RunTimes};
 use super::changes::Changes;
 use super::durable::WalSync;
@@ -27,25 +30,8 @@ use super::{
     ListQuery, Standing, StoreError, UsageTotals,
 };
 use crate::jobs::{Job, JobError, JobEvent, JobState, Progress};
-
-/// Migrations (`crates/server/migrations/sqlite/`), applied in order inside one
-/// `BEGIN IMMEDIATE`; `PRAGMA user_version` counts those applied. Not `sqlx::migrate!`:
-/// its SQLite runner takes no lock (sqlx-sqlite's `Migrate::lock` does nothing), so a
-/// `serve --no-worker` and a `worker` opening one data directory at once would both run
-/// an `ALTER TABLE`, and every database written so far records its version here, not in
-/// `_sqlx_migrations`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
-
-const V1: &str = include_str!("../../migrations/sqlite/0001_jobs.sql");
-
-const V2: &str = include_str!("../../migrations/sqlite/0002_keys_usage_signing.sql");
-
-/// The event log of every job, written by triggers so that no change of state, attempt,
-/// progress or cancel flag can be made without its event, whichever statement makes it.
-const V3: &str = include_str!("../../migrations/sqlite/0003_job_events.sql");
-
-/// Where a running attempt's program can be found again (see `JobStore::set_executor_ref`).
-const V4: &str = include_str!("../../migrations/sqlite/0004_executor_ref.sql");
+use decode::*;
+use schema::*;
 
 pub struct SqliteJobStore {
     /// Reads. WAL readers never wait for the writer.
@@ -137,131 +123,9 @@ impl SqliteJobStore {
     }
 }
 
-async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
-    let mut connection = pool.acquire().await.map_err(unavailable)?;
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *connection)
-        .await
-        .map_err(unavailable)?;
-    let result = async {
-        let applied: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&mut *connection)
-            .await
-            .map_err(unavailable)?;
-        if applied as usize > MIGRATIONS.len() {
-            return Err(StoreError::Corrupt(format!(
-                "the database is at schema version {applied}, newer than this server ({})",
-                MIGRATIONS.len()
-            )));
-        }
-        for migration in &MIGRATIONS[applied as usize..] {
-            sqlx::raw_sql(migration)
-                .execute(&mut *connection)
-                .await
-                .map_err(unavailable)?;
-        }
-        sqlx::raw_sql(&format!("PRAGMA user_version = {}", MIGRATIONS.len()))
-            .execute(&mut *connection)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
-    }
-    .await;
-    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    sqlx::query(end)
-        .execute(&mut *connection)
-        .await
-        .map_err(unavailable)?;
-    result
-}
-
 /// A database error, classified as both stores classify it (`StoreError::from`).
 fn unavailable(error: sqlx::Error) -> StoreError {
     StoreError::from(error)
-}
-
-fn millis(time: DateTime<Utc>) -> i64 {
-    time.timestamp_millis()
-}
-
-fn time(ms: i64) -> Result<DateTime<Utc>, StoreError> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .ok_or_else(|| StoreError::Corrupt(format!("bad timestamp {ms}")))
-}
-
-fn optional_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
-    ms.map(time).transpose()
-}
-
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("store values serialize")
-}
-
-fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
-    let id: String = column(row, "id")?;
-    let state: String = column(row, "state")?;
-    let progress: Option<String> = column(row, "progress")?;
-    let error: Option<String> = column(row, "error")?;
-    Ok(Job {
-        id: rows::uuid(&id)?,
-        owner: column(row, "owner")?,
-        tier: column(row, "tier")?,
-        priority: column::<i64, _, _>(row, "priority")? as i32,
-        retention: Duration::from_millis(column::<i64, _, _>(row, "retention_ms")?.max(0) as u64),
-        tool: column(row, "tool")?,
-        tool_version: column::<i64, _, _>(row, "tool_version")? as u32,
-        state: rows::state(&state)?,
-        params: from_json(&column::<String, _, _>(row, "params")?)?,
-        inputs: from_json(&column::<String, _, _>(row, "inputs")?)?,
-        created_at: time(column(row, "created_at")?)?,
-        started_at: optional_time(column(row, "started_at")?)?,
-        finished_at: optional_time(column(row, "finished_at")?)?,
-        expires_at: optional_time(column(row, "expires_at")?)?,
-        attempt: column::<i64, _, _>(row, "attempt")? as u32,
-        max_attempts: column::<i64, _, _>(row, "max_attempts")? as u32,
-        lease_until: optional_time(column(row, "lease_until")?)?,
-        run_after: time(column(row, "run_after")?)?,
-        progress: progress.as_deref().map(from_json::<Progress>).transpose()?,
-        error: error.as_deref().map(from_json::<JobError>).transpose()?,
-        outputs: from_json(&column::<String, _, _>(row, "outputs")?)?,
-        cancel_requested: column::<i64, _, _>(row, "cancel_requested")? != 0,
-        idempotency_key: column(row, "idempotency_key")?,
-        request_hash: column(row, "request_hash")?,
-        purged_at: optional_time(column(row, "purged_at")?)?,
-        executor_ref: column(row, "executor_ref")?,
-    })
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<JobEvent, StoreError> {
-    let job_id: String = column(row, "job_id")?;
-    let kind: String = column(row, "kind")?;
-    let state: String = column(row, "state")?;
-    let progress: Option<String> = column(row, "progress")?;
-    let error: Option<String> = column(row, "error")?;
-    Ok(JobEvent {
-        seq: column::<i64, _, _>(row, "seq")? as u64,
-        job_id: rows::uuid(&job_id)?,
-        kind: rows::event_kind(&kind)?,
-        at: time(column(row, "at")?)?,
-        state: rows::state(&state)?,
-        attempt: column::<i64, _, _>(row, "attempt")? as u32,
-        progress: progress.as_deref().map(from_json::<Progress>).transpose()?,
-        error: error.as_deref().map(from_json::<JobError>).transpose()?,
-        cancel_requested: column::<i64, _, _>(row, "cancel_requested")? != 0,
-    })
-}
-
-fn key_from_row(row: &SqliteRow) -> Result<ApiKey, StoreError> {
-    Ok(ApiKey {
-        id: column(row, "id")?,
-        hash: column(row, "hash")?,
-        name: column(row, "name")?,
-        tier: column(row, "tier")?,
-        admin: column::<i64, _, _>(row, "admin")? != 0,
-        created_at: time(column(row, "created_at")?)?,
-        revoked_at: optional_time(column(row, "revoked_at")?)?,
-    })
 }
 
 #[cfg(test)]
@@ -985,46 +849,5 @@ impl JobStore for SqliteJobStore {
             .await
             .map_err(unavailable)?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod migration_tests {
-    use super::*;
-
-    /// A database written by the first release (schema version 0, no `user_version`)
-    /// opens with its jobs intact and gains the new columns with their defaults.
-    #[tokio::test]
-    async fn a_first_release_database_is_migrated() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("jobs.db");
-        {
-            let options = SqliteConnectOptions::from_str("sqlite:")
-                .unwrap()
-                .filename(&path)
-                .create_if_missing(true);
-            let pool = SqlitePool::connect_with(options).await.unwrap();
-            sqlx::raw_sql(V1).execute(&pool).await.unwrap();
-            sqlx::query(
-                "INSERT INTO jobs (id, owner, tool, tool_version, state, params, inputs, \
-                 created_at, max_attempts, run_after) \
-                 VALUES ('01a20055-d239-74ba-b2a6-d6af23a9a98b', '', 'sort', 1, 'queued', \
-                 '{}', '[]', 1, 3, 1)",
-            )
-            .execute(&pool)
-            .await
-            .unwrap();
-            pool.close().await;
-        }
-        let store = SqliteJobStore::open(&path).await.unwrap();
-        let id = Uuid::parse_str("01a20055-d239-74ba-b2a6-d6af23a9a98b").unwrap();
-        let job = store.get(id).await.unwrap().unwrap();
-        assert_eq!((job.tier.as_str(), job.priority), ("", 0));
-        assert_eq!(job.retention, Duration::from_secs(7 * 24 * 3600));
-        assert!(!store.has_keys().await.unwrap());
-        // Opening again applies nothing twice.
-        drop(store);
-        let store = SqliteJobStore::open(&path).await.unwrap();
-        assert!(store.get(id).await.unwrap().is_some());
     }
 }

@@ -28,6 +28,10 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::types::Json;
 use uuid::Uuid;
 
+mod clock;
+mod decode;
+mod schema;
+
 use super::cache::{FinishedJobs, KeysExist, RunTimes};
 use super::changes::Changes;
 use super::rows::{self, column};
@@ -36,19 +40,10 @@ use super::{
     ListQuery, Standing, StoreError, UsageTotals,
 };
 use crate::jobs::{Job, JobError, JobEvent, JobState, Progress, StoredOutput};
-
-/// Migrations (`crates/server/migrations/postgres/`), applied in order under an advisory
-/// lock; `batchgate_schema.version` counts those applied (the same runner as SQLite's,
-/// see there why not `sqlx::migrate!`).
-const MIGRATIONS: &[&str] = &[V1, V2];
-
-/// An arbitrary constant: the advisory lock that serialises migrations.
-const MIGRATION_LOCK: i64 = 0x6261_7463_6867_6174; // "batchgat"
-
-const V1: &str = include_str!("../../migrations/postgres/0001_schema.sql");
-
-/// Where a running attempt's program can be found again (see `JobStore::set_executor_ref`).
-const V2: &str = include_str!("../../migrations/postgres/0002_executor_ref.sql");
+pub use clock::CLOCK_TOLERANCE;
+use clock::*;
+use decode::*;
+use schema::*;
 
 /// Connections per store instance (the listener takes one more).
 const POOL_SIZE: u32 = 16;
@@ -72,49 +67,6 @@ impl Drop for PgJobStore {
     fn drop(&mut self) {
         self.listener.abort();
         self.clock.abort();
-    }
-}
-
-/// How often the offset between this process's clock and the database's is measured.
-const CLOCK_INTERVAL: Duration = Duration::from_secs(30);
-
-/// An offset past this is said in the log and in `/readyz`.
-pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(2);
-
-/// The database's clock minus ours, from one `SELECT now()` (the middle of the round
-/// trip taken as the moment the database read its clock).
-async fn measure_offset(pool: &PgPool) -> Result<i64, StoreError> {
-    let before = Utc::now();
-    let database: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(pool)
-        .await
-        .map_err(unavailable)?;
-    let after = Utc::now();
-    let middle = before + (after - before) / 2;
-    Ok((database - middle).num_milliseconds())
-}
-
-/// Keeps `offset` up to date; says so in the log when it passes the tolerance.
-async fn follow_clock(pool: PgPool, offset: Arc<std::sync::atomic::AtomicI64>) {
-    use std::sync::atomic::Ordering;
-    loop {
-        tokio::time::sleep(CLOCK_INTERVAL).await;
-        if let Ok(measured) = measure_offset(&pool).await {
-            let before = offset.swap(measured, Ordering::Relaxed);
-            warn_about_offset(measured, Some(before));
-        }
-    }
-}
-
-fn warn_about_offset(offset_ms: i64, before: Option<i64>) {
-    let tolerance = CLOCK_TOLERANCE.as_millis() as i64;
-    let off = offset_ms.abs() > tolerance;
-    let was_off = before.is_some_and(|before| before.abs() > tolerance);
-    if off && !was_off {
-        tracing::warn!(
-            offset_ms,
-            "this machine's clock differs from the database's; leases and backoff follow the database's clock"
-        );
     }
 }
 
@@ -190,111 +142,9 @@ async fn listen(mut listener: PgListener, changes: Arc<Changes>, finished: Arc<F
     }
 }
 
-async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await.map_err(unavailable)?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS batchgate_schema (version BIGINT NOT NULL)")
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM batchgate_schema")
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    let applied = applied.unwrap_or(0);
-    if applied as usize > MIGRATIONS.len() {
-        return Err(StoreError::Corrupt(format!(
-            "the database is at schema version {applied}, newer than this server ({})",
-            MIGRATIONS.len()
-        )));
-    }
-    for migration in &MIGRATIONS[applied as usize..] {
-        sqlx::raw_sql(migration)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-    }
-    sqlx::query("DELETE FROM batchgate_schema")
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    sqlx::query("INSERT INTO batchgate_schema (version) VALUES ($1)")
-        .bind(MIGRATIONS.len() as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    tx.commit().await.map_err(unavailable)
-}
-
 /// A database error, classified as both stores classify it (`StoreError::from`).
 fn unavailable(error: sqlx::Error) -> StoreError {
     StoreError::from(error)
-}
-
-fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
-    let progress: Option<Json<Progress>> = column(row, "progress")?;
-    let error: Option<Json<JobError>> = column(row, "error")?;
-    Ok(Job {
-        id: column(row, "id")?,
-        owner: column(row, "owner")?,
-        tier: column(row, "tier")?,
-        priority: column(row, "priority")?,
-        retention: Duration::from_millis(column::<i64, _, _>(row, "retention_ms")?.max(0) as u64),
-        tool: column(row, "tool")?,
-        tool_version: column::<i64, _, _>(row, "tool_version")? as u32,
-        state: rows::state(column(row, "state")?)?,
-        params: column::<Json<_>, _, _>(row, "params")?.0,
-        inputs: column::<Json<_>, _, _>(row, "inputs")?.0,
-        created_at: column(row, "created_at")?,
-        started_at: column(row, "started_at")?,
-        finished_at: column(row, "finished_at")?,
-        expires_at: column(row, "expires_at")?,
-        attempt: column::<i64, _, _>(row, "attempt")? as u32,
-        max_attempts: column::<i64, _, _>(row, "max_attempts")? as u32,
-        lease_until: column(row, "lease_until")?,
-        run_after: column(row, "run_after")?,
-        progress: progress.map(|json| json.0),
-        error: error.map(|json| json.0),
-        outputs: column::<Json<Vec<StoredOutput>>, _, _>(row, "outputs")?.0,
-        cancel_requested: column(row, "cancel_requested")?,
-        idempotency_key: column(row, "idempotency_key")?,
-        request_hash: column(row, "request_hash")?,
-        purged_at: column(row, "purged_at")?,
-        executor_ref: column(row, "executor_ref")?,
-    })
-}
-
-fn event_from_row(row: &PgRow) -> Result<JobEvent, StoreError> {
-    let kind: String = column(row, "kind")?;
-    let progress: Option<Json<Progress>> = column(row, "progress")?;
-    let error: Option<Json<JobError>> = column(row, "error")?;
-    Ok(JobEvent {
-        seq: column::<i64, _, _>(row, "seq")? as u64,
-        job_id: column(row, "job_id")?,
-        kind: rows::event_kind(&kind)?,
-        at: column(row, "at")?,
-        state: rows::state(column(row, "state")?)?,
-        attempt: column::<i64, _, _>(row, "attempt")? as u32,
-        progress: progress.map(|json| json.0),
-        error: error.map(|json| json.0),
-        cancel_requested: column(row, "cancel_requested")?,
-    })
-}
-
-fn key_from_row(row: &PgRow) -> Result<ApiKey, StoreError> {
-    Ok(ApiKey {
-        id: column(row, "id")?,
-        hash: column(row, "hash")?,
-        name: column(row, "name")?,
-        tier: column(row, "tier")?,
-        admin: column(row, "admin")?,
-        created_at: column(row, "created_at")?,
-        revoked_at: column(row, "revoked_at")?,
-    })
 }
 
 #[cfg(test)]
