@@ -16,9 +16,9 @@ busybox="$(command -v busybox || true)"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-# Loading the demo configuration installs the embedded analyzer under the data directory.
-BATCHGATE__DATA_DIR="$work/data" "$binary" check-config examples/demo.toml > /dev/null
-analyzer="$(ls "$work"/data/bin/*/analyzer | head -1)"
+# The analyzer batchgate embeds.
+analyzer="$work/analyzer"
+"$binary" demo-program "$analyzer"
 
 rootfs="$work/rootfs"
 mkdir -p "$rootfs/bin" "$rootfs/opt" "$rootfs/tmp" "$rootfs/work"

@@ -152,6 +152,9 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the built-in demo configuration (a starting point for your own).
     DemoConfig,
+    /// Write the demo's compiled program (the analyzer) to FILE, e.g. to put it in an
+    /// image (a serving worker installs it under its data directory by itself).
+    DemoProgram { file: PathBuf },
     #[command(flatten)]
     Remote(remote::RemoteCommand),
 }
@@ -227,6 +230,13 @@ fn main() -> ExitCode {
                 .expect("a tokio runtime");
             runtime.block_on(keys(command))
         }
+        Command::DemoProgram { file } => match batchgate_server::demo::write_program(&file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: cannot write {}: {error}", file.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::DemoConfig => {
             print!("{}", batchgate_server::demo::CONFIG);
             ExitCode::SUCCESS

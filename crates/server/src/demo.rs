@@ -19,3 +19,10 @@ pub fn resolve(text: &str, data_dir: &Path) -> std::io::Result<String> {
 pub fn install(data_dir: &Path) -> std::io::Result<()> {
     crate::embedded::install(data_dir, "analyzer", crate::embedded::ANALYZER).map(drop)
 }
+
+/// Writes the demo analyzer to `file`, executable (for an image of one's own).
+pub fn write_program(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(file, crate::embedded::ANALYZER)?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o755))
+}

@@ -132,6 +132,8 @@ pub fn router(runtime: Arc<ApiState>) -> Router {
                 )
             }),
         )
+        // Outermost: every error answer, the framework's own included, is a problem.
+        .layer(axum::middleware::map_response(problem::problems_everywhere))
         .with_state(runtime)
 }
 

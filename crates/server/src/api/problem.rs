@@ -32,6 +32,9 @@ macro_rules! problem_codes {
 }
 
 problem_codes! {
+    BadRequest = "bad-request",
+    MethodNotAllowed = "method-not-allowed",
+    NotAcceptable = "not-acceptable",
     AdminRequired = "admin-required",
     ApiKeyRequired = "api-key-required",
     ApiKeyRevoked = "api-key-revoked",
@@ -294,6 +297,62 @@ impl IntoResponse for ApiError {
         response.extensions_mut().insert(ProblemCode(body.code));
         response
     }
+}
+
+/// Turns the error answers that the framework makes itself (a route's `405`, an extractor's
+/// `400` with a plain-text reason, the decompression layer's empty `415`) into problem
+/// documents, so that every error a client sees is `application/problem+json` with a
+/// code. An answer that already is one passes untouched (`Allow` and other headers kept).
+pub async fn problems_everywhere(response: Response) -> Response {
+    let status = response.status();
+    // The framework's own answers have no body or a plain-text one; a document a
+    // handler made (a problem, `/readyz`'s checks) is left as it is.
+    let framework_made = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|value| value.as_bytes().starts_with(b"text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !framework_made {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let reason = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .filter(|text| !text.is_empty());
+    let code = match status {
+        StatusCode::BAD_REQUEST => Code::BadRequest,
+        StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => Code::MethodNotAllowed,
+        StatusCode::NOT_ACCEPTABLE => Code::NotAcceptable,
+        StatusCode::PAYLOAD_TOO_LARGE => Code::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::UnsupportedMediaType,
+        StatusCode::UNPROCESSABLE_ENTITY => Code::ValidationFailed,
+        StatusCode::REQUEST_TIMEOUT => Code::RequestTimeout,
+        status if status.is_server_error() => Code::Internal,
+        _ => Code::BadRequest,
+    };
+    let detail = match (status, reason) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            "this resource does not answer this method; the Allow header lists those it \
+             answers"
+                .to_owned()
+        }
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, None) => {
+            "the request's Content-Encoding is not supported (gzip or identity)".to_owned()
+        }
+        // A server error's own text is not the client's business.
+        (status, _) if status.is_server_error() => "an internal error occurred".to_owned(),
+        (_, Some(reason)) => reason,
+        (status, None) => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    let mut problem = ApiError::new(status, code, detail);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            problem = problem.with_header(name.clone(), value.clone());
+        }
+    }
+    problem.into_response()
 }
 
 #[cfg(test)]

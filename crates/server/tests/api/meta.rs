@@ -57,3 +57,46 @@ async fn health_readiness_openapi_and_docs() {
     )
     .await;
 }
+
+/// Every error answer is a problem document with a code, also those the framework makes
+/// itself: a query that does not parse, an unsupported Content-Encoding, a method the
+/// resource does not answer (after `curl -X POST -L` follows a `303`), an unknown path.
+#[tokio::test]
+async fn the_frameworks_own_errors_are_problem_documents() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(app.url("/v1/jobs?limit=abc"))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(response, 400, "bad-request").await;
+    assert!(body["detail"].as_str().unwrap().contains("limit"), "{body}");
+
+    let response = app
+        .client
+        .post(app.url("/v1/tools/analyzer/jobs"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "br")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 415, "unsupported-media-type").await;
+
+    let location = app
+        .submit_ok("analyzer", &serde_json::json!({"inputs": {"records": []}}))
+        .await;
+    let response = app
+        .client
+        .post(app.url(&format!("{location}/result")))
+        .send()
+        .await
+        .unwrap();
+    let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET"), "{allow}");
+    assert_problem(response, 405, "method-not-allowed").await;
+
+    let response = app.client.get(app.url("/v2/nothing")).send().await.unwrap();
+    assert_problem(response, 404, "not-found").await;
+}
