@@ -264,6 +264,13 @@ fn init_logs(format: LogFormat) {
 fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(&ConfigSource::File(file.to_owned()), &Overrides::default()) {
         Ok(config) => {
+            let data_dir = std::path::absolute(&config.settings.data_dir)
+                .unwrap_or_else(|_| config.settings.data_dir.clone());
+            if let Err(message) = batchgate_server::config::check_programs(&config.tools, &data_dir)
+            {
+                eprintln!("error: {}: {message}", file.display());
+                return ExitCode::from(78);
+            }
             println!("{}: ok", file.display());
             for tool in config.tools.all() {
                 println!("  {} — {}", tool.id(), tool.title);

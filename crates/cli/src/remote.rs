@@ -585,11 +585,10 @@ fn describe_tool(tool: &batchgate_client::ToolDescription) {
         } else {
             format!(" columns {}", input.columns.join(","))
         };
-        let cap = if input.max_bytes == u64::MAX {
-            String::new()
-        } else {
-            format!(" (up to {} bytes)", input.max_bytes)
-        };
+        let cap = input
+            .max_bytes
+            .map(|bytes| format!(" (up to {bytes} bytes)"))
+            .unwrap_or_default();
         println!(
             "  {:<16} {}{}{}{cap}",
             input.name,

@@ -230,6 +230,35 @@ fn the_demo_config_passes_check_config() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(String::from_utf8_lossy(&check.stdout).contains("analyzer@2"));
+
+    // A program that is not there stops check-config (and a start), named with the
+    // tool and the field, instead of failing every job later.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("/bin/true", "/opt/legacy/analyzr");
+    std::fs::write(&path, text).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        stderr.contains("field `command[0]`") && stderr.contains("/opt/legacy/analyzr"),
+        "{stderr}"
+    );
+    let serve = Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("BATCHGATE__RUN_AS_UID", "server")
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(stderr.contains("/opt/legacy/analyzr"), "{stderr}");
 }
 
 /// Waits for the process to exit and returns whether it exited successfully.

@@ -269,7 +269,9 @@ pub struct InputInfo {
     pub required: bool,
     /// Media types accepted as a raw body or a multipart part.
     pub media_types: Vec<String>,
-    pub max_bytes: u64,
+    /// This input's own size cap, when it has one (the request's cap applies anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -288,6 +290,8 @@ pub struct ToolLimits {
     pub cpu_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,
+    /// The largest request body accepted from the caller who asked (the tool's cap, or
+    /// the caller's tier's when lower).
     pub max_request_bytes: u64,
     pub max_output_bytes: u64,
     pub max_attempts: u32,

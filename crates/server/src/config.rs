@@ -604,6 +604,53 @@ impl Settings {
     }
 }
 
+/// Every program a local tool runs is an executable file, at its absolute path or as a
+/// bare name on the programs' `PATH` (`/usr/local/bin:/usr/bin:/bin`), so that a typo
+/// stops the start instead of failing every job with `program-not-found`. The demo
+/// analyzer counts as there: a worker installs it under `data_dir` before it runs jobs.
+/// Tools of the other executors run their programs elsewhere (a cluster, an image).
+pub fn check_programs(tools: &ToolRegistry, data_dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let demo = crate::embedded::location(data_dir, "analyzer", crate::embedded::ANALYZER).ok();
+    let executable = |path: &std::path::Path| {
+        demo.as_deref() == Some(path)
+            || std::fs::metadata(path)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    for tool in tools.all() {
+        if tool.executor != crate::tools::decl::ExecutorDecl::Local {
+            continue;
+        }
+        let Some(program) = tool.command.first().and_then(|argument| argument.literal()) else {
+            continue;
+        };
+        let found = if program.starts_with('/') {
+            executable(std::path::Path::new(program))
+        } else if program.contains('/') {
+            return Err(format!(
+                "tool `{}`: field `command[0]`: `{program}` is a relative path; give an \
+                 absolute path or a program name on PATH",
+                tool.id()
+            ));
+        } else {
+            std::env::split_paths("/usr/local/bin:/usr/bin:/bin")
+                .any(|directory| executable(&directory.join(program)))
+        };
+        if !found {
+            return Err(format!(
+                "tool `{}`: field `command[0]`: `{program}` is not an executable file{}",
+                tool.id(),
+                if program.starts_with('/') {
+                    ""
+                } else {
+                    " on PATH (/usr/local/bin:/usr/bin:/bin)"
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The `[[tools]]` of a configuration's text, each checked (errors name the tool, its
 /// index and the field).
 fn load_tools(text: &str, defaults: &ToolDefaults) -> Result<Vec<Tool>, String> {
@@ -763,6 +810,52 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    /// A local tool's program must be an executable file when a worker starts (or
+    /// `check-config` runs), named with the tool and the field.
+    #[test]
+    fn a_local_program_that_is_not_there_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |program: &str| {
+            let config = check(&TOOL.replace("/bin/echo", program)).unwrap();
+            check_programs(&config.tools, dir.path())
+        };
+        assert_eq!(with("/bin/echo"), Ok(()));
+        assert_eq!(with("echo"), Ok(()));
+        for (program, expected) in [
+            (
+                "/nonexistent/legacy-program",
+                "`/nonexistent/legacy-program` is not an executable file",
+            ),
+            (
+                "no-such-program-here",
+                "`no-such-program-here` is not an executable file on PATH",
+            ),
+            ("bin/echo", "`bin/echo` is a relative path"),
+            ("PLAIN", "is not an executable file"),
+        ] {
+            let plain = dir.path().join("plain.txt");
+            std::fs::write(&plain, "not a program").unwrap();
+            let program = program.replace("PLAIN", &plain.to_string_lossy());
+            let program = program.as_str();
+            let error = with(program).unwrap_err();
+            assert!(
+                error.contains("tool `echo@1`: field `command[0]`") && error.contains(expected),
+                "{error}"
+            );
+        }
+        // The demo analyzer is there once a worker has installed it.
+        let config = Config::load_with_env(
+            &ConfigSource::Demo,
+            &Overrides {
+                data_dir: Some(dir.path().to_owned()),
+                ..Overrides::default()
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(check_programs(&config.tools, dir.path()), Ok(()));
     }
 
     /// Loading a configuration (`keys`, `check-config`) writes nothing: the demo program

@@ -501,7 +501,7 @@ pub struct ListParams {
 
 /// The caller's job history, newest first
 #[utoipa::path(
-    get, path = "/v1/jobs",
+    get, path = "/v1/jobs", operation_id = "list_jobs",
     params(("status" = Option<String>, Query), ("tool" = Option<String>, Query),
            ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
            ("limit" = Option<u32>, Query, description = "1 to 100, default 20")),

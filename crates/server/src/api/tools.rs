@@ -1,15 +1,16 @@
 //! The tool catalogue.
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use batchgate_protocol::{ToolCatalogue, ToolDescription, ToolSummary};
 
+use super::auth::Access;
 use super::problem::Code;
 use super::{ApiError, AppState};
 
 /// The tools this server offers (newest version of each)
-#[utoipa::path(get, path = "/v1/tools", responses((status = 200, body = ToolCatalogue)), tag = "tools")]
+#[utoipa::path(get, path = "/v1/tools", operation_id = "list_tools", responses((status = 200, body = ToolCatalogue)), tag = "tools")]
 pub async fn list(State(runtime): State<AppState>) -> Json<ToolCatalogue> {
     let tools = runtime
         .tools
@@ -35,6 +36,7 @@ pub async fn list(State(runtime): State<AppState>) -> Json<ToolCatalogue> {
 )]
 pub async fn describe(
     State(runtime): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(reference): Path<String>,
 ) -> Result<Json<ToolDescription>, ApiError> {
     let tool = runtime.tools.resolve(&reference).ok_or_else(|| {
@@ -44,5 +46,11 @@ pub async fn describe(
             format!("no tool `{reference}`; see /v1/tools"),
         )
     })?;
-    Ok(Json(tool.describe(runtime.tools.versions(&tool.name))))
+    let mut description = tool.describe(runtime.tools.versions(&tool.name));
+    // The limits that apply to whoever asks: a tier may cap requests lower.
+    if let Ok(caller) = access.caller() {
+        description.limits.max_request_bytes =
+            caller.max_request_bytes(tool.limits.max_request_bytes);
+    }
+    Ok(Json(description))
 }

@@ -404,8 +404,9 @@ pub trait JobStore: Send + Sync {
     async fn recover_expired_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Queued jobs due before this one.
     async fn queued_ahead(&self, job: &Job) -> Result<u64, StoreError>;
-    /// Mean run time of the tool's last successful jobs (an estimate: cached for up to a
-    /// second).
+    /// Typical run time of the tool's last successful jobs: the median of the last 20,
+    /// so that a few slow runs do not make every client wait for them (an estimate:
+    /// cached for up to a second).
     async fn recent_run_time(
         &self,
         tool: &str,
@@ -505,6 +506,22 @@ async fn not_inserted(
         (_, Some(limit)) if standing.active >= limit => Ok(Inserted::Refused(Refusal::Concurrent)),
         _ => Err(StoreError::Unavailable("insert changed nothing".into())),
     }
+}
+
+/// The median of recent run times (seconds), `None` without any.
+pub fn typical_run_time(mut seconds: Vec<f64>) -> Option<Duration> {
+    seconds.retain(|s| s.is_finite());
+    if seconds.is_empty() {
+        return None;
+    }
+    seconds.sort_by(f64::total_cmp);
+    let middle = seconds.len() / 2;
+    let median = if seconds.len() % 2 == 1 {
+        seconds[middle]
+    } else {
+        (seconds[middle - 1] + seconds[middle]) / 2.0
+    };
+    Some(Duration::from_secs_f64(median.max(0.0)))
 }
 
 /// The error recorded on a job whose worker vanished.

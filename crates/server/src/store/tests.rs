@@ -102,6 +102,32 @@ macro_rules! conformance {
             assert!(store.get(uuid::Uuid::now_v7()).await.unwrap().is_none());
         }
 
+        /// The typical run time behind `Retry-After` is the median of the tool's recent
+        /// runs: one job that ran for minutes does not send every client away for minutes.
+        #[tokio::test]
+        async fn the_typical_run_time_is_the_median_of_recent_runs() {
+            let store = $make;
+            assert_eq!(store.recent_run_time("rt", 1).await.unwrap(), None);
+            // Due jobs: their run_after (their creation) is before the claim's now.
+            let start = chrono::Utc::now() + chrono::Duration::seconds(1);
+            for seconds in [2, 3, 2, 600] {
+                let job = crate::store::tests::new_job("rt", None);
+                store.insert(&job, &Admission::default()).await.unwrap();
+                let lease = start + chrono::Duration::seconds(900);
+                let claimed = store.claim(start, lease, &[]).await.unwrap().unwrap();
+                let mut done = crate::store::tests::completion(JobState::Succeeded);
+                done.finished_at = start + chrono::Duration::seconds(seconds);
+                assert!(store.complete(claimed.id, 1, &done).await.unwrap());
+            }
+            // The cache keeps an answer for up to a second.
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            let typical = store.recent_run_time("rt", 1).await.unwrap().unwrap();
+            assert!(
+                (2.4..2.6).contains(&typical.as_secs_f64()),
+                "{typical:?}, not the mean of 151 s"
+            );
+        }
+
         #[tokio::test]
         async fn claim_is_fifo_exclusive_and_fenced() {
             let store = $make;

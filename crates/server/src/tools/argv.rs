@@ -87,6 +87,14 @@ impl ArgTemplate {
 
     /// The parameter that fills this whole argument (`"{params.NAME}"`), if one does: a
     /// value starting with `-` would be read by the program as an option.
+    /// The argument's text when it has no placeholder (the program, `command[0]`).
+    pub fn literal(&self) -> Option<&str> {
+        match self.segments.as_slice() {
+            [Segment::Literal(text)] => Some(text),
+            _ => None,
+        }
+    }
+
     pub fn whole_param(&self) -> Option<&str> {
         match self.segments.as_slice() {
             [Segment::Slot(Placeholder::Param(name))] => Some(name),

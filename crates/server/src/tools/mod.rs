@@ -333,7 +333,7 @@ impl Tool {
                     columns: input.layout.columns.clone(),
                     required: input.required,
                     media_types: input.media_types.clone(),
-                    max_bytes: input.max_bytes,
+                    max_bytes: (input.max_bytes != u64::MAX).then_some(input.max_bytes),
                 })
                 .collect(),
             parameters: self.parameters_schema.clone(),

@@ -40,6 +40,7 @@ impl WorkerState {
         take_over(&work_root, store.as_ref()).await?;
         // The demo analyzer, for a configuration that names `@DEMO_BIN@`.
         crate::demo::install(&data_dir)?;
+        crate::config::check_programs(&tools, &data_dir)?;
         let uids = program_users(&settings, &data_dir)?;
         let work_dirs = WorkDirs::new(&work_root, settings.worker_count());
         let sandbox = match settings.sandbox {

@@ -341,7 +341,14 @@ pub async fn spawn_app_with(settings: &str) -> TestApp {
     } else {
         "workers = 2"
     };
-    let text = format!("listen = \"127.0.0.1:0\"\n{workers}\n{settings}\n{demo}\n{TEST_TOOLS}");
+    // The `missing` tool's program is there when the server starts (a start refuses a
+    // program that is not) and gone when a job runs it.
+    let gone = data_dir.join("gone/legacy-program");
+    std::fs::create_dir_all(gone.parent().unwrap()).unwrap();
+    std::fs::write(&gone, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&gone, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let tools = TEST_TOOLS.replace("/nonexistent/legacy-program", &gone.to_string_lossy());
+    let text = format!("listen = \"127.0.0.1:0\"\n{workers}\n{settings}\n{demo}\n{tools}");
     let source = ConfigSource::Text {
         name: "test.toml".into(),
         text,
@@ -355,6 +362,7 @@ pub async fn spawn_app_with(settings: &str) -> TestApp {
     let application = Application::build(config, batchgate_server::Workers::Embedded)
         .await
         .expect("the server starts");
+    std::fs::remove_file(&gone).unwrap();
     let address = format!("http://{}", application.local_addr());
     let runtime = application.api_state();
     let shutdown = CancellationToken::new();

@@ -88,7 +88,7 @@ async fn program_failures_end_failed_with_an_actionable_reason() {
         assert!(error.message.contains(message), "{tool}: {}", error.message);
         // Never a path of the server's machine.
         let shown = format!("{} {:?}", error.message, error.stderr_tail);
-        for path in ["/nonexistent", &app.data_dir.to_string_lossy()] {
+        for path in ["/gone/", &app.data_dir.to_string_lossy()] {
             assert!(!shown.contains(path), "{tool}: {shown}");
         }
         assert_eq!(done.attempt, 1, "a program's own failure is not retried");

@@ -22,6 +22,15 @@ async fn health_readiness_openapi_and_docs() {
         assert!(openapi["paths"].get(path).is_some(), "{path} is documented");
     }
     assert!(openapi["components"]["schemas"].get("JobStatus").is_some());
+    // Operation ids name one operation each (code generators key on them).
+    let mut ids = std::collections::BTreeSet::new();
+    for operations in openapi["paths"].as_object().unwrap().values() {
+        for operation in operations.as_object().unwrap().values() {
+            if let Some(id) = operation["operationId"].as_str() {
+                assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+            }
+        }
+    }
     let docs = app.get_text("/docs").await;
     assert!(
         docs.contains("/openapi.json") && !docs.contains("https://"),

@@ -884,3 +884,25 @@ async fn an_outcome_that_cannot_be_stored_yet_is_stored_once_the_store_is_back()
     assert_eq!(status.status, JobState::Succeeded, "{status:?}");
     assert_eq!(status.attempt, 1);
 }
+
+/// A tool's description shows the limits that apply to whoever asks: a tier's lower
+/// request cap, not the tool's; an input without a cap of its own has no `max_bytes`
+/// (not u64::MAX, which JavaScript cannot hold).
+#[tokio::test]
+async fn a_tool_description_shows_the_callers_own_limits() {
+    let app = spawn_app_with("[tiers.small]\nmax_request_bytes = 65536").await;
+    let small = app.create_key("small", false).await;
+    let unlimited = app.create_key("standard", false).await;
+    let limit = |key: String| {
+        let app = &app;
+        async move {
+            let response = app.get_as(&key, "/v1/tools/analyzer").await;
+            assert_eq!(response.status(), 200);
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(body["inputs"][0].get("max_bytes").is_none(), "{body}");
+            body["limits"]["max_request_bytes"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(limit(small).await, 65536);
+    assert!(limit(unlimited).await > 65536);
+}

@@ -405,3 +405,35 @@ async fn every_tool_example_is_accepted_and_succeeds() {
         json!(["pear", "apple", "fig"])
     );
 }
+
+/// An input given as the file's text inside a JSON body gets the same checks as the same
+/// text uploaded as a file: a header without the declared columns is a 422 naming the
+/// input, a reordered header is accepted and reordered.
+#[tokio::test]
+async fn csv_text_in_a_json_body_is_checked_like_a_csv_upload() {
+    let app = spawn_app().await;
+    let wrong = json!({"inputs": {"records": "x,y\n1,2\n"}});
+    let body = assert_problem(
+        app.submit_json("analyzer", &wrong).await,
+        422,
+        "validation-failed",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["path"], "/inputs/records", "{body}");
+    let upload = app
+        .client
+        .post(app.url("/v1/tools/analyzer/jobs"))
+        .header("content-type", "text/csv")
+        .body("x,y\n1,2\n")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(upload, 422, "validation-failed").await;
+
+    let reordered = json!({"inputs": {"records": "value,sensor,timestamp\n90,s1,t1\n95,s1,t2\n"},
+                           "parameters": {"threshold": 50, "window": 2, "statistics": ["count"]}});
+    let result = app
+        .result_of(app.submit_json("analyzer", &reordered).await)
+        .await;
+    assert!(result.to_string().contains("\"s1\""), "{result}");
+}

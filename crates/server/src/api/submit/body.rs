@@ -65,12 +65,12 @@ async fn receive_json(
     let body_path = staging.files.body();
     let mut counter = Budget::new(limit);
     stream_body(request.into_body(), &body_path, &mut counter, &mut hasher).await?;
-    let tool = tool.clone();
+    let parsing = tool.clone();
     let files = staging.files.clone();
     let parsed = tokio::task::spawn_blocking(move || {
         let file = std::io::BufReader::new(std::fs::File::open(&body_path)?);
         let mut sinks = FileSinks {
-            tool: &tool,
+            tool: &parsing,
             files: &files,
             sizes: Vec::new(),
         };
@@ -81,6 +81,13 @@ async fn receive_json(
     .await
     .map_err(ApiError::internal)?;
     let (parameters, inputs) = parsed.map_err(request_error)?;
+    // An input given as the file's text gets the checks a file upload gets (records are
+    // written with the declared header, which passes at once).
+    for input in &inputs {
+        if let Some(spec) = tool.input(&input.name) {
+            normalize(&spec.layout, &staging.files.input(&input.name), &input.name).await?;
+        }
+    }
     Ok(Received {
         inputs,
         parameters,

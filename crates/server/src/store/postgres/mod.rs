@@ -592,23 +592,22 @@ impl JobStore for PgJobStore {
         tool: &str,
         version: u32,
     ) -> Result<Option<Duration>, StoreError> {
-        if let Some(mean) = self.run_times.get(tool, version) {
-            return Ok(mean);
+        if let Some(typical) = self.run_times.get(tool, version) {
+            return Ok(typical);
         }
-        let mean: Option<f64> = sqlx::query_scalar(
-            "SELECT AVG(EXTRACT(EPOCH FROM finished_at - started_at))::float8 FROM \
-             (SELECT finished_at, started_at FROM jobs \
-              WHERE tool = $1 AND tool_version = $2 AND state = 'succeeded' \
-              ORDER BY finished_at DESC LIMIT 20) AS recent",
+        let recent: Vec<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM finished_at - started_at)::float8 FROM jobs \
+             WHERE tool = $1 AND tool_version = $2 AND state = 'succeeded' \
+             ORDER BY finished_at DESC LIMIT 20",
         )
         .bind(tool)
         .bind(version as i64)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        let mean = mean.map(|seconds| Duration::from_secs_f64(seconds.max(0.0)));
-        self.run_times.record(tool, version, mean);
-        Ok(mean)
+        let typical = super::typical_run_time(recent);
+        self.run_times.record(tool, version, typical);
+        Ok(typical)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

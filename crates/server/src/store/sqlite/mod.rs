@@ -627,22 +627,23 @@ impl JobStore for SqliteJobStore {
         tool: &str,
         version: u32,
     ) -> Result<Option<Duration>, StoreError> {
-        if let Some(mean) = self.run_times.get(tool, version) {
-            return Ok(mean);
+        if let Some(typical) = self.run_times.get(tool, version) {
+            return Ok(typical);
         }
-        let mean: Option<f64> = sqlx::query_scalar(
-            "SELECT AVG(finished_at - started_at) FROM (SELECT finished_at, started_at FROM jobs \
+        let recent: Vec<i64> = sqlx::query_scalar(
+            "SELECT finished_at - started_at FROM jobs \
              WHERE tool = ? AND tool_version = ? AND state = 'succeeded' \
-             ORDER BY finished_at DESC LIMIT 20)",
+             ORDER BY finished_at DESC LIMIT 20",
         )
         .bind(tool)
         .bind(version as i64)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        let mean = mean.map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0));
-        self.run_times.record(tool, version, mean);
-        Ok(mean)
+        let seconds = recent.iter().map(|&ms| ms as f64 / 1000.0).collect();
+        let typical = super::typical_run_time(seconds);
+        self.run_times.record(tool, version, typical);
+        Ok(typical)
     }
 
     async fn create_key(&self, key: &ApiKey) -> Result<(), StoreError> {
