@@ -68,10 +68,13 @@ pub async fn authenticate(
     };
     let mut quota_headers = Vec::new();
     if let Some(tier) = caller.tier.clone() {
-        quota_headers.push((
-            header::HeaderName::from_static("ratelimit-policy"),
-            header_value(&policy(&tier)),
-        ));
+        let policy = policy(&tier);
+        if !policy.is_empty() {
+            quota_headers.push((
+                header::HeaderName::from_static("ratelimit-policy"),
+                header_value(&policy),
+            ));
+        }
         if let Some(limit) = tier.requests_per_minute {
             let now = runtime.store.now();
             let window_start = window_start(now);
@@ -111,9 +114,21 @@ pub async fn authenticate(
     if let Some(ProblemCode(code)) = response.extensions().get::<ProblemCode>() {
         crate::telemetry::rejected(code.as_str(), &tier);
     }
+    // A refusal describes only the limit it is about (the handler's own item); any other
+    // answer lists the handler's items (the jobs left after a submit) and the requests left.
+    let refused = response.status() == StatusCode::TOO_MANY_REQUESTS;
     for (name, value) in quota_headers {
-        // A handler's own value (the jobs quota on a refused submit) wins.
-        if !response.headers().contains_key(&name) {
+        let combined = match response.headers().get(&name) {
+            None => Some(value),
+            Some(_) if refused || name != "ratelimit" => None,
+            Some(own) => {
+                let mut items = own.as_bytes().to_vec();
+                items.extend_from_slice(b", ");
+                items.extend_from_slice(value.as_bytes());
+                HeaderValue::from_bytes(&items).ok()
+            }
+        };
+        if let Some(value) = combined {
             response.headers_mut().insert(name, value);
         }
     }
@@ -131,6 +146,9 @@ fn policy(tier: &Tier) -> String {
     }
     if let Some(limit) = tier.jobs_per_window {
         policies.push(format!("\"jobs\";q={limit};w={}", tier.window_seconds));
+    }
+    if let Some(limit) = tier.concurrent_jobs {
+        policies.push(format!("\"concurrent\";q={limit}"));
     }
     policies.join(", ")
 }

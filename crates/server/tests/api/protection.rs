@@ -177,6 +177,12 @@ async fn a_tier_limits_tools_size_and_jobs_per_window_and_a_refusal_leaves_nothi
     assert_eq!(response.status(), 202);
     let policy = response.headers()["ratelimit-policy"].to_str().unwrap();
     assert!(policy.contains("\"jobs\";q=1;w=300"), "{policy}");
+    // The 202 says how many jobs are left, and how many requests.
+    let left = response.headers()["ratelimit"].to_str().unwrap();
+    assert!(
+        left.starts_with("\"jobs\";r=0;t=") && left.contains(", \"requests\";r="),
+        "{left}"
+    );
     let jobs_before = app
         .runtime
         .store
@@ -240,6 +246,10 @@ async fn concurrent_jobs_and_request_rate_are_limited_with_headers() {
     let key = app.create_key("tight", false).await;
     let running = app.submit_ok_as(&key, "exclusive", &json!({})).await; // 1
     let response = app.submit_as(&key, "sort", &lines()).await; // 2
+                                                                // The refusal describes the limit it is about, the tier's policies say which.
+    assert_eq!(response.headers()["ratelimit"], "\"concurrent\";r=0");
+    let policy = response.headers()["ratelimit-policy"].to_str().unwrap();
+    assert!(policy.contains("\"concurrent\";q=1"), "{policy}");
     assert_problem(response, 429, "too-many-concurrent-jobs").await;
     for _ in 0..3 {
         // 3, 4, 5
@@ -891,6 +901,11 @@ async fn an_outcome_that_cannot_be_stored_yet_is_stored_once_the_store_is_back()
 #[tokio::test]
 async fn a_tool_description_shows_the_callers_own_limits() {
     let app = spawn_app_with("[tiers.small]\nmax_request_bytes = 65536").await;
+    // A tier without quotas sends no (empty) RateLimit-Policy.
+    let small_key = app.create_key("small", false).await;
+    let response = app.get_as(&small_key, "/v1/tools").await;
+    assert!(response.headers().get("ratelimit-policy").is_none());
+    assert!(response.headers().get("ratelimit").is_none());
     let small = app.create_key("small", false).await;
     let unlimited = app.create_key("standard", false).await;
     let limit = |key: String| {

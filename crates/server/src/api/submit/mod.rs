@@ -74,8 +74,8 @@ pub async fn submit(
     let headers = request.headers().clone();
     let uri = request.uri().clone();
     // Refusals are counted by the auth middleware, which knows the caller's tier.
-    let (job, queued_before) =
-        submit_as(&runtime, access.caller()?, &tool_ref, &query, request).await?;
+    let (job, admitted) = submit_as(&runtime, access.caller()?, &tool_ref, &query, request).await?;
+    let queued_before = admitted.as_ref().map(|admitted| admitted.queued);
     let operation = format!(
         "{}/v1/operations/{}",
         live::public_base(&runtime, &headers, &uri),
@@ -100,10 +100,15 @@ pub async fn submit(
     response
         .headers_mut()
         .insert("operation-location", header_value(&operation));
+    if let Some(jobs_left) = admitted.and_then(|admitted| admitted.jobs_left) {
+        response
+            .headers_mut()
+            .insert("ratelimit", header_value(&jobs_left));
+    }
     Ok(response)
 }
 
-/// The job, and how many jobs were queued when it was admitted (`None` for a replay):
+/// The job, and what its admission saw (`None` for a replay):
 /// the HTTP request is read (`receive`), checked (`validate`), then committed (`commit`).
 async fn submit_as(
     runtime: &ApiState,
@@ -111,7 +116,7 @@ async fn submit_as(
     tool_ref: &str,
     query: &[(String, String)],
     request: Request,
-) -> Result<(Job, Option<u64>), ApiError> {
+) -> Result<(Job, Option<Admitted>), ApiError> {
     let tool = allowed_tool(runtime, caller, tool_ref)?;
     let headers = request.headers().clone();
     let limit = caller.max_request_bytes(tool.limits.max_request_bytes);
@@ -131,7 +136,7 @@ async fn submit_as(
             .is_some(),
         None => false,
     };
-    let queued_before = match replaying {
+    let admitted = match replaying {
         true => None,
         false => Some(admit(runtime, caller).await?),
     };
@@ -193,7 +198,7 @@ async fn submit_as(
         control,
     };
     match commit(runtime, caller, &tool, staged, submission).await? {
-        Committed::Created(job) => Ok((job, queued_before)),
+        Committed::Created(job) => Ok((job, admitted)),
         Committed::Replayed(job) => Ok((job, None)),
     }
 }
@@ -372,9 +377,16 @@ fn admission(caller: &Caller, now: chrono::DateTime<chrono::Utc>) -> Admission {
     }
 }
 
+/// What the early admission check saw.
+struct Admitted {
+    /// Jobs queued (for the `Retry-After` of the `202`).
+    queued: u64,
+    /// The caller's jobs quota after this job (a `RateLimit` item), if the tier has one.
+    jobs_left: Option<String>,
+}
+
 /// Refuses early, before the body is read: a full queue (503) or a full quota (429).
-/// Returns how many jobs are queued.
-async fn admit(runtime: &ApiState, caller: &Caller) -> Result<u64, ApiError> {
+async fn admit(runtime: &ApiState, caller: &Caller) -> Result<Admitted, ApiError> {
     let cap = runtime.settings.max_queued_jobs;
     let queued = runtime.store.queued_count(cap).await?;
     if queued >= cap {
@@ -388,7 +400,10 @@ async fn admit(runtime: &ApiState, caller: &Caller) -> Result<u64, ApiError> {
     let now = runtime.store.now();
     let admission = admission(caller, now);
     if admission.window.is_none() && admission.concurrent.is_none() {
-        return Ok(queued);
+        return Ok(Admitted {
+            queued,
+            jobs_left: None,
+        });
     }
     let since = admission.window.map_or(now, |(_, since)| since);
     let standing = runtime.store.standing(&caller.owner, since).await?;
@@ -403,7 +418,13 @@ async fn admit(runtime: &ApiState, caller: &Caller) -> Result<u64, ApiError> {
             return Err(quota_error(caller, &Refusal::Concurrent));
         }
     }
-    Ok(queued)
+    let jobs_left = admission.window.map(|(limit, since)| {
+        let window = now - since;
+        let frees = standing.oldest_since.unwrap_or(now) + window;
+        let left = limit.saturating_sub(standing.jobs_since + 1);
+        format!("\"jobs\";r={left};t={}", seconds_until(frees, now))
+    });
+    Ok(Admitted { queued, jobs_left })
 }
 
 fn quota_error(caller: &Caller, refusal: &Refusal) -> ApiError {
@@ -438,7 +459,11 @@ fn quota_error(caller: &Caller, refusal: &Refusal) -> ApiError {
                 tier.concurrent_jobs.unwrap_or_default()
             ),
         )
-        .with_retry_after(5),
+        .with_retry_after(5)
+        .with_header(
+            header::HeaderName::from_static("ratelimit"),
+            header_value("\"concurrent\";r=0"),
+        ),
     }
 }
 
