@@ -1,6 +1,21 @@
 //! The `batchgate` binary: the server (`serve`, `keys`, `check-config`) and its client
 //! (`submit`, `wait`, `jobs`, `logs`, … in `remote.rs`).
 
+/// `println!` for a command's output: a reader that went away (`batchgate jobs | head`)
+/// ends the command quietly, as it would a C program, instead of a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write the output: {error}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 mod remote;
 
 use std::net::SocketAddr;
@@ -238,7 +253,7 @@ fn main() -> ExitCode {
             }
         },
         Command::DemoConfig => {
-            print!("{}", batchgate_server::demo::CONFIG);
+            say!("{}", batchgate_server::demo::CONFIG.trim_end());
             ExitCode::SUCCESS
         }
         Command::Remote(command) => remote::run(command, &cli.remote),
@@ -271,15 +286,15 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 eprintln!("error: {}: {message}", file.display());
                 return ExitCode::from(78);
             }
-            println!("{}: ok", file.display());
+            say!("{}: ok", file.display());
             for tool in config.tools.all() {
-                println!("  {} — {}", tool.id(), tool.title);
+                say!("  {} — {}", tool.id(), tool.title);
                 for warning in &tool.warnings {
-                    println!("    warning: {warning}");
+                    say!("    warning: {warning}");
                 }
             }
             if let Some(warning) = config.settings.containment_warning() {
-                println!("warning: {warning}");
+                say!("warning: {warning}");
             }
             ExitCode::SUCCESS
         }
@@ -342,7 +357,7 @@ async fn serve(config: Config, workers: Workers) -> ExitCode {
     };
     let address = application.local_addr();
     // Scripts and tests read this line to find the port (with --listen 127.0.0.1:0).
-    println!("batchgate listening on http://{address}");
+    say!("batchgate listening on http://{address}");
     tracing::info!(%address, "batchgate serving");
     let shutdown = stop_on_signal();
     match application.run_until_stopped(shutdown).await {
@@ -409,15 +424,15 @@ async fn keys(command: KeysCommand) -> ExitCode {
                     key.record.id,
                     if admin { ", admin" } else { "" }
                 );
-                println!("{}", key.secret);
+                say!("{}", key.secret);
                 Ok(ExitCode::SUCCESS)
             }
             KeysCommand::List { .. } => {
                 let keys = store.list_keys().await.map_err(|e| e.to_string())?;
-                println!("{:<14} {:<12} {:<6} {:<20} {:<20} NAME", "ID", "TIER", "ADMIN", "CREATED", "REVOKED");
+                say!("{:<14} {:<12} {:<6} {:<20} {:<20} NAME", "ID", "TIER", "ADMIN", "CREATED", "REVOKED");
                 for key in keys {
                     let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
-                    println!(
+                    say!(
                         "{:<14} {:<12} {:<6} {:<20} {:<20} {}",
                         key.id,
                         key.tier,

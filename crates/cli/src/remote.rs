@@ -238,7 +238,7 @@ async fn dispatch(command: RemoteCommand, remote: &Remote) -> Result<(), Exit> {
             let id = submitted.status.id.to_string();
             if !wait {
                 eprintln!("submitted job {id} ({})", submitted.status.status);
-                println!("{id}");
+                say!("{id}");
                 return Ok(());
             }
             eprintln!("submitted job {id}");
@@ -299,7 +299,7 @@ async fn dispatch(command: RemoteCommand, remote: &Remote) -> Result<(), Exit> {
                 return Ok(());
             }
             for tool in &catalogue.tools {
-                println!("{:<20} v{:<3} {}", tool.name, tool.version, tool.title);
+                say!("{:<20} v{:<3} {}", tool.name, tool.version, tool.title);
             }
             Ok(())
         }
@@ -330,12 +330,15 @@ async fn list_jobs(remote: &Remote, filter: &JobFilter, json: bool) -> Result<()
         print_json(&page);
         return Ok(());
     }
-    println!(
+    say!(
         "{:<36}  {:<16}  {:<9}  {:<19}  PROGRESS",
-        "ID", "TOOL", "STATUS", "CREATED"
+        "ID",
+        "TOOL",
+        "STATUS",
+        "CREATED"
     );
     for job in &page.jobs {
-        println!(
+        say!(
             "{:<36}  {:<16}  {:<9}  {:<19}  {}",
             job.id,
             format!("{}@{}", job.tool, job.tool_version),
@@ -574,11 +577,11 @@ async fn logs(client: &Client, id: &str, follow: bool, stream: Option<&str>) -> 
 }
 
 fn describe_tool(tool: &batchgate_client::ToolDescription) {
-    println!("{}@{} — {}", tool.name, tool.version, tool.title);
+    say!("{}@{} — {}", tool.name, tool.version, tool.title);
     if !tool.description.is_empty() {
-        println!("{}", tool.description);
+        say!("{}", tool.description);
     }
-    println!("\ninputs:");
+    say!("\ninputs:");
     for input in &tool.inputs {
         let columns = if input.columns.is_empty() {
             String::new()
@@ -589,7 +592,7 @@ fn describe_tool(tool: &batchgate_client::ToolDescription) {
             .max_bytes
             .map(|bytes| format!(" (up to {bytes} bytes)"))
             .unwrap_or_default();
-        println!(
+        say!(
             "  {:<16} {}{}{}{cap}",
             input.name,
             input.format,
@@ -597,7 +600,7 @@ fn describe_tool(tool: &batchgate_client::ToolDescription) {
             if input.required { "" } else { ", optional" },
         );
     }
-    println!("\nparameters:");
+    say!("\nparameters:");
     if let Some(properties) = tool.parameters["properties"].as_object() {
         for (name, schema) in properties {
             let kind = schema["type"].as_str().unwrap_or("any");
@@ -606,12 +609,12 @@ fn describe_tool(tool: &batchgate_client::ToolDescription) {
                 .map(|d| format!(" (default {d})"))
                 .unwrap_or_default();
             let about = schema["description"].as_str().unwrap_or("");
-            println!("  {name:<16} {kind}{default} {about}");
+            say!("  {name:<16} {kind}{default} {about}");
         }
     }
-    println!("\noutputs:");
+    say!("\noutputs:");
     for output in &tool.outputs {
-        println!(
+        say!(
             "  {:<16} {} ({}){}",
             output.name,
             output.format,
@@ -623,16 +626,18 @@ fn describe_tool(tool: &batchgate_client::ToolDescription) {
             }
         );
     }
-    println!(
+    say!(
         "\nlimits: {} s timeout, {} bytes per request, {} attempts",
-        tool.limits.timeout_seconds, tool.limits.max_request_bytes, tool.limits.max_attempts
+        tool.limits.timeout_seconds,
+        tool.limits.max_request_bytes,
+        tool.limits.max_attempts
     );
-    println!("\nexample request (POST {}):", tool.submit);
+    say!("\nexample request (POST {}):", tool.submit);
     print_json(&tool.example);
 }
 
 fn print_json(value: &impl serde::Serialize) {
-    println!(
+    say!(
         "{}",
         serde_json::to_string_pretty(value).expect("wire types serialize")
     );

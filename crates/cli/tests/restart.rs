@@ -206,6 +206,22 @@ fn a_bad_config_stops_the_server_naming_file_tool_and_field() {
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("batchgate "));
 }
 
+/// A reader that went away (`batchgate jobs | head`) ends the command quietly, exit 0,
+/// not with a panic.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .arg("demo-config")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn the_demo_config_passes_check_config() {
     let dir = tempfile::tempdir().unwrap();
