@@ -220,8 +220,8 @@ fn demo_image() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(feature = "containers"),
-    ignore = "needs the `containers` feature (cargo test --all-features)"
+    not(all(feature = "containers", gate_container)),
+    ignore = "needs a container engine: set BATCHGATE_TEST_CONTAINER_ENGINE=unix:///run/podman/podman.sock, and the `containers` feature (--all-features)"
 )]
 async fn the_demo_tool_runs_in_its_image_and_every_ending_is_mapped() {
     let Some(engine) = Engine::new() else {
@@ -310,8 +310,8 @@ fn own_uid() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(feature = "containers"),
-    ignore = "needs the `containers` feature (cargo test --all-features)"
+    not(all(feature = "containers", gate_container)),
+    ignore = "needs a container engine: set BATCHGATE_TEST_CONTAINER_ENGINE=unix:///run/podman/podman.sock, and the `containers` feature (--all-features)"
 )]
 async fn a_restarted_worker_reattaches_to_the_running_container() {
     let Some(engine) = Engine::new() else {
@@ -374,8 +374,8 @@ async fn a_restarted_worker_reattaches_to_the_running_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(feature = "containers"),
-    ignore = "needs the `containers` feature (cargo test --all-features)"
+    not(all(feature = "containers", gate_container)),
+    ignore = "needs a container engine: set BATCHGATE_TEST_CONTAINER_ENGINE=unix:///run/podman/podman.sock, and the `containers` feature (--all-features)"
 )]
 async fn a_container_whose_job_was_canceled_meanwhile_is_swept() {
     let Some(engine) = Engine::new() else {

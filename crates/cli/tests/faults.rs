@@ -106,8 +106,8 @@ fn on_path(program: &str) -> Option<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(feature = "object-store"),
-    ignore = "needs the `object-store` feature (cargo test --all-features)"
+    not(all(feature = "object-store", gate_tools)),
+    ignore = "needs bubblewrap, faketime and s3s-fs: set BATCHGATE_TEST_TOOLS=1 once installed, and the `object-store` feature (--all-features)"
 )]
 async fn an_object_store_outage_is_a_503_and_a_running_job_waits_for_it() {
     let Some(binary) = on_path("s3s-fs") else {
@@ -177,6 +177,10 @@ impl Drop for SmallDisk {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gate_root),
+    ignore = "needs root: set BATCHGATE_TEST_ROOT=1 when the tests run as root"
+)]
 async fn a_full_disk_is_a_507_never_the_clients_fault() {
     let own_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
     if own_uid != 0 {
@@ -307,6 +311,10 @@ async fn wait_running(client: &reqwest::Client, server: &Server, count: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gate_tools),
+    ignore = "needs bubblewrap, faketime and s3s-fs: set BATCHGATE_TEST_TOOLS=1 once installed"
+)]
 async fn a_clock_that_steps_back_strands_no_job_on_sqlite() {
     let Some(ahead) = clock_ahead("+1h") else {
         return;
@@ -334,6 +342,10 @@ async fn a_clock_that_steps_back_strands_no_job_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(gate_pg, gate_tools)),
+    ignore = "needs PostgreSQL and faketime: set BATCHGATE_TEST_PG_URL and BATCHGATE_TEST_TOOLS=1"
+)]
 async fn a_worker_whose_clock_is_ahead_steals_no_live_job_on_postgres() {
     let Some(ahead) = clock_ahead("+1h") else {
         return;
@@ -371,6 +383,10 @@ async fn a_worker_whose_clock_is_ahead_steals_no_live_job_on_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gate_pg),
+    ignore = "needs PostgreSQL: set BATCHGATE_TEST_PG_URL=postgres://…"
+)]
 async fn live_logs_reach_an_api_replica_that_runs_no_job() {
     let Some((url, _pool)) = common::pg_schema("logs").await else {
         return;

@@ -54,6 +54,10 @@ impl Drop for Cluster {
 type Answer = (u16, Option<String>);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(gate_pg, gate_pg_cluster)),
+    ignore = "restarts a PostgreSQL cluster: set BATCHGATE_TEST_PG_URL and BATCHGATE_TEST_PG_CLUSTER=15/main"
+)]
 async fn postgres_restarted_under_load_gives_503_then_recovers_and_loses_nothing() {
     let (Ok(_), Ok(cluster)) = (
         std::env::var("BATCHGATE_TEST_PG_URL"),

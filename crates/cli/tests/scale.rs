@@ -180,6 +180,10 @@ async fn terminal_events(database: &Database, id: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gate_pg),
+    ignore = "needs PostgreSQL: set BATCHGATE_TEST_PG_URL=postgres://…"
+)]
 async fn two_replicas_and_two_workers_finish_500_jobs_exactly_once() {
     let Some(database) = database().await else {
         return;
@@ -235,6 +239,10 @@ async fn two_replicas_and_two_workers_finish_500_jobs_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gate_pg),
+    ignore = "needs PostgreSQL: set BATCHGATE_TEST_PG_URL=postgres://…"
+)]
 async fn a_killed_workers_job_runs_again_and_no_partial_output_is_visible() {
     let Some(database) = database().await else {
         return;
@@ -266,6 +274,10 @@ async fn a_killed_workers_job_runs_again_and_no_partial_output_is_visible() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gate_pg),
+    ignore = "needs PostgreSQL: set BATCHGATE_TEST_PG_URL=postgres://…"
+)]
 async fn a_stale_worker_resumed_after_its_lease_changes_nothing() {
     let Some(database) = database().await else {
         return;
@@ -370,8 +382,8 @@ async fn presigned_result_delivery(variable: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(feature = "object-store"),
-    ignore = "needs the `object-store` feature (cargo test --all-features)"
+    not(all(feature = "object-store", all(gate_pg, gate_s3))),
+    ignore = "needs PostgreSQL and S3: set BATCHGATE_TEST_PG_URL and BATCHGATE_TEST_S3_URL, and the `object-store` feature (--all-features)"
 )]
 async fn s3_results_are_delivered_by_presigned_url() {
     presigned_result_delivery("BATCHGATE_TEST_S3_URL").await;
@@ -379,8 +391,8 @@ async fn s3_results_are_delivered_by_presigned_url() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(feature = "object-store"),
-    ignore = "needs the `object-store` feature (cargo test --all-features)"
+    not(all(feature = "object-store", all(gate_pg, gate_azure))),
+    ignore = "needs PostgreSQL and Azurite: set BATCHGATE_TEST_PG_URL and BATCHGATE_TEST_AZURE_URL, and the `object-store` feature (--all-features)"
 )]
 async fn azure_results_are_delivered_by_presigned_url() {
     presigned_result_delivery("BATCHGATE_TEST_AZURE_URL").await;

@@ -183,6 +183,10 @@ impl Drop for Cluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gate_slurm),
+    ignore = "needs Slurm: set BATCHGATE_TEST_SLURM=1 with a running cluster (tests/slurm/start.sh)"
+)]
 async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
     let Some(cluster) = Cluster::new() else {
         return;
@@ -260,6 +264,10 @@ async fn jobs_run_as_slurm_batch_jobs_and_every_ending_is_mapped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gate_slurm),
+    ignore = "needs Slurm: set BATCHGATE_TEST_SLURM=1 with a running cluster (tests/slurm/start.sh)"
+)]
 async fn a_restarted_worker_reattaches_to_the_running_batch_job() {
     let Some(cluster) = Cluster::new() else {
         return;
@@ -308,6 +316,10 @@ async fn a_restarted_worker_reattaches_to_the_running_batch_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gate_slurm),
+    ignore = "needs Slurm: set BATCHGATE_TEST_SLURM=1 with a running cluster (tests/slurm/start.sh)"
+)]
 async fn a_batch_job_whose_job_was_canceled_meanwhile_is_swept() {
     let Some(cluster) = Cluster::new() else {
         return;

@@ -6,8 +6,12 @@
 use super::*;
 
 macro_rules! blob_conformance {
-    ($make:expr) => {
+    (#[$gate:meta] ; $make:expr) => {
+        blob_conformance!(@gated [$gate] $make);
+    };
+    (@gated [$($gate:meta)?] $make:expr) => {
         #[tokio::test]
+        $(#[$gate])?
         async fn put_read_copy_and_delete() {
             use tokio::io::AsyncReadExt;
             let (blobs, dir) = $make;
@@ -72,6 +76,8 @@ macro_rules! blob_conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn several_files_are_stored_at_once_in_order() {
             let (blobs, dir) = $make;
             let root = format!("jobs/{}", uuid::Uuid::now_v7());
@@ -97,6 +103,8 @@ macro_rules! blob_conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn deleting_an_attempt_leaves_the_others() {
             let (blobs, _dir) = $make;
             let root = format!("jobs/{}", uuid::Uuid::now_v7());
@@ -121,6 +129,8 @@ macro_rules! blob_conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn a_large_file_streams_in_and_out_intact() {
             use tokio::io::AsyncReadExt;
             let (blobs, dir) = $make;
@@ -144,12 +154,17 @@ macro_rules! blob_conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn keys_cannot_escape_the_root() {
             let (blobs, _dir) = $make;
             for key in ["../x", "a/../../x", "/etc/passwd", "", "a//b"] {
                 assert!(blobs.put_bytes(key, b"x").await.is_err(), "key {key}");
             }
         }
+    };
+    ($make:expr) => {
+        blob_conformance!(@gated [] $make);
     };
 }
 
@@ -218,12 +233,22 @@ async fn presigned_urls_work_and_are_checked(blobs: &dyn BlobStore) {
 mod s3 {
     use super::*;
 
-    blob_conformance!(match object_store("BATCHGATE_TEST_S3_URL") {
-        Some(blobs) => (blobs, tempfile::tempdir().unwrap()),
-        None => return,
-    });
+    blob_conformance!(
+        #[cfg_attr(
+            not(gate_s3),
+            ignore = "needs S3: set BATCHGATE_TEST_S3_URL=s3://bucket/prefix and the AWS_* variables"
+        )];
+        match object_store("BATCHGATE_TEST_S3_URL") {
+            Some(blobs) => (blobs, tempfile::tempdir().unwrap()),
+            None => return,
+        }
+    );
 
     #[tokio::test]
+    #[cfg_attr(
+        not(gate_s3),
+        ignore = "needs S3: set BATCHGATE_TEST_S3_URL=s3://bucket/prefix and the AWS_* variables"
+    )]
     async fn presigned() {
         if let Some(blobs) = object_store("BATCHGATE_TEST_S3_URL") {
             presigned_urls_work_and_are_checked(&blobs).await;
@@ -235,12 +260,22 @@ mod s3 {
 mod azure {
     use super::*;
 
-    blob_conformance!(match object_store("BATCHGATE_TEST_AZURE_URL") {
-        Some(blobs) => (blobs, tempfile::tempdir().unwrap()),
-        None => return,
-    });
+    blob_conformance!(
+        #[cfg_attr(
+            not(gate_azure),
+            ignore = "needs Azure Blob Storage: set BATCHGATE_TEST_AZURE_URL=az://container/prefix and the AZURE_* variables"
+        )];
+        match object_store("BATCHGATE_TEST_AZURE_URL") {
+            Some(blobs) => (blobs, tempfile::tempdir().unwrap()),
+            None => return,
+        }
+    );
 
     #[tokio::test]
+    #[cfg_attr(
+        not(gate_azure),
+        ignore = "needs Azure Blob Storage: set BATCHGATE_TEST_AZURE_URL=az://container/prefix and the AZURE_* variables"
+    )]
     async fn presigned() {
         if let Some(blobs) = object_store("BATCHGATE_TEST_AZURE_URL") {
             presigned_urls_work_and_are_checked(&blobs).await;

@@ -70,10 +70,14 @@ pub fn assert_lifecycle(states: &[JobState]) {
 }
 
 macro_rules! conformance {
-    ($make:expr) => {
+    (#[$gate:meta] ; $make:expr) => {
+        conformance!(@gated [$gate] $make);
+    };
+    (@gated [$($gate:meta)?] $make:expr) => {
         /// A row the store cannot read is `Corrupt` (a 500, not "try again") on every
         /// backend: one classification.
         #[tokio::test]
+        $(#[$gate])?
         async fn an_unreadable_row_is_corrupt_not_unavailable() {
             let store = $make;
             let job = crate::store::tests::new_job("t", None);
@@ -85,6 +89,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn insert_get_and_idempotency() {
             let store = $make;
             let job = crate::store::tests::new_job("t", Some("k1"));
@@ -105,6 +111,7 @@ macro_rules! conformance {
         /// The typical run time behind `Retry-After` is the median of the tool's recent
         /// runs: one job that ran for minutes does not send every client away for minutes.
         #[tokio::test]
+        $(#[$gate])?
         async fn the_typical_run_time_is_the_median_of_recent_runs() {
             let store = $make;
             assert_eq!(store.recent_run_time("rt", 1).await.unwrap(), None);
@@ -129,6 +136,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn claim_is_fifo_exclusive_and_fenced() {
             let store = $make;
             let first = crate::store::tests::new_job("t", None);
@@ -165,6 +174,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn claim_skips_excluded_tools_and_future_jobs() {
             let store = $make;
             let busy = crate::store::tests::new_job("busy", None);
@@ -186,6 +197,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn expired_leases_are_retried_then_failed() {
             let store = $make;
             let job = crate::store::tests::new_job("t", None);
@@ -224,6 +237,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn executor_ref_survives_takeovers_and_is_fenced() {
             let store = $make;
             let mut job = crate::store::tests::new_job("t", None);
@@ -277,6 +292,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn heartbeat_renews_and_reports_cancel() {
             let store = $make;
             let job = crate::store::tests::new_job("t", None);
@@ -326,6 +343,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn every_change_is_logged_once_in_order_and_wakes_subscribers() {
             use crate::jobs::EventKind;
             let store = $make;
@@ -427,6 +446,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn cancel_of_queued_is_immediate_and_purge_needs_terminal() {
             let store = $make;
             let job = crate::store::tests::new_job("t", None);
@@ -456,6 +477,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn history_pages_newest_first_with_filters() {
             let store = $make;
             let mut ids = Vec::new();
@@ -511,6 +534,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn quotas_are_checked_with_the_insert() {
             let store = $make;
             let now = crate::jobs::now();
@@ -567,6 +592,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn higher_priority_is_claimed_first() {
             let store = $make;
             let low = crate::store::tests::new_job("t", None);
@@ -584,6 +611,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn keys_are_found_listed_and_revoked() {
             let store = $make;
             assert!(!store.has_keys().await.unwrap());
@@ -615,6 +644,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn request_counters_count_per_window_and_are_pruned() {
             let store = $make;
             let window = crate::jobs::now();
@@ -628,6 +659,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn signing_secrets_rotate() {
             let store = $make;
             assert!(store.signing_secrets(2).await.unwrap().is_empty());
@@ -651,6 +684,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn attempts_are_summed_per_owner() {
             let store = $make;
             let job = crate::store::tests::new_job("t", None);
@@ -696,6 +731,8 @@ macro_rules! conformance {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn cleanup_finds_expired_and_half_purged_jobs_only() {
             let store = $make;
             let mut ids = Vec::new();
@@ -734,13 +771,20 @@ macro_rules! conformance {
             assert!(!store.mark_purged(ids[2], now).await.unwrap());
         }
     };
+    ($make:expr) => {
+        conformance!(@gated [] $make);
+    };
 }
 
 /// Behaviour across several store instances sharing one database (replicas and workers
 /// in other processes). `$pair` makes two instances on one fresh database.
 macro_rules! shared_database {
-    ($pair:expr) => {
+    (#[$gate:meta] ; $pair:expr) => {
+        shared_database!(@gated [$gate] $pair);
+    };
+    (@gated [$($gate:meta)?] $pair:expr) => {
         #[tokio::test]
+        $(#[$gate])?
         async fn concurrent_claims_from_two_instances_never_take_the_same_job() {
             let (a, b) = $pair;
             let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
@@ -781,6 +825,8 @@ macro_rules! shared_database {
         }
 
         #[tokio::test]
+
+        $(#[$gate])?
         async fn quotas_hold_across_instances() {
             let (a, b) = $pair;
             let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
@@ -823,6 +869,9 @@ macro_rules! shared_database {
             assert_eq!(a.count_request("k", window).await.unwrap(), 1);
             assert_eq!(b.count_request("k", window).await.unwrap(), 2);
         }
+    };
+    ($pair:expr) => {
+        shared_database!(@gated [] $pair);
     };
 }
 
@@ -893,26 +942,42 @@ mod postgres {
         )
     }
 
-    conformance!(match fresh().await {
-        Some(store) => store,
-        None => return,
-    });
+    conformance!(
+        #[cfg_attr(
+            not(gate_pg),
+            ignore = "needs PostgreSQL: set BATCHGATE_TEST_PG_URL=postgres://…"
+        )];
+        match fresh().await {
+            Some(store) => store,
+            None => return,
+        }
+    );
 
-    shared_database!({
-        let Some(options) = fresh_schema().await else {
-            return;
-        };
-        // Both migrate at once: the advisory lock lets one do it.
-        let (a, b) = tokio::join!(
-            PgJobStore::connect(options.clone()),
-            PgJobStore::connect(options)
-        );
-        (a.unwrap(), b.unwrap())
-    });
+    shared_database!(
+        #[cfg_attr(
+            not(gate_pg),
+            ignore = "needs PostgreSQL: set BATCHGATE_TEST_PG_URL=postgres://…"
+        )];
+        {
+            let Some(options) = fresh_schema().await else {
+                return;
+            };
+            // Both migrate at once: the advisory lock lets one do it.
+            let (a, b) = tokio::join!(
+                PgJobStore::connect(options.clone()),
+                PgJobStore::connect(options)
+            );
+            (a.unwrap(), b.unwrap())
+        }
+    );
 
     /// A change committed through one instance wakes the other's waiters and idle
     /// workers (LISTEN/NOTIFY), as it would in another process.
     #[tokio::test]
+    #[cfg_attr(
+        not(gate_pg),
+        ignore = "needs PostgreSQL: set BATCHGATE_TEST_PG_URL=postgres://…"
+    )]
     async fn changes_made_elsewhere_wake_this_instance() {
         let Some(options) = fresh_schema().await else {
             return;

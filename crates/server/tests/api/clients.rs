@@ -29,6 +29,10 @@ async fn run_client(mut command: Command) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gate_python),
+    ignore = "needs Python with azure-core: set BATCHGATE_TEST_PYTHON=python3"
+)]
 async fn the_azure_sdk_poller_drives_jobs_to_their_result_and_raises_for_failures() {
     let Some(python) = std::env::var_os("BATCHGATE_TEST_PYTHON") else {
         return skip("BATCHGATE_TEST_PYTHON (a python3 with azure-core) is not set");
@@ -43,6 +47,10 @@ async fn the_azure_sdk_poller_drives_jobs_to_their_result_and_raises_for_failure
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gate_browser),
+    ignore = "needs Chromium and playwright-core: set BATCHGATE_TEST_BROWSER=/usr/bin/chromium"
+)]
 async fn the_web_ui_runs_cancels_and_downloads_jobs_in_a_real_browser() {
     let Some(chromium) = std::env::var_os("BATCHGATE_TEST_BROWSER") else {
         return skip("BATCHGATE_TEST_BROWSER (a Chromium binary) is not set");

@@ -34,6 +34,10 @@ fn job_id(location: &str) -> &str {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gate_root),
+    ignore = "needs root: set BATCHGATE_TEST_ROOT=1 when the tests run as root"
+)]
 async fn under_root_a_program_gets_a_uid_of_its_own_and_reaches_nothing_of_the_server() {
     if !is_root() {
         crate::helpers::skip("per-job uids need the tests to run as root");
@@ -154,6 +158,10 @@ async fn a_daemon_in_a_new_session_ends_with_its_job_as_the_servers_user() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gate_root),
+    ignore = "needs root: set BATCHGATE_TEST_ROOT=1 when the tests run as root"
+)]
 async fn a_daemon_in_a_new_session_ends_with_its_job_under_its_own_uid() {
     if !is_root() {
         crate::helpers::skip("per-job uids need the tests to run as root");
@@ -179,6 +187,10 @@ async fn links_to_the_servers_files_are_not_taken_as_outputs_or_logs() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gate_root),
+    ignore = "needs root: set BATCHGATE_TEST_ROOT=1 when the tests run as root"
+)]
 async fn the_next_job_with_the_same_uid_finds_nothing_of_the_last_one() {
     if !is_root() {
         crate::helpers::skip("per-job uids need the tests to run as root");

@@ -729,6 +729,10 @@ async fn slow_headers_huge_headers_and_unknown_encodings_are_refused() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gate_root),
+    ignore = "needs root: set BATCHGATE_TEST_ROOT=1 when the tests run as root"
+)]
 async fn a_fork_bomb_is_contained_when_programs_run_as_their_own_users() {
     if !rustix::process::geteuid().is_root() {
         crate::helpers::skip("run_as_uid needs the tests to run as root");
@@ -787,6 +791,10 @@ fn bomb_processes() -> usize {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gate_tools),
+    ignore = "needs bubblewrap, faketime and s3s-fs: set BATCHGATE_TEST_TOOLS=1 once installed"
+)]
 async fn the_sandbox_hides_the_network_and_the_servers_data() {
     if batchgate_server::executors::sandbox::find_bwrap().is_none() {
         crate::helpers::skip("bwrap is not installed (apt-get install bubblewrap)");
