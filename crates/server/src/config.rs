@@ -52,6 +52,9 @@ pub struct Settings {
     /// the absolute URLs some clients need (`Operation-Location`, `resourceLocation`).
     /// Absent: taken from the request's `Host`.
     pub public_url: Option<String>,
+    /// Origins whose web pages may call the API from a browser (CORS), e.g.
+    /// `["https://app.example.org"]`; `["*"]` allows any. Default: none.
+    pub cors_origins: Vec<String>,
     /// `auto`: keys are required as soon as one exists; `required`: always.
     pub auth: AuthMode,
     /// Serve without keys on a non-loopback address (`--insecure-open`).
@@ -113,6 +116,7 @@ impl Default for Settings {
             retry_after_max_seconds: 60,
             max_wait_seconds: 60,
             public_url: None,
+            cors_origins: Vec::new(),
             auth: AuthMode::Auto,
             insecure_open: false,
             anonymous_tier: None,
@@ -543,6 +547,23 @@ impl Settings {
                 ));
             }
         }
+        for origin in &self.cors_origins {
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let valid = origin == "*"
+                || host.is_some_and(|host| {
+                    !host.is_empty()
+                        && !host.contains(['/', '?', '#', ' ', '@'])
+                        && origin.parse::<axum::http::HeaderValue>().is_ok()
+                });
+            if !valid {
+                return Err(format!(
+                    "field `cors_origins`: `{origin}` is not an origin (scheme://host[:port], \
+                     no path, or \"*\")"
+                ));
+            }
+        }
         if let Some(slurm) = &self.slurm {
             if !slurm.work_dir.is_absolute() {
                 return Err(
@@ -881,6 +902,18 @@ mod tests {
         assert!(program
             .unwrap()
             .starts_with(&*data_dir.join("bin").to_string_lossy()));
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        assert!(check(&format!(
+            "cors_origins = [\"https://a.example:8443\", \"*\"]\n{TOOL}"
+        ))
+        .is_ok());
+        for bad in ["https://a.example/", "a.example", "https://a.example/app"] {
+            let error = check(&format!("cors_origins = [\"{bad}\"]\n{TOOL}")).unwrap_err();
+            assert!(error.contains("field `cors_origins`"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -132,9 +132,55 @@ pub fn router(runtime: Arc<ApiState>) -> Router {
                 )
             }),
         )
-        // Outermost: every error answer, the framework's own included, is a problem.
+        // Every error answer, the framework's own included, is a problem.
         .layer(axum::middleware::map_response(problem::problems_everywhere))
+        // Outermost: a preflight never reaches authentication, and every answer (errors
+        // too, so that a page can read the problem) carries the CORS headers.
+        .layer(cors(&runtime.settings.cors_origins))
         .with_state(runtime)
+}
+
+/// CORS for the origins the settings allow (none by default: no header is added): the
+/// methods and request headers the API uses, and the response headers a client reads.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|origin| origin.parse().ok()))
+    };
+    let names = |names: &[&'static str]| {
+        names
+            .iter()
+            .map(|name| header::HeaderName::from_static(name))
+            .collect::<Vec<_>>()
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::DELETE,
+        ])
+        .allow_headers(names(&[
+            "authorization",
+            "content-type",
+            "content-encoding",
+            "idempotency-key",
+            "prefer",
+            "last-event-id",
+            "x-api-key",
+        ]))
+        .expose_headers(names(&[
+            "location",
+            "retry-after",
+            "operation-location",
+            "ratelimit",
+            "ratelimit-policy",
+            "preference-applied",
+            "content-disposition",
+        ]))
+        .max_age(Duration::from_secs(3600))
 }
 
 /// The status body of a job, with links.

@@ -109,3 +109,75 @@ async fn the_frameworks_own_errors_are_problem_documents() {
     let response = app.client.get(app.url("/v2/nothing")).send().await.unwrap();
     assert_problem(response, 404, "not-found").await;
 }
+
+/// CORS: a page on an allowed origin may call the API (the preflight passes without a
+/// key, for the methods and headers the API uses, and the answers expose the headers a
+/// client reads); any other origin, and every origin by default, gets no CORS header.
+#[tokio::test]
+async fn pages_on_allowed_origins_may_call_the_api() {
+    let app = crate::helpers::spawn_app_with("cors_origins = [\"https://app.example\"]").await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/v1/tools/analyzer/jobs"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,idempotency-key,prefer",
+            )
+            .send()
+    };
+    let response = preflight("https://app.example").await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let headers = response.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+    for name in [
+        "authorization",
+        "idempotency-key",
+        "prefer",
+        "last-event-id",
+    ] {
+        assert!(allowed.contains(name), "{allowed}");
+    }
+    assert!(headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+
+    let response = app
+        .client
+        .get(app.url("/v1/tools"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    let exposed = response.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for name in ["location", "retry-after", "operation-location", "ratelimit"] {
+        assert!(exposed.contains(name), "{exposed}");
+    }
+    let response = preflight("https://evil.example").await.unwrap();
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+
+    let closed = spawn_app().await;
+    let response = closed
+        .client
+        .get(closed.url("/v1/tools"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
