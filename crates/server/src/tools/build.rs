@@ -215,6 +215,7 @@ pub fn parameters(declared: Option<Value>) -> Result<(Value, jsonschema::Validat
 pub fn control(
     declared: Option<decl::ControlDecl>,
     inputs: &[InputSpec],
+    parameters_schema: &Value,
 ) -> Result<Option<ControlTemplate>, Invalid> {
     let Some(control) = declared else {
         return Ok(None);
@@ -227,9 +228,34 @@ pub fn control(
             "clashes with an input file name",
         ));
     }
-    ControlTemplate::compile(control.file, control.template, control.values)
-        .map(Some)
-        .map_err(|message| Invalid::new("control.template", message))
+    let template = ControlTemplate::compile(control.file, control.template, control.values)
+        .map_err(|message| Invalid::new("control.template", message))?;
+    // A name the template reads must be a parameter of the schema (a typo would otherwise
+    // fail every request, and be blamed on the example).
+    let properties = parameters_schema
+        .get("properties")
+        .and_then(Value::as_object);
+    for name in template.undeclared() {
+        let known = match name.split_once('.') {
+            Some(("params", parameter)) => {
+                let parameter = parameter.split('.').next().unwrap_or(parameter);
+                properties.is_some_and(|properties| properties.contains_key(parameter))
+            }
+            None => name == "params",
+            Some(_) => false,
+        };
+        if !known {
+            return Err(Invalid::new(
+                "control.template",
+                format!(
+                    "`{name}` is not a parameter; the template reads `params.NAME` for the \
+                     parameters of the schema: {}",
+                    names(properties.into_iter().flat_map(|p| p.keys()))
+                ),
+            ));
+        }
+    }
+    Ok(Some(template))
 }
 
 /// The argv templates: every placeholder names something declared, and the program

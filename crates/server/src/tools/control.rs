@@ -59,6 +59,17 @@ impl ControlTemplate {
         Ok(ControlTemplate { file, values, env })
     }
 
+    /// The names the template reads that it does not define itself (`params.days`,
+    /// nested), sorted.
+    pub fn undeclared(&self) -> Vec<String> {
+        let Ok(template) = self.env.get_template(TEMPLATE_NAME) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = template.undeclared_variables(true).into_iter().collect();
+        names.sort();
+        names
+    }
+
     /// Renders the control file. Faults name the offending parameter when they can.
     pub fn render(&self, params: &Map<String, Value>) -> Result<String, FieldFault> {
         if self.values == ControlValues::Reject {

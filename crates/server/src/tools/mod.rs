@@ -381,7 +381,7 @@ impl Tool {
         )
         .map_err(fail)?;
         let (parameters_schema, validator) = build::parameters(decl.parameters).map_err(fail)?;
-        let control = build::control(decl.control, &inputs).map_err(fail)?;
+        let control = build::control(decl.control, &inputs, &parameters_schema).map_err(fail)?;
         let command = build::command(
             &decl.command,
             &inputs,
@@ -649,6 +649,21 @@ mod tests {
         Tool::from_decl(decl, &ToolDefaults::default()).map_err(|error| error.to_string())
     }
 
+    /// A control template may read declared parameters, loop variables and optional
+    /// parameters it tests for.
+    #[test]
+    fn a_control_template_reading_declared_parameters_loads() {
+        let template = "N {{ params.n }}\n{% if params.mode is defined %}M {{ params.mode }}{% endif %}\n{% if params.list is defined %}{% for x in params.list %}L {{ x }}\n{% endfor %}{% endif %}";
+        let text = GOOD.replace(
+            "[[outputs]]",
+            &format!(
+                "[control]\ntemplate = {}\n[[outputs]]",
+                toml::Value::from(template)
+            ),
+        );
+        check(&text).unwrap();
+    }
+
     #[test]
     fn a_good_declaration_loads() {
         let tool = check(GOOD).unwrap();
@@ -673,6 +688,20 @@ mod tests {
                 "no parameter `zz`",
             ),
             (GOOD.replace("{inputs.data}", "{control}"), "no [control]"),
+            (
+                GOOD.replace(
+                    "[[outputs]]",
+                    "[control]\ntemplate = \"N {{ params.nn }}\"\n[[outputs]]",
+                ),
+                "field `control.template`: `params.nn` is not a parameter",
+            ),
+            (
+                GOOD.replace(
+                    "[[outputs]]",
+                    "[control]\ntemplate = \"{% for x in params.list %}{{ x }} {{ mode }}{% endfor %}\"\n[[outputs]]",
+                ),
+                "field `control.template`: `mode` is not a parameter",
+            ),
             (
                 GOOD.replace("{inputs.data}", "{outputs.out}"),
                 "comes from stdout",
