@@ -396,6 +396,10 @@ async fn keys(command: KeysCommand) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    let config_name = match &store_args.config {
+        Some(file) => format!("{}", file.display()),
+        None => "the built-in demo configuration (pass --config FILE for your own)".to_owned(),
+    };
     let store = match batchgate_server::app::open_store(&config.settings).await {
         Ok(store) => store,
         Err(error) => {
@@ -412,7 +416,7 @@ async fn keys(command: KeysCommand) -> ExitCode {
                 if config.tiers.get(&tier).is_none() {
                     let known: Vec<&str> = config.tiers.names().collect();
                     eprintln!(
-                        "error: no tier `{tier}` in the configuration (tiers: {})",
+                        "error: no tier `{tier}` in {config_name}; its tiers: {}",
                         if known.is_empty() { "none".to_owned() } else { known.join(", ") }
                     );
                     return Ok(ExitCode::from(64));

@@ -84,7 +84,13 @@ fn keys_are_created_listed_and_revoked() {
 
     let unknown = batchgate(data, &["keys", "create", "--name", "x", "--tier", "gold"]);
     assert_eq!(unknown.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("free, standard"));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("free, standard"), "{stderr}");
+    // Without --config the tiers are the demo's: said, with the way out.
+    assert!(
+        stderr.contains("built-in demo configuration (pass --config FILE"),
+        "{stderr}"
+    );
 
     assert!(batchgate(data, &["keys", "revoke", id]).status.success());
     assert_eq!(
