@@ -1,5 +1,8 @@
 // batchgate JavaScript client, served by the gateway at /v1/client.js (an ES module, no
-// build step, no dependencies).
+// build step, no dependencies). It runs in a browser (on the gateway's pages, or on
+// another origin that `cors_origins` allows) and in Node 18+ (download it once:
+// `curl -o batchgate-client.mjs https://…/v1/client.js`, then give absolute URLs): the
+// links of a status document are resolved against the URL they came from.
 //
 //   import { fetchAndWait } from "/v1/client.js";
 //   const result = await fetchAndWait("/v1/tools/analyzer/jobs",
@@ -58,13 +61,37 @@ function headersOf(init) {
   return new Headers(init?.headers ?? {});
 }
 
+/** `value` with every path in it (`/v1/…`, in objects and arrays too) resolved against
+ * `base`; names, media types and numbers stay as they are. */
+function resolved(value, base) {
+  if (typeof value === "string") return value.startsWith("/") ? new URL(value, base).href : value;
+  if (Array.isArray(value)) return value.map((item) => resolved(item, base));
+  if (value && typeof value === "object") {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, resolved(v, base)]));
+  }
+  return value;
+}
+
+/** A status document whose links are absolute: they were relative to `base` (itself
+ * relative to the page, when there is one). */
+function withAbsoluteLinks(status, base) {
+  if (!status?.links || !base) return status;
+  return { ...status, links: resolved(status.links, absolute(base)) };
+}
+
+/** The absolute URL of `url` (relative ones: to the page, where there is one). */
+function absolute(url) {
+  const page = globalThis.location?.href;
+  return page ? new URL(url, page).href : new URL(url).href;
+}
+
 /** POSTs a job; returns its status document (the body of the 202). */
 export async function submit(url, init = {}) {
   const response = await fetch(url, { method: "POST", ...init });
   if (!response.ok) {
     throw await problemOf(response);
   }
-  return response.json();
+  return withAbsoluteLinks(await response.json(), response.url || absolute(url));
 }
 
 /**
@@ -111,7 +138,7 @@ export async function followEvents(eventsUrl, { headers, signal, lastEventId, on
 
 /** Applies an event to the last status document seen. */
 function applyEvent(status, event) {
-  if (event.job) return event.job;
+  if (event.job) return withAbsoluteLinks(event.job, status.links?.self);
   return {
     ...status,
     status: event.status,
@@ -167,7 +194,7 @@ export async function waitFor(status, init = {}, onStatusPoll = () => {}, option
       // The result (or the failed job's problem): read the final state from its events.
       return finalStatus(current, headers, signal, response);
     }
-    current = await response.json();
+    current = withAbsoluteLinks(await response.json(), response.url || current.links.self);
     onStatusPoll(current);
     if (TERMINAL.has(current.status)) return current;
     const retryAfter = Number(response.headers.get("Retry-After")) || 1;

@@ -12,6 +12,7 @@ const GATES: &[(&str, &str)] = &[
     ("gate_container", "BATCHGATE_TEST_CONTAINER_ENGINE"),
     ("gate_browser", "BATCHGATE_TEST_BROWSER"),
     ("gate_python", "BATCHGATE_TEST_PYTHON"),
+    ("gate_node", "BATCHGATE_TEST_NODE"),
     ("gate_root", "BATCHGATE_TEST_ROOT"),
     ("gate_tools", "BATCHGATE_TEST_TOOLS"),
 ];

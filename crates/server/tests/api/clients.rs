@@ -46,6 +46,23 @@ async fn the_azure_sdk_poller_drives_jobs_to_their_result_and_raises_for_failure
     run_client(command).await;
 }
 
+/// The JavaScript client under Node, downloaded from the gateway and given absolute URLs
+/// (it resolves the status document's relative links against them).
+#[tokio::test]
+#[cfg_attr(not(gate_node), ignore = "needs Node 18+: set BATCHGATE_TEST_NODE=node")]
+async fn the_javascript_client_runs_under_node() {
+    let Some(node) = std::env::var_os("BATCHGATE_TEST_NODE") else {
+        return skip("BATCHGATE_TEST_NODE (a Node 18+) is not set");
+    };
+    let app = spawn_app().await;
+    let mut command = Command::new(node);
+    command
+        .arg(repository().join("tests/node/client.mjs"))
+        .arg(&app.address)
+        .arg(repository().join("examples/request.json"));
+    run_client(command).await;
+}
+
 #[tokio::test]
 #[cfg_attr(
     not(gate_browser),
