@@ -49,7 +49,10 @@ async fn the_azure_sdk_poller_drives_jobs_to_their_result_and_raises_for_failure
 /// The JavaScript client under Node, downloaded from the gateway and given absolute URLs
 /// (it resolves the status document's relative links against them).
 #[tokio::test]
-#[cfg_attr(not(gate_node), ignore = "needs Node 18+: set BATCHGATE_TEST_NODE=node")]
+#[cfg_attr(
+    not(gate_node),
+    ignore = "needs Node 18+: set BATCHGATE_TEST_NODE=node"
+)]
 async fn the_javascript_client_runs_under_node() {
     let Some(node) = std::env::var_os("BATCHGATE_TEST_NODE") else {
         return skip("BATCHGATE_TEST_NODE (a Node 18+) is not set");
