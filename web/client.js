@@ -1,7 +1,7 @@
 // batchgate JavaScript client, served by the gateway at /v1/client.js (an ES module, no
 // build step, no dependencies). It runs in a browser (on the gateway's pages, or on
 // another origin that `cors_origins` allows) and in Node 18+ (download it once:
-// `curl -o batchgate-client.mjs https://…/v1/client.js`, then give absolute URLs): the
+// `curl -o batchgate-client.mjs GATEWAY/v1/client.js`, then give absolute URLs): the
 // links of a status document are resolved against the URL they came from.
 //
 //   import { fetchAndWait } from "/v1/client.js";
