@@ -193,11 +193,7 @@ fn a_bad_config_stops_the_server_naming_file_tool_and_field() {
         "{stderr}"
     );
 
-    let check = Command::new(env!("CARGO_BIN_EXE_batchgate"))
-        .arg("check-config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let check = check_config(&config);
     assert_eq!(check.status.code(), Some(78));
     let version = Command::new(env!("CARGO_BIN_EXE_batchgate"))
         .arg("--version")
@@ -235,11 +231,7 @@ fn the_demo_config_passes_check_config() {
         .unwrap()
         .replace("@DEMO_BIN@/analyzer", "/bin/true");
     std::fs::write(&path, text).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_batchgate"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let check = check_config(&path);
     assert!(
         check.status.success(),
         "{}",
@@ -253,11 +245,7 @@ fn the_demo_config_passes_check_config() {
         .unwrap()
         .replace("/bin/true", "/opt/legacy/analyzr");
     std::fs::write(&path, text).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_batchgate"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let check = check_config(&path);
     assert_eq!(check.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&check.stderr);
     assert!(
@@ -275,6 +263,15 @@ fn the_demo_config_passes_check_config() {
     assert!(!serve.status.success());
     let stderr = String::from_utf8_lossy(&serve.stderr);
     assert!(stderr.contains("/opt/legacy/analyzr"), "{stderr}");
+}
+
+/// `batchgate check-config FILE`.
+fn check_config(file: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap()
 }
 
 /// Waits for the process to exit and returns whether it exited successfully.

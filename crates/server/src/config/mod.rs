@@ -626,7 +626,7 @@ impl Settings {
 }
 
 /// Every program a local tool runs is an executable file, at its absolute path or as a
-/// bare name on the programs' `PATH` (`/usr/local/bin:/usr/bin:/bin`), so that a typo
+/// bare name on the programs' `PATH` (`tools::PROGRAM_PATH`), so that a typo
 /// stops the start instead of failing every job with `program-not-found`. The demo
 /// analyzer counts as there: a worker installs it under `data_dir` before it runs jobs.
 /// Tools of the other executors run their programs elsewhere (a cluster, an image).
@@ -654,7 +654,7 @@ pub fn check_programs(tools: &ToolRegistry, data_dir: &std::path::Path) -> Resul
                 tool.id()
             ));
         } else {
-            std::env::split_paths("/usr/local/bin:/usr/bin:/bin")
+            std::env::split_paths(crate::tools::PROGRAM_PATH)
                 .any(|directory| executable(&directory.join(program)))
         };
         if !found {
@@ -662,9 +662,9 @@ pub fn check_programs(tools: &ToolRegistry, data_dir: &std::path::Path) -> Resul
                 "tool `{}`: field `command[0]`: `{program}` is not an executable file{}",
                 tool.id(),
                 if program.starts_with('/') {
-                    ""
+                    String::new()
                 } else {
-                    " on PATH (/usr/local/bin:/usr/bin:/bin)"
+                    format!(" on PATH ({})", crate::tools::PROGRAM_PATH)
                 }
             ));
         }

@@ -21,6 +21,10 @@ use crate::transforms::records::Layout;
 use crate::transforms::{FieldFault, Format};
 use argv::ArgTemplate;
 use build::Invalid;
+
+/// The `PATH` a local tool's program runs with (and where a bare program name is looked
+/// up when a worker starts).
+pub const PROGRAM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 use control::ControlTemplate;
 use decl::{OutputSource, ProgressStream, ToolDecl};
 

@@ -19,7 +19,7 @@ use crate::running::RunningJobs;
 use crate::store::JobStore;
 use crate::tools::ToolRegistry;
 use crate::workdirs::WorkDirs;
-pub use startup::StoreLookup;
+use startup::StoreLookup;
 pub use uids::{UidLease, UidPool, UID_LOCKS};
 
 /// What the worker pool works with. Made by `WorkerState::open`, which owns the work

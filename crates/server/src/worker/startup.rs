@@ -227,7 +227,7 @@ async fn remove_abandoned(work_root: &Path, store: &dyn JobStore) -> usize {
 }
 
 /// The store as executors may see it (`JobLookup`): how a job stands, nothing else.
-pub struct StoreLookup(pub Arc<dyn JobStore>);
+pub(super) struct StoreLookup(pub(super) Arc<dyn JobStore>);
 
 #[async_trait]
 impl JobLookup for StoreLookup {

@@ -317,7 +317,7 @@ pub(super) async fn hand_over(workdir: &Path, uid: u32) -> std::io::Result<()> {
 /// environment, then the tool's fixed values. Nothing else.
 pub(super) fn environment(tool: &Tool, workdir: &Path) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
-    env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+    env.insert("PATH".into(), crate::tools::PROGRAM_PATH.into());
     env.insert("HOME".into(), workdir.to_string_lossy().into_owned());
     env.insert(
         "TMPDIR".into(),
