@@ -218,13 +218,23 @@ impl Application {
             stopping.cancel();
         });
         let router = crate::api::router(self.api.clone());
-        let served =
-            crate::api::serve(self.listener, router, &self.api.settings, shutdown.clone()).await;
-        shutdown.cancel();
+        let serving = async {
+            let served =
+                crate::api::serve(self.listener, router, &self.api.settings, shutdown.clone())
+                    .await;
+            shutdown.cancel();
+            served
+        };
+        // The grace period of running jobs starts with the shutdown, not after the last
+        // HTTP connection has drained (which may take up to its own 10 s).
+        let draining = async {
+            shutdown.cancelled().await;
+            if let Some(worker) = &self.worker {
+                crate::worker::drain(worker, workers).await;
+            }
+        };
+        let (served, ()) = tokio::join!(serving, draining);
         reaper.abort();
-        if let Some(worker) = &self.worker {
-            crate::worker::drain(worker, workers).await;
-        }
         served
     }
 }

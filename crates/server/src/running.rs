@@ -28,9 +28,17 @@ pub struct Steering {
 }
 
 impl RunningJobs {
+    /// Registers an attempt that starts now. One that starts after `hand_back_all` (its
+    /// claim raced the shutdown) is let go at once, like those running then.
     pub fn register(&self, id: Uuid) -> Steering {
         let steering = Steering::default();
-        self.lock().insert(id, steering.clone());
+        let mut attempts = self.lock();
+        // Read under the lock that `hand_back_all` takes after setting the flag: either
+        // the flag is seen here or the attempt is in the map it walks.
+        if self.handing_back() {
+            steering.detach.cancel();
+        }
+        attempts.insert(id, steering.clone());
         steering
     }
 
@@ -75,5 +83,22 @@ impl RunningJobs {
         self.attempts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An attempt whose claim raced the shutdown is handed back too, not run to its end.
+    #[test]
+    fn an_attempt_registered_after_the_hand_back_is_let_go() {
+        let running = RunningJobs::default();
+        let before = running.register(Uuid::now_v7());
+        assert_eq!(running.hand_back_all(), 1);
+        assert!(before.detach.is_cancelled());
+        let after = running.register(Uuid::now_v7());
+        assert!(after.detach.is_cancelled());
+        assert!(!after.cancel.is_cancelled(), "handed back, not canceled");
     }
 }
